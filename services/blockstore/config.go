@@ -1,0 +1,51 @@
+package blockstore
+
+import (
+	"errors"
+	"flag"
+	"time"
+
+	"shoal/shared/block"
+	"shoal/shared/membership"
+)
+
+// Config configures one storage node.
+type Config struct {
+	ID                string        `yaml:"id"`
+	Listen            string        `yaml:"listen"`
+	Advertise         string        `yaml:"advertise"`
+	Zone              string        `yaml:"zone"`
+	Dir               string        `yaml:"dir"`
+	Capacity          uint64        `yaml:"capacity"`
+	MaxBlockSize      int           `yaml:"max_block_size"`
+	SegmentThreshold  int           `yaml:"segment_threshold"`
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+}
+
+// RegisterFlags registers the node's flags under prefix (e.g. "blockstore.").
+func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.StringVar(&c.ID, prefix+"id", "", "node id (default: generated once and kept in the data directory)")
+	fs.StringVar(&c.Listen, prefix+"listen", "127.0.0.1:7200", "gRPC listen address")
+	fs.StringVar(&c.Advertise, prefix+"advertise", "", "address other nodes dial (default: the listen address)")
+	fs.StringVar(&c.Zone, prefix+"zone", "z1", "failure zone; replicas are spread over zones")
+	fs.StringVar(&c.Dir, prefix+"dir", "", "silo directory (default: <data>/blockstore)")
+	fs.Uint64Var(&c.Capacity, prefix+"capacity", 0, "bytes of block data this node may hold (0 = unlimited)")
+	fs.IntVar(&c.MaxBlockSize, prefix+"max-block-size", block.DefaultMaxSize, "largest block accepted, in bytes")
+	fs.IntVar(&c.SegmentThreshold, prefix+"segment-threshold", 32<<10, "blocks this large or larger are stored in segment files rather than the LSM")
+	fs.DurationVar(&c.HeartbeatInterval, prefix+"heartbeat-interval", membership.DefaultHeartbeatInterval, "how often the node announces itself on NATS")
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	switch {
+	case c.Dir == "":
+		return errors.New("blockstore: -blockstore.dir is required")
+	case c.Listen == "":
+		return errors.New("blockstore: -blockstore.listen is required")
+	case c.MaxBlockSize <= 0:
+		return errors.New("blockstore: -blockstore.max-block-size must be positive")
+	case c.HeartbeatInterval <= 0:
+		return errors.New("blockstore: -blockstore.heartbeat-interval must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,473 @@
+// Package silo keeps a storage node's blocks on its local disk. Small blocks
+// live in an embedded LSM (cockroachdb/pebble) next to the index; blocks at
+// or above a threshold are appended once to segment files and only a pointer
+// goes into the LSM, so a large block is never written twice (WAL, then
+// table). Every write is fsync'd before it is acknowledged, with concurrent
+// writers sharing fsyncs (group commit); every read is checksummed.
+//
+// A silo is not replicated and does not validate block content against its
+// address: that is the blockstore service's job, one level up.
+package silo
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble"
+
+	"shoal/shared/block"
+)
+
+var (
+	// ErrCorrupt means stored bytes no longer match their checksum. The entry
+	// is dropped so a repair can store a good copy again.
+	ErrCorrupt = errors.New("silo: checksum mismatch")
+	// ErrFull means the silo's capacity would be exceeded.
+	ErrFull = errors.New("silo: capacity exhausted")
+	// ErrClosed means the silo was closed.
+	ErrClosed = errors.New("silo: closed")
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Options configure a silo.
+type Options struct {
+	// Capacity in bytes of block data; 0 means unlimited.
+	Capacity uint64
+	// SegmentThreshold: blocks this large or larger go to segment files.
+	SegmentThreshold int
+	// SegmentSize: a segment file is sealed once it grows past this.
+	SegmentSize int64
+	// CacheSize of the LSM's block cache.
+	CacheSize int64
+}
+
+func (o *Options) defaults() {
+	if o.SegmentThreshold <= 0 {
+		o.SegmentThreshold = 32 << 10
+	}
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = 256 << 20
+	}
+	if o.CacheSize <= 0 {
+		o.CacheSize = 32 << 20
+	}
+}
+
+// Info describes a stored block.
+type Info struct {
+	Size int
+	Kind block.Kind
+}
+
+// Silo is one node's block storage.
+type Silo struct {
+	opts   Options
+	dir    string
+	db     *pebble.DB
+	cache  *pebble.Cache
+	closed atomic.Bool
+
+	used   atomic.Int64
+	blocks atomic.Int64
+
+	segMu   sync.Mutex // guards segs and cur; see lock order in LOCKS below
+	segs    map[uint32]*segment
+	cur     *segment
+	segsDir string
+}
+
+// LOCKS: segMu is never held while waiting on a segment's sync or on pebble.
+
+// Open opens (or creates) the silo in dir.
+func Open(dir string, opts Options) (*Silo, error) {
+	opts.defaults()
+	s := &Silo{opts: opts, dir: dir, segs: map[uint32]*segment{}, segsDir: filepath.Join(dir, "segments")}
+	if err := os.MkdirAll(s.segsDir, 0o755); err != nil {
+		return nil, err
+	}
+	s.cache = pebble.NewCache(opts.CacheSize)
+	db, err := pebble.Open(filepath.Join(dir, "index"), &pebble.Options{
+		Cache:        s.cache,
+		MemTableSize: 16 << 20,
+		Logger:       quietLogger{},
+	})
+	if err != nil {
+		s.cache.Unref()
+		return nil, fmt.Errorf("silo: open index: %w", err)
+	}
+	s.db = db
+	if err := s.openSegments(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.recount(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf(format, args...))
+}
+
+func (s *Silo) openSegments() error {
+	ents, err := os.ReadDir(s.segsDir)
+	if err != nil {
+		return err
+	}
+	var ids []uint32
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasSuffix(name, ".seg") {
+			continue
+		}
+		id, err := strconv.ParseUint(strings.TrimSuffix(name, ".seg"), 10, 32)
+		if err != nil {
+			continue
+		}
+		ids = append(ids, uint32(id))
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		seg, err := openSegment(s.segsDir, id)
+		if err != nil {
+			return err
+		}
+		s.segs[id] = seg
+		s.cur = seg
+	}
+	if s.cur == nil {
+		return s.rotateLocked(1)
+	}
+	return nil
+}
+
+func (s *Silo) rotateLocked(id uint32) error {
+	seg, err := openSegment(s.segsDir, id)
+	if err != nil {
+		return err
+	}
+	if err := syncDir(s.segsDir); err != nil {
+		return err
+	}
+	s.segs[id] = seg
+	s.cur = seg
+	return nil
+}
+
+func (s *Silo) recount() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{keyBlock}, UpperBound: []byte{keyBlock + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	var used, n int64
+	for it.First(); it.Valid(); it.Next() {
+		e, err := decodeEntry(it.Value())
+		if err != nil {
+			return err
+		}
+		used += int64(e.size)
+		n++
+	}
+	s.used.Store(used)
+	s.blocks.Store(n)
+	return it.Error()
+}
+
+const keyBlock = 'b'
+
+func blockKey(a block.Address) []byte {
+	k := make([]byte, 1+block.AddressSize)
+	k[0] = keyBlock
+	copy(k[1:], a[:])
+	return k
+}
+
+// entry is the index value of a block.
+//
+//	inline:  0 | kind | crc32c(4) | data
+//	segment: 1 | kind | crc32c(4) | seg(4) | off(8) | len(4)
+type entry struct {
+	inline bool
+	kind   block.Kind
+	crc    uint32
+	data   []byte
+	seg    uint32
+	off    int64
+	size   int
+}
+
+func decodeEntry(v []byte) (entry, error) {
+	if len(v) < 6 {
+		return entry{}, fmt.Errorf("%w: short index entry", ErrCorrupt)
+	}
+	e := entry{kind: block.Kind(v[1]), crc: le32(v[2:])}
+	switch v[0] {
+	case 0:
+		e.inline = true
+		e.data = v[6:]
+		e.size = len(e.data)
+	case 1:
+		if len(v) != 6+16 {
+			return entry{}, fmt.Errorf("%w: bad segment pointer", ErrCorrupt)
+		}
+		e.seg = le32(v[6:])
+		e.off = int64(le64(v[10:]))
+		e.size = int(le32(v[18:]))
+	default:
+		return entry{}, fmt.Errorf("%w: unknown entry type %d", ErrCorrupt, v[0])
+	}
+	return e, nil
+}
+
+// Put stores data under addr and returns whether it was already present.
+// It returns only once the block is durable.
+func (s *Silo) Put(addr block.Address, kind block.Kind, data []byte) (existed bool, err error) {
+	if s.closed.Load() {
+		return false, ErrClosed
+	}
+	key := blockKey(addr)
+	if ok, err := s.has(key); err != nil || ok {
+		return ok, err
+	}
+	if c := s.opts.Capacity; c > 0 && uint64(s.used.Load())+uint64(len(data)) > c {
+		return false, fmt.Errorf("%w: %d of %d bytes used", ErrFull, s.used.Load(), c)
+	}
+	crc := crc32.Checksum(data, castagnoli)
+	var val []byte
+	if len(data) < s.opts.SegmentThreshold {
+		val = make([]byte, 6+len(data))
+		val[0], val[1] = 0, byte(kind)
+		put32(val[2:], crc)
+		copy(val[6:], data)
+	} else {
+		seg, off, err := s.appendSegment(data)
+		if err != nil {
+			return false, err
+		}
+		val = make([]byte, 6+16)
+		val[0], val[1] = 1, byte(kind)
+		put32(val[2:], crc)
+		put32(val[6:], seg)
+		put64(val[10:], uint64(off))
+		put32(val[18:], uint32(len(data)))
+	}
+	// pebble.Sync joins concurrent committers into one WAL fsync.
+	if err := s.db.Set(key, val, pebble.Sync); err != nil {
+		return false, fmt.Errorf("silo: index write: %w", err)
+	}
+	s.used.Add(int64(len(data)))
+	s.blocks.Add(1)
+	return false, nil
+}
+
+func (s *Silo) appendSegment(data []byte) (uint32, int64, error) {
+	s.segMu.Lock()
+	seg := s.cur
+	off := seg.reserve(int64(len(data)))
+	if off+int64(len(data)) >= s.opts.SegmentSize {
+		if err := s.rotateLocked(seg.id + 1); err != nil {
+			s.segMu.Unlock()
+			return 0, 0, err
+		}
+	}
+	s.segMu.Unlock()
+	if err := seg.write(data, off); err != nil {
+		return 0, 0, err
+	}
+	return seg.id, off, nil
+}
+
+func (s *Silo) has(key []byte) (bool, error) {
+	_, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	closer.Close()
+	return true, nil
+}
+
+// Has reports whether addr is stored.
+func (s *Silo) Has(addr block.Address) (bool, error) {
+	if s.closed.Load() {
+		return false, ErrClosed
+	}
+	return s.has(blockKey(addr))
+}
+
+// Get returns the block's bytes after checking their checksum.
+func (s *Silo) Get(addr block.Address) ([]byte, block.Kind, error) {
+	if s.closed.Load() {
+		return nil, 0, ErrClosed
+	}
+	key := blockKey(addr)
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, 0, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	e, err := decodeEntry(v)
+	if err != nil {
+		closer.Close()
+		return nil, 0, err
+	}
+	var data []byte
+	if e.inline {
+		data = append([]byte(nil), e.data...)
+		closer.Close()
+	} else {
+		closer.Close()
+		s.segMu.Lock()
+		seg := s.segs[e.seg]
+		s.segMu.Unlock()
+		if seg == nil {
+			return nil, 0, s.quarantine(key, e, fmt.Errorf("%w: segment %d missing", ErrCorrupt, e.seg))
+		}
+		data = make([]byte, e.size)
+		if _, err := seg.f.ReadAt(data, e.off); err != nil {
+			return nil, 0, s.quarantine(key, e, fmt.Errorf("%w: %v", ErrCorrupt, err))
+		}
+	}
+	if crc32.Checksum(data, castagnoli) != e.crc {
+		return nil, 0, s.quarantine(key, e, fmt.Errorf("%w: block %s", ErrCorrupt, addr))
+	}
+	return data, e.kind, nil
+}
+
+// quarantine drops a corrupt entry so the block reads as missing and a
+// repair can store it again; it returns cause.
+func (s *Silo) quarantine(key []byte, e entry, cause error) error {
+	if err := s.db.Delete(key, pebble.Sync); err == nil {
+		s.used.Add(-int64(e.size))
+		s.blocks.Add(-1)
+	}
+	return cause
+}
+
+// Stat returns a block's size and kind without reading it.
+func (s *Silo) Stat(addr block.Address) (Info, error) {
+	if s.closed.Load() {
+		return Info{}, ErrClosed
+	}
+	v, closer, err := s.db.Get(blockKey(addr))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return Info{}, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
+	}
+	if err != nil {
+		return Info{}, err
+	}
+	defer closer.Close()
+	e, err := decodeEntry(v)
+	if err != nil {
+		return Info{}, err
+	}
+	return Info{Size: e.size, Kind: e.kind}, nil
+}
+
+// Delete removes a block; it reports whether it was present. Space in a
+// segment file is reclaimed when the segment is compacted, not here.
+func (s *Silo) Delete(addr block.Address) (bool, error) {
+	if s.closed.Load() {
+		return false, ErrClosed
+	}
+	key := blockKey(addr)
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	e, derr := decodeEntry(v)
+	closer.Close()
+	if err := s.db.Delete(key, pebble.Sync); err != nil {
+		return false, err
+	}
+	if derr == nil {
+		s.used.Add(-int64(e.size))
+	}
+	s.blocks.Add(-1)
+	return true, nil
+}
+
+// Range calls fn for each stored block after `after` (exclusive; zero
+// address and first=true start at the beginning) in address order, until fn
+// returns false.
+func (s *Silo) Range(after *block.Address, fn func(block.Address, Info) bool) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	lower := []byte{keyBlock}
+	if after != nil {
+		lower = append(blockKey(*after), 0)
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: []byte{keyBlock + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		var a block.Address
+		copy(a[:], it.Key()[1:])
+		e, err := decodeEntry(it.Value())
+		if err != nil {
+			return err
+		}
+		if !fn(a, Info{Size: e.size, Kind: e.kind}) {
+			break
+		}
+	}
+	return it.Error()
+}
+
+// Usage reports stored bytes, capacity (0 = unlimited) and block count.
+func (s *Silo) Usage() (used, capacity, blocks uint64) {
+	return uint64(s.used.Load()), s.opts.Capacity, uint64(s.blocks.Load())
+}
+
+// Close flushes and closes the silo.
+func (s *Silo) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	var errs []error
+	s.segMu.Lock()
+	for _, seg := range s.segs {
+		errs = append(errs, seg.close())
+	}
+	s.segMu.Unlock()
+	if s.db != nil {
+		errs = append(errs, s.db.Close())
+	}
+	if s.cache != nil {
+		s.cache.Unref()
+	}
+	return errors.Join(errs...)
+}
+
+func le32(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
+func le64(b []byte) uint64 { return uint64(le32(b)) | uint64(le32(b[4:]))<<32 }
+func put32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+}
+func put64(b []byte, v uint64) { put32(b, uint32(v)); put32(b[4:], uint32(v>>32)) }

@@ -1,0 +1,274 @@
+package silo
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+
+	"shoal/shared/block"
+)
+
+func blockData(i, size int) []byte {
+	r := rand.New(rand.NewPCG(uint64(i), uint64(size)))
+	b := make([]byte, size)
+	for j := 0; j+8 <= len(b); j += 8 {
+		binary.LittleEndian.PutUint64(b[j:], r.Uint64())
+	}
+	return b
+}
+
+func openT(t *testing.T, dir string, opts Options) *Silo {
+	t.Helper()
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestPutGetDelete(t *testing.T) {
+	s := openT(t, t.TempDir(), Options{SegmentThreshold: 1024})
+	defer s.Close()
+	for _, size := range []int{0, 1, 100, 1023, 1024, 70_000, 1 << 20} {
+		data := blockData(size, size)
+		a := block.Sum(data)
+		existed, err := s.Put(a, block.KindImmutable, data)
+		if err != nil || existed {
+			t.Fatalf("put %d: %v %v", size, existed, err)
+		}
+		if existed, _ := s.Put(a, block.KindImmutable, data); !existed {
+			t.Fatalf("second put of %d did not report existing", size)
+		}
+		got, kind, err := s.Get(a)
+		if err != nil || !bytes.Equal(got, data) || kind != block.KindImmutable {
+			t.Fatalf("get %d: len %d kind %v err %v", size, len(got), kind, err)
+		}
+		info, err := s.Stat(a)
+		if err != nil || info.Size != size {
+			t.Fatalf("stat %d: %+v %v", size, info, err)
+		}
+	}
+	used, _, n := s.Usage()
+	if n != 7 || used != 0+1+100+1023+1024+70_000+1<<20 {
+		t.Fatalf("usage: %d bytes %d blocks", used, n)
+	}
+	a := block.Sum(blockData(100, 100))
+	if ok, err := s.Delete(a); !ok || err != nil {
+		t.Fatalf("delete: %v %v", ok, err)
+	}
+	if _, _, err := s.Get(a); !errors.Is(err, block.ErrNotFound) {
+		t.Fatalf("get after delete: %v", err)
+	}
+	if ok, _ := s.Delete(a); ok {
+		t.Fatal("second delete reported present")
+	}
+	var seen int
+	if err := s.Range(nil, func(block.Address, Info) bool { seen++; return true }); err != nil || seen != 6 {
+		t.Fatalf("range saw %d: %v", seen, err)
+	}
+}
+
+func TestReopenKeepsBlocks(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{SegmentThreshold: 4096, SegmentSize: 1 << 20})
+	var addrs []block.Address
+	for i := range 50 {
+		d := blockData(i, 1000*i)
+		a := block.Sum(d)
+		addrs = append(addrs, a)
+		if _, err := s.Put(a, block.KindImmutable, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	s = openT(t, dir, Options{SegmentThreshold: 4096, SegmentSize: 1 << 20})
+	defer s.Close()
+	for i, a := range addrs {
+		got, _, err := s.Get(a)
+		if err != nil || !bytes.Equal(got, blockData(i, 1000*i)) {
+			t.Fatalf("block %d after reopen: %v", i, err)
+		}
+	}
+	if _, _, n := s.Usage(); n != 50 {
+		t.Fatalf("%d blocks after reopen", n)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "segments", "*.seg"))
+	if len(segs) < 2 {
+		t.Fatalf("expected segment rotation, have %d segments", len(segs))
+	}
+}
+
+func TestCorruptionDetectedAndQuarantined(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{SegmentThreshold: 1024})
+	defer s.Close()
+	d := blockData(1, 64<<10)
+	a := block.Sum(d)
+	if _, err := s.Put(a, block.KindImmutable, d); err != nil {
+		t.Fatal(err)
+	}
+	seg := segmentPath(filepath.Join(dir, "segments"), 1)
+	f, err := os.OpenFile(seg, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{^d[100]}, 100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, _, err := s.Get(a); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("corrupt read: %v", err)
+	}
+	if ok, _ := s.Has(a); ok {
+		t.Fatal("corrupt block still indexed")
+	}
+	if existed, err := s.Put(a, block.KindImmutable, d); existed || err != nil {
+		t.Fatalf("repair put: %v %v", existed, err)
+	}
+	if got, _, err := s.Get(a); err != nil || !bytes.Equal(got, d) {
+		t.Fatalf("after repair: %v", err)
+	}
+}
+
+func TestCapacity(t *testing.T) {
+	s := openT(t, t.TempDir(), Options{Capacity: 10_000})
+	defer s.Close()
+	d := blockData(1, 6000)
+	if _, err := s.Put(block.Sum(d), block.KindImmutable, d); err != nil {
+		t.Fatal(err)
+	}
+	d2 := blockData(2, 6000)
+	if _, err := s.Put(block.Sum(d2), block.KindImmutable, d2); !errors.Is(err, ErrFull) {
+		t.Fatalf("over capacity: %v", err)
+	}
+}
+
+func TestConcurrentWriters(t *testing.T) {
+	s := openT(t, t.TempDir(), Options{SegmentThreshold: 8 << 10, SegmentSize: 4 << 20})
+	defer s.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				size := 4096
+				if i%3 == 0 {
+					size = 100_000
+				}
+				d := blockData(w*1000+i, size)
+				if _, err := s.Put(block.Sum(d), block.KindImmutable, d); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for w := range 16 {
+		for i := range 40 {
+			size := 4096
+			if i%3 == 0 {
+				size = 100_000
+			}
+			d := blockData(w*1000+i, size)
+			got, _, err := s.Get(block.Sum(d))
+			if err != nil || !bytes.Equal(got, d) {
+				t.Fatalf("writer %d block %d: %v", w, i, err)
+			}
+		}
+	}
+}
+
+// TestCrashKeepsAcknowledged kills a writer process with SIGKILL mid-burst
+// and checks that every block it acknowledged is intact after reopening.
+func TestCrashKeepsAcknowledged(t *testing.T) {
+	if dir := os.Getenv("SILO_CRASH_CHILD"); dir != "" {
+		crashChild(dir)
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashKeepsAcknowledged$")
+	cmd.Env = append(os.Environ(), "SILO_CRASH_CHILD="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	var acked []int
+	for sc.Scan() && len(acked) < 300 {
+		i, err := strconv.Atoi(sc.Text())
+		if err != nil {
+			continue
+		}
+		acked = append(acked, i)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if len(acked) < 300 {
+		t.Fatalf("child acknowledged only %d blocks", len(acked))
+	}
+	s := openT(t, dir, Options{SegmentThreshold: 8 << 10})
+	defer s.Close()
+	for _, i := range acked {
+		d := blockData(i, crashSize(i))
+		got, _, err := s.Get(block.Sum(d))
+		if err != nil || !bytes.Equal(got, d) {
+			t.Fatalf("acknowledged block %d lost after kill -9: %v", i, err)
+		}
+	}
+}
+
+func crashSize(i int) int {
+	if i%2 == 0 {
+		return 50_000
+	}
+	return 3000
+}
+
+func crashChild(dir string) {
+	s, err := Open(dir, Options{SegmentThreshold: 8 << 10})
+	if err != nil {
+		fmt.Println("open:", err)
+		os.Exit(1)
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; ; i += 8 {
+				d := blockData(i, crashSize(i))
+				if _, err := s.Put(block.Sum(d), block.KindImmutable, d); err != nil {
+					return
+				}
+				mu.Lock()
+				fmt.Println(i)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	os.Exit(1)
+}

@@ -1,0 +1,104 @@
+// Command shoal is Shoal's one binary: `shoal serve` runs services, the
+// other subcommands are the operator's tools.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// exitUsage and exitFailure are the CLI's exit codes.
+const (
+	exitUsage   = 2
+	exitFailure = 1
+)
+
+// usageError marks a mistake in how the command was called.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+const topUsage = `usage: shoal <command> [flags]
+
+commands:
+  serve                 run services (-target=all by default: NATS, placement, 3 storage nodes)
+  status                show the cluster view (-o json for scripts)
+  block put [FILE|-]    store an immutable block, print its address
+  block get ADDR        write a block's bytes to stdout
+  block stat ADDR       show which nodes hold a block
+  health ADDR           check a service's gRPC health (exit 0 when serving)
+
+Run 'shoal <command> -h' for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, topUsage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stdout, stderr)
+	case "status":
+		err = cmdStatus(ctx, args[1:], stdout, stderr)
+	case "block":
+		err = cmdBlock(ctx, args[1:], stdin, stdout, stderr)
+	case "health":
+		err = cmdHealth(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, topUsage)
+		return 0
+	default:
+		err = usagef("unknown command %q", args[0])
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case isUsage(err):
+		fmt.Fprintf(stderr, "shoal: %v\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "shoal: %v\n", err)
+		return exitFailure
+	}
+}
+
+func isUsage(err error) bool {
+	var u usageError
+	return errors.As(err, &u)
+}
+
+// newFlags makes a subcommand's flag set; its parse errors are usage errors.
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("shoal "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	return nil
+}

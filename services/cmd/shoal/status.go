@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	ppb "shoal/proto/placementpb"
+	"shoal/shared/rpc"
+)
+
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", stderr)
+	addr := fs.String("placement", "127.0.0.1:7100", "placement service address")
+	out := fs.String("o", "table", "output format: table or json")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *out != "table" && *out != "json" {
+		return usagef("-o must be table or json")
+	}
+	cc, err := rpc.Dial(*addr)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, err := ppb.NewPlacementClient(cc).GetView(ctx, &ppb.GetViewRequest{})
+	if err != nil {
+		return fmt.Errorf("placement %s: %w", *addr, err)
+	}
+	if *out == "json" {
+		b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(v)
+		if err != nil {
+			return err
+		}
+		var pretty any
+		_ = json.Unmarshal(b, &pretty)
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(pretty)
+	}
+	nodes := append([]*ppb.Node(nil), v.Nodes...)
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Id < nodes[j].Id })
+	fmt.Fprintf(stdout, "epoch %d, %d nodes\n", v.Epoch, len(nodes))
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tADDRESS\tZONE\tSTATE\tBLOCKS\tUSED\tCAPACITY")
+	for _, n := range nodes {
+		capacity := "unlimited"
+		if n.CapacityBytes > 0 {
+			capacity = bytesHuman(n.CapacityBytes)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", n.Id, n.Addr, n.Zone,
+			strings.ToLower(strings.TrimPrefix(n.State.String(), "NODE_STATE_")), n.Blocks, bytesHuman(n.UsedBytes), capacity)
+	}
+	return tw.Flush()
+}
+
+func bytesHuman(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
+func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("health", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("usage: shoal health HOST:PORT")
+	}
+	cc, err := rpc.Dial(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.Status != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("%s: %s", fs.Arg(0), resp.Status)
+	}
+	fmt.Fprintln(stdout, "SERVING")
+	return nil
+}
