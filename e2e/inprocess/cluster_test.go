@@ -16,9 +16,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"shoal/e2e/framework"
 	bpb "shoal/proto/blockstorepb"
 	ppb "shoal/proto/placementpb"
-	"shoal/e2e/framework"
 	"shoal/shared/block"
 	"shoal/shared/dht"
 	"shoal/shared/rpc"

@@ -162,5 +162,3 @@ func blockStat(ctx context.Context, c *dht.Client, addr block.Address, stdout io
 	}
 	return nil
 }
-
-

@@ -1,0 +1,292 @@
+// Package multiprocess runs the built shoal binary as separate processes on
+// 127.0.0.1 — one NATS, two placement replicas, four storage nodes — and
+// kills storage nodes with SIGKILL while clients read and write.
+package multiprocess
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"shoal/e2e/framework"
+	bpb "shoal/proto/blockstorepb"
+	ppb "shoal/proto/placementpb"
+	"shoal/shared/block"
+	"shoal/shared/dht"
+)
+
+type cluster struct {
+	t       *testing.T
+	natsURL string
+	places  []string
+	nodes   []*framework.Proc
+	dir     string
+}
+
+func startCluster(t *testing.T, nodes int) *cluster {
+	c := &cluster{t: t, dir: t.TempDir()}
+	n := framework.StartProc(t, "nats", "serve", "-target=nats", "-nats.listen=127.0.0.1:0", "-data="+c.dir)
+	c.natsURL = n.Field("nats", 20*time.Second)
+	for i := range 2 {
+		p := framework.StartProc(t, fmt.Sprintf("placement-%d", i+1), "serve", "-target=placement", "-nats.url="+c.natsURL,
+			"-placement.listen=127.0.0.1:0", "-placement.down-after=1500ms", "-placement.evict-after=10m")
+		c.places = append(c.places, p.Field("placement", 20*time.Second))
+	}
+	for i := range nodes {
+		p := framework.StartProc(t, fmt.Sprintf("blockstore-%d", i+1), "serve", "-target=blockstore", "-nats.url="+c.natsURL,
+			"-blockstore.listen=127.0.0.1:0", fmt.Sprintf("-blockstore.zone=z%d", i%3+1),
+			"-blockstore.dir="+filepath.Join(c.dir, fmt.Sprintf("bs%d", i+1)), "-blockstore.heartbeat-interval=250ms")
+		p.Field("blockstore", 20*time.Second)
+		c.nodes = append(c.nodes, p)
+	}
+	return c
+}
+
+func (c *cluster) client() *dht.Client {
+	cl, err := dht.New(dht.Config{Placement: c.places, CallTimeout: 3 * time.Second}, framework.Logger(c.t))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := cl.WaitForNodes(ctx, len(c.nodes)); err != nil {
+		c.t.Fatal(err)
+	}
+	return cl
+}
+
+// nodeOf finds the view entry of the storage process p by its banner id.
+func nodeOf(t *testing.T, cl *dht.Client, p *framework.Proc) *ppb.Node {
+	t.Helper()
+	want := ""
+	for _, f := range p.Fields("blockstore", 10*time.Second) {
+		if strings.HasPrefix(f, "id=") {
+			want = strings.TrimPrefix(f, "id=")
+		}
+	}
+	for _, n := range cl.View().Nodes {
+		if n.Id == want {
+			return n
+		}
+	}
+	t.Fatalf("node %q not in view", want)
+	return nil
+}
+
+type written struct {
+	addr block.Address
+	data []byte
+}
+
+func writeBlocks(t *testing.T, cl *dht.Client, n, workers int) []written {
+	var mu sync.Mutex
+	var out []written
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				d := make([]byte, 1024+(i*7919)%(64<<10))
+				_, _ = rand.Read(d)
+				a, err := cl.Put(context.Background(), d)
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				out = append(out, written{a, d})
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func readAll(t *testing.T, cl *dht.Client, blocks []written, why string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(blocks))
+	sem := make(chan struct{}, 16)
+	for _, b := range blocks {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			got, err := cl.Get(ctx, b.addr)
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", b.addr, err)
+			} else if !bytes.Equal(got, b.data) {
+				errs <- fmt.Errorf("%s: wrong bytes", b.addr)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	n := 0
+	for err := range errs {
+		if n < 5 {
+			t.Errorf("%s: %v", why, err)
+		}
+		n++
+	}
+	if n > 0 {
+		t.Fatalf("%s: %d of %d blocks unreadable", why, n, len(blocks))
+	}
+}
+
+// listNode returns every address the storage node at addr holds.
+func listNode(t *testing.T, cl *dht.Client, n *ppb.Node) map[block.Address]bool {
+	bs, err := cl.NodeClient(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := bs.List(context.Background(), &bpb.ListRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[block.Address]bool{}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		for _, a := range resp.Addresses {
+			ad, _ := block.FromBytes(a)
+			out[ad] = true
+		}
+	}
+	return out
+}
+
+func TestKillNineKeepsEveryBlock(t *testing.T) {
+	c := startCluster(t, 4)
+	cl := c.client()
+	blocks := writeBlocks(t, cl, 1000, 16)
+	if len(blocks) != 1000 {
+		t.Fatalf("wrote %d blocks", len(blocks))
+	}
+	victim := c.nodes[1]
+	vnode := nodeOf(t, cl, victim)
+	held := listNode(t, cl, vnode)
+	if len(held) < 500 {
+		t.Fatalf("victim holds only %d of 1000 blocks; placement skewed", len(held))
+	}
+	victim.Kill()
+	readAll(t, cl, blocks, "after kill -9")
+
+	// The node restarts on its data directory and serves its blocks again.
+	victim.Restart()
+	framework.Eventually(t, 20*time.Second, "restarted node up in view", func() bool {
+		for _, n := range cl.View().Nodes {
+			if n.Id == vnode.Id && n.State == ppb.NodeState_NODE_STATE_UP && n.Addr == victim.Field("blockstore", time.Second) {
+				return true
+			}
+		}
+		return false
+	})
+	back := nodeOf(t, cl, victim)
+	bs, err := cl.NodeClient(back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byAddr := map[block.Address][]byte{}
+	for _, b := range blocks {
+		byAddr[b.addr] = b.data
+	}
+	for a := range held {
+		resp, err := bs.Get(context.Background(), &bpb.GetRequest{Address: a[:]})
+		if err != nil || !bytes.Equal(resp.Data, byAddr[a]) {
+			t.Fatalf("restarted node does not serve %s: %v", a, err)
+		}
+	}
+
+	// CLI against the same cluster, through the second placement replica.
+	out, stderr, code := framework.Run(t, nil, "status", "-placement", c.places[1], "-o", "json")
+	if code != 0 || strings.Count(out, `"NODE_STATE_UP"`) != 4 {
+		t.Fatalf("status: code %d\n%s%s", code, out, stderr)
+	}
+	payload := []byte("cli payload\n")
+	out, stderr, code = framework.Run(t, bytes.NewReader(payload), "block", "put", "-placement", c.places[1])
+	if code != 0 {
+		t.Fatalf("block put: %d %s", code, stderr)
+	}
+	addr := strings.TrimSpace(out)
+	if addr != block.Sum(payload).String() {
+		t.Fatalf("block put printed %q", addr)
+	}
+	out, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.places[0], addr)
+	if code != 0 || out != string(payload) {
+		t.Fatalf("block get: %d %q %s", code, out, stderr)
+	}
+	out, _, code = framework.Run(t, nil, "block", "stat", "-placement", c.places[0], addr)
+	if code != 0 || !strings.Contains(out, "copies   3") {
+		t.Fatalf("block stat: %d\n%s", code, out)
+	}
+	_, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.places[0], "not-hex")
+	if code != 2 || !strings.Contains(stderr, "malformed address") {
+		t.Fatalf("bad address: code %d %s", code, stderr)
+	}
+	_, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.places[0], block.Sum([]byte("nope")).String())
+	if code != 1 || !strings.Contains(stderr, "not found") {
+		t.Fatalf("unknown address: code %d %s", code, stderr)
+	}
+}
+
+func TestKillDuringWriteBurst(t *testing.T) {
+	c := startCluster(t, 4)
+	cl := c.client()
+	var mu sync.Mutex
+	var acked []written
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var failures int
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := make([]byte, 512+(w*131+i*977)%(48<<10))
+				_, _ = rand.Read(d)
+				a, err := cl.Put(context.Background(), d)
+				mu.Lock()
+				if err != nil {
+					failures++
+				} else {
+					acked = append(acked, written{a, d})
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	framework.Eventually(t, 60*time.Second, "300 acknowledged writes", func() bool { return count() >= 300 })
+	c.nodes[2].Kill()
+	killedAt := count()
+	framework.Eventually(t, 60*time.Second, "300 more acknowledged writes", func() bool { return count() >= killedAt+300 })
+	close(stop)
+	wg.Wait()
+	t.Logf("%d writes acknowledged (%d before the kill), %d failed", len(acked), killedAt, failures)
+	readAll(t, cl, acked, "acknowledged before/during/after kill -9")
+}
