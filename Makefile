@@ -65,3 +65,6 @@ deps-test: ## install the OS packages the tests use, when missing
 
 clean: ## remove build output (not data)
 	rm -rf bin
+
+# Swarm deployment targets (images, swarm-up, swarm-down, swarm-scale, test-swarm).
+-include stacks/swarm.mk

@@ -101,15 +101,40 @@ func loadOrCreateID(dir string) (string, error) {
 // ID is the node's identity.
 func (n *Node) ID() string { return n.cfg.ID }
 
-// Addr is the address the node listens on (valid after Start).
+// Addr is the address other nodes dial (valid after Start): the advertised
+// address, else the listen address, with an unspecified host (0.0.0.0, as in
+// a container) replaced by this host's first non-loopback IP.
 func (n *Node) Addr() string {
 	if n.cfg.Advertise != "" {
 		return n.cfg.Advertise
 	}
+	a := n.cfg.Listen
 	if n.lis != nil {
-		return n.lis.Addr().String()
+		a = n.lis.Addr().String()
 	}
-	return n.cfg.Listen
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return a
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		if own := ownIP(); own != "" {
+			return net.JoinHostPort(own, port)
+		}
+	}
+	return a
+}
+
+func ownIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+	}
+	return ""
 }
 
 // Silo exposes the node's storage for tests and tools in this process.
