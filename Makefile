@@ -32,8 +32,8 @@ test-unit: ## unit tests only
 test-e2e: build deps-test ## end-to-end suites with the built binary
 	SHOAL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 25m ./e2e/...
 
-bench: build ## benchmarks, with a raw-disk baseline in the same run
-	SHOAL_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./e2e/bench/...
+bench: build ## benchmarks: the all-in-one cluster against raw fsync'd disk, one table
+	$(GO) run ./e2e/bench -bin $(BIN) $(BENCH_FLAGS)
 
 vet: ## go vet
 	$(GO) vet $(MODULES)

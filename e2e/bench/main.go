@@ -1,0 +1,282 @@
+// Command bench measures the all-in-one cluster against this machine's raw
+// fsync'd disk, in one run, and prints a table of figures and ratios. The
+// machine is shared and noisy, so the ratios matter more than the absolute
+// numbers. Run it with `make bench`.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bpb "shoal/proto/blockstorepb"
+	"shoal/shared/block"
+	"shoal/shared/dht"
+	"shoal/shared/rpc"
+)
+
+var (
+	bin      = flag.String("bin", "bin/shoal", "shoal binary")
+	dir      = flag.String("dir", "", "scratch directory on the disk under test (default: a temp dir)")
+	bigMiB   = flag.Int("big-mib", 512, "MiB written with 4 MiB blocks")
+	smallOps = flag.Int("small-ops", 20000, "4 KiB operations per phase")
+	million  = flag.Int("node-blocks", 1_000_000, "blocks stored on one node for the RSS figure (0 skips)")
+	clients  = flag.Int("clients", 64, "concurrent clients for 4 KiB operations")
+	bigConc  = flag.Int("big-clients", 8, "concurrent clients for 4 MiB operations")
+)
+
+type row struct{ name, value, note string }
+
+var rows []row
+
+func add(name, value, note string) {
+	rows = append(rows, row{name, value, note})
+	fmt.Fprintf(os.Stderr, "  %-40s %-22s %s\n", name, value, note)
+}
+
+func main() {
+	flag.Parse()
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "shoal-bench-")
+		check(err)
+		defer os.RemoveAll(d)
+		*dir = d
+	}
+	raw := rawDisk(filepath.Join(*dir, "raw"), *bigMiB)
+	add("raw disk, 4 MiB writes + fdatasync", mbs(raw), "baseline")
+
+	proc, placementAddr := startAllInOne(filepath.Join(*dir, "cluster"))
+	defer func() { _ = proc.Process.Kill(); _ = proc.Wait() }()
+	add("all-in-one idle RSS", fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), "target <= 300 MiB")
+
+	cl, err := dht.New(dht.Config{Placement: []string{placementAddr}, Replicas: 3, WriteQuorum: 2, CallTimeout: 30 * time.Second},
+		slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	check(err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	check(cl.WaitForNodes(ctx, 3))
+	cancel()
+
+	n := *bigMiB / 4
+	bigAddrs := make([]block.Address, n)
+	put := measure(n, *bigConc, func(i int) {
+		b := randBlock(4 << 20)
+		a, err := cl.Put(context.Background(), b)
+		check(err)
+		bigAddrs[i] = a
+	})
+	putRate := float64(n*4<<20) / put.total.Seconds()
+	add("put 4 MiB blocks, R=3 W=2", mbs(putRate), fmt.Sprintf("%.0f%% of raw/3 (target >= 60%%)", 100*putRate/(raw/3)))
+	get := measure(n, *bigConc, func(i int) {
+		_, err := cl.Get(context.Background(), bigAddrs[i])
+		check(err)
+	})
+	getRate := float64(n*4<<20) / get.total.Seconds()
+	add("get 4 MiB blocks", mbs(getRate), fmt.Sprintf("%.2f× raw (target >= 500 MB/s)", getRate/raw))
+
+	smallAddrs := make([]block.Address, *smallOps)
+	sp := measure(*smallOps, *clients, func(i int) {
+		a, err := cl.Put(context.Background(), randBlock(4096))
+		check(err)
+		smallAddrs[i] = a
+	})
+	add(fmt.Sprintf("put 4 KiB, %d clients", *clients), fmt.Sprintf("%.0f ops/s", sp.rate()), fmt.Sprintf("p50 %v p99 %v (target >= 5000/s)", sp.pct(50), sp.pct(99)))
+	sg := measure(*smallOps, *clients, func(i int) {
+		_, err := cl.Get(context.Background(), smallAddrs[i])
+		check(err)
+	})
+	add(fmt.Sprintf("get 4 KiB, %d clients", *clients), fmt.Sprintf("%.0f ops/s", sg.rate()), fmt.Sprintf("p50 %v p99 %v (target >= 20000/s)", sg.pct(50), sg.pct(99)))
+	add("all-in-one RSS after load", fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), "3 storage nodes + placement + NATS")
+	cl.Close()
+	_ = proc.Process.Kill()
+	_ = proc.Wait()
+
+	if *million > 0 {
+		rss, took := nodeWithBlocks(filepath.Join(*dir, "node"), *million)
+		add(fmt.Sprintf("storage node RSS, %d blocks", *million), fmt.Sprintf("%.0f MiB", rss), fmt.Sprintf("filled in %v (target <= 512 MiB)", took.Round(time.Second)))
+	}
+
+	fmt.Println()
+	fmt.Println("| measurement | figure | note |")
+	fmt.Println("|---|---|---|")
+	for _, r := range rows {
+		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
+	}
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func mbs(bps float64) string { return fmt.Sprintf("%.0f MB/s", bps/1e6) }
+
+func randBlock(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// rawDisk writes mib MiB in 4 MiB chunks, each followed by fdatasync: what
+// one replica's durable write costs on this disk.
+func rawDisk(path string, mib int) float64 {
+	f, err := os.Create(path)
+	check(err)
+	defer os.Remove(path)
+	defer f.Close()
+	buf := randBlock(4 << 20)
+	start := time.Now()
+	for i := 0; i < mib/4; i++ {
+		_, err := f.Write(buf)
+		check(err)
+		check(f.Sync())
+	}
+	return float64(mib<<20) / time.Since(start).Seconds()
+}
+
+type result struct {
+	total time.Duration
+	lat   []time.Duration
+	n     int
+}
+
+func (r result) rate() float64 { return float64(r.n) / r.total.Seconds() }
+func (r result) pct(p int) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[(len(r.lat)-1)*p/100].Round(10 * time.Microsecond)
+}
+
+func measure(n, conc int, op func(i int)) result {
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				t := time.Now()
+				op(i)
+				lat[i] = time.Since(t)
+			}
+		}()
+	}
+	wg.Wait()
+	r := result{total: time.Since(start), lat: lat, n: n}
+	sort.Slice(r.lat, func(i, j int) bool { return r.lat[i] < r.lat[j] })
+	return r
+}
+
+func startAllInOne(data string) (*exec.Cmd, string) {
+	cmd := exec.Command(*bin, "serve", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0")
+	out, err := cmd.StdoutPipe()
+	check(err)
+	cmd.Stderr = nil
+	check(cmd.Start())
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && f[0] == "placement" {
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			return cmd, f[1]
+		}
+	}
+	check(fmt.Errorf("all-in-one exited before printing its endpoints"))
+	return nil, ""
+}
+
+func rssMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	check(err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// nodeWithBlocks runs one storage node (with its own NATS and placement in
+// a separate process, so the figure is the node's alone), stores n small
+// blocks on it and reports its RSS.
+func nodeWithBlocks(data string, n int) (float64, time.Duration) {
+	ns := exec.Command(*bin, "serve", "-target=nats,placement", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0")
+	out, err := ns.StdoutPipe()
+	check(err)
+	check(ns.Start())
+	defer func() { _ = ns.Process.Kill(); _ = ns.Wait() }()
+	natsURL := ""
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && f[0] == "nats" {
+			natsURL = f[1]
+			break
+		}
+	}
+	node := exec.Command(*bin, "serve", "-target=blockstore", "-nats.url="+natsURL, "-blockstore.listen=127.0.0.1:0", "-blockstore.dir="+filepath.Join(data, "bs"))
+	nout, err := node.StdoutPipe()
+	check(err)
+	check(node.Start())
+	defer func() { _ = node.Process.Kill(); _ = node.Wait() }()
+	addr := ""
+	nsc := bufio.NewScanner(nout)
+	for nsc.Scan() {
+		f := strings.Fields(nsc.Text())
+		if len(f) >= 2 && f[0] == "blockstore" {
+			addr = f[1]
+			break
+		}
+	}
+	cc, err := rpc.Dial(addr)
+	check(err)
+	defer cc.Close()
+	bs := bpb.NewBlockStoreClient(cc)
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64)
+			for {
+				i := next.Add(1)
+				if i > int64(n) {
+					return
+				}
+				copy(buf, strconv.FormatInt(i, 10))
+				a := block.Sum(buf)
+				_, err := bs.Put(context.Background(), &bpb.PutRequest{Address: a[:], Data: buf, Kind: bpb.BlockKind_BLOCK_KIND_IMMUTABLE})
+				check(err)
+			}
+		}()
+	}
+	wg.Wait()
+	return rssMiB(node.Process.Pid), time.Since(start)
+}
