@@ -71,6 +71,60 @@ func (BlockKind) EnumDescriptor() ([]byte, []int) {
 	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{0}
 }
 
+type Outcome int32
+
+const (
+	Outcome_OUTCOME_UNSPECIFIED Outcome = 0
+	Outcome_OUTCOME_OK          Outcome = 1
+	// The acceptor promised or accepted a higher ballot.
+	Outcome_OUTCOME_STALE_BALLOT Outcome = 2
+	// The proposer's acceptor set is not the block's; see quorum.
+	Outcome_OUTCOME_WRONG_QUORUM Outcome = 3
+)
+
+// Enum value maps for Outcome.
+var (
+	Outcome_name = map[int32]string{
+		0: "OUTCOME_UNSPECIFIED",
+		1: "OUTCOME_OK",
+		2: "OUTCOME_STALE_BALLOT",
+		3: "OUTCOME_WRONG_QUORUM",
+	}
+	Outcome_value = map[string]int32{
+		"OUTCOME_UNSPECIFIED":  0,
+		"OUTCOME_OK":           1,
+		"OUTCOME_STALE_BALLOT": 2,
+		"OUTCOME_WRONG_QUORUM": 3,
+	}
+)
+
+func (x Outcome) Enum() *Outcome {
+	p := new(Outcome)
+	*p = x
+	return p
+}
+
+func (x Outcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Outcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_blockstorepb_blockstore_proto_enumTypes[1].Descriptor()
+}
+
+func (Outcome) Type() protoreflect.EnumType {
+	return &file_blockstorepb_blockstore_proto_enumTypes[1]
+}
+
+func (x Outcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Outcome.Descriptor instead.
+func (Outcome) EnumDescriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{1}
+}
+
 type PutRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Address       []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
@@ -762,6 +816,698 @@ func (x *ListResponse) GetSizes() []uint64 {
 	return nil
 }
 
+// Ballot orders Paxos rounds: by round, then by proposer id.
+type Ballot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Round         uint64                 `protobuf:"varint,1,opt,name=round,proto3" json:"round,omitempty"`
+	Proposer      string                 `protobuf:"bytes,2,opt,name=proposer,proto3" json:"proposer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ballot) Reset() {
+	*x = Ballot{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ballot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ballot) ProtoMessage() {}
+
+func (x *Ballot) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ballot.ProtoReflect.Descriptor instead.
+func (*Ballot) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Ballot) GetRound() uint64 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *Ballot) GetProposer() string {
+	if x != nil {
+		return x.Proposer
+	}
+	return ""
+}
+
+// MutableState is what one Paxos decision on a mutable block fixes: a signed,
+// versioned value plus the block's acceptor set. The acceptor set is part of
+// the decided state, so changing it is itself a decision on the block.
+type MutableState struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// Owner's ed25519 public key; with derivation it determines the address.
+	Owner []byte `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Random salt (mutable blocks) or the name (named blocks).
+	Derivation []byte `protobuf:"bytes,3,opt,name=derivation,proto3" json:"derivation,omitempty"`
+	Named      bool   `protobuf:"varint,4,opt,name=named,proto3" json:"named,omitempty"`
+	Version    uint64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	Payload    []byte `protobuf:"bytes,6,opt,name=payload,proto3" json:"payload,omitempty"`
+	// Public keys allowed to write besides the owner (the ACL).
+	Writers   [][]byte `protobuf:"bytes,7,rep,name=writers,proto3" json:"writers,omitempty"`
+	Tombstone bool     `protobuf:"varint,8,opt,name=tombstone,proto3" json:"tombstone,omitempty"`
+	// The key that signed this version, and its signature.
+	Writer    []byte `protobuf:"bytes,9,opt,name=writer,proto3" json:"writer,omitempty"`
+	Signature []byte `protobuf:"bytes,10,opt,name=signature,proto3" json:"signature,omitempty"`
+	// Node ids of the block's acceptors. Not signed: any client may move a
+	// block's replicas, but only through a decision on the block.
+	Quorum        []string `protobuf:"bytes,11,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MutableState) Reset() {
+	*x = MutableState{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MutableState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MutableState) ProtoMessage() {}
+
+func (x *MutableState) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MutableState.ProtoReflect.Descriptor instead.
+func (*MutableState) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MutableState) GetAddress() []byte {
+	if x != nil {
+		return x.Address
+	}
+	return nil
+}
+
+func (x *MutableState) GetOwner() []byte {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *MutableState) GetDerivation() []byte {
+	if x != nil {
+		return x.Derivation
+	}
+	return nil
+}
+
+func (x *MutableState) GetNamed() bool {
+	if x != nil {
+		return x.Named
+	}
+	return false
+}
+
+func (x *MutableState) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *MutableState) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *MutableState) GetWriters() [][]byte {
+	if x != nil {
+		return x.Writers
+	}
+	return nil
+}
+
+func (x *MutableState) GetTombstone() bool {
+	if x != nil {
+		return x.Tombstone
+	}
+	return false
+}
+
+func (x *MutableState) GetWriter() []byte {
+	if x != nil {
+		return x.Writer
+	}
+	return nil
+}
+
+func (x *MutableState) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *MutableState) GetQuorum() []string {
+	if x != nil {
+		return x.Quorum
+	}
+	return nil
+}
+
+type PrepareRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Address       []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Ballot        *Ballot                `protobuf:"bytes,2,opt,name=ballot,proto3" json:"ballot,omitempty"`
+	Quorum        []string               `protobuf:"bytes,3,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareRequest) Reset() {
+	*x = PrepareRequest{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRequest) ProtoMessage() {}
+
+func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRequest.ProtoReflect.Descriptor instead.
+func (*PrepareRequest) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PrepareRequest) GetAddress() []byte {
+	if x != nil {
+		return x.Address
+	}
+	return nil
+}
+
+func (x *PrepareRequest) GetBallot() *Ballot {
+	if x != nil {
+		return x.Ballot
+	}
+	return nil
+}
+
+func (x *PrepareRequest) GetQuorum() []string {
+	if x != nil {
+		return x.Quorum
+	}
+	return nil
+}
+
+type PrepareResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Outcome Outcome                `protobuf:"varint,1,opt,name=outcome,proto3,enum=shoal.blockstore.v1.Outcome" json:"outcome,omitempty"`
+	// The highest ballot this acceptor promised (on STALE_BALLOT).
+	Promised *Ballot `protobuf:"bytes,2,opt,name=promised,proto3" json:"promised,omitempty"`
+	Accepted *Ballot `protobuf:"bytes,3,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	// The accepted state, if any.
+	State *MutableState `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// The block's acceptor set as this acceptor knows it (on WRONG_QUORUM).
+	Quorum        []string `protobuf:"bytes,5,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareResponse) Reset() {
+	*x = PrepareResponse{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareResponse) ProtoMessage() {}
+
+func (x *PrepareResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareResponse.ProtoReflect.Descriptor instead.
+func (*PrepareResponse) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PrepareResponse) GetOutcome() Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return Outcome_OUTCOME_UNSPECIFIED
+}
+
+func (x *PrepareResponse) GetPromised() *Ballot {
+	if x != nil {
+		return x.Promised
+	}
+	return nil
+}
+
+func (x *PrepareResponse) GetAccepted() *Ballot {
+	if x != nil {
+		return x.Accepted
+	}
+	return nil
+}
+
+func (x *PrepareResponse) GetState() *MutableState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *PrepareResponse) GetQuorum() []string {
+	if x != nil {
+		return x.Quorum
+	}
+	return nil
+}
+
+type AcceptRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Ballot *Ballot                `protobuf:"bytes,1,opt,name=ballot,proto3" json:"ballot,omitempty"`
+	State  *MutableState          `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// The acceptor set the proposer works with (the old one, during a change).
+	Quorum        []string `protobuf:"bytes,3,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptRequest) Reset() {
+	*x = AcceptRequest{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptRequest) ProtoMessage() {}
+
+func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptRequest.ProtoReflect.Descriptor instead.
+func (*AcceptRequest) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AcceptRequest) GetBallot() *Ballot {
+	if x != nil {
+		return x.Ballot
+	}
+	return nil
+}
+
+func (x *AcceptRequest) GetState() *MutableState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *AcceptRequest) GetQuorum() []string {
+	if x != nil {
+		return x.Quorum
+	}
+	return nil
+}
+
+type AcceptResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Outcome       Outcome                `protobuf:"varint,1,opt,name=outcome,proto3,enum=shoal.blockstore.v1.Outcome" json:"outcome,omitempty"`
+	Promised      *Ballot                `protobuf:"bytes,2,opt,name=promised,proto3" json:"promised,omitempty"`
+	Quorum        []string               `protobuf:"bytes,3,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptResponse) Reset() {
+	*x = AcceptResponse{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptResponse) ProtoMessage() {}
+
+func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptResponse.ProtoReflect.Descriptor instead.
+func (*AcceptResponse) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AcceptResponse) GetOutcome() Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return Outcome_OUTCOME_UNSPECIFIED
+}
+
+func (x *AcceptResponse) GetPromised() *Ballot {
+	if x != nil {
+		return x.Promised
+	}
+	return nil
+}
+
+func (x *AcceptResponse) GetQuorum() []string {
+	if x != nil {
+		return x.Quorum
+	}
+	return nil
+}
+
+// LearnRequest tells an acceptor that state was decided at ballot.
+type LearnRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ballot        *Ballot                `protobuf:"bytes,1,opt,name=ballot,proto3" json:"ballot,omitempty"`
+	State         *MutableState          `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LearnRequest) Reset() {
+	*x = LearnRequest{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LearnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LearnRequest) ProtoMessage() {}
+
+func (x *LearnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LearnRequest.ProtoReflect.Descriptor instead.
+func (*LearnRequest) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *LearnRequest) GetBallot() *Ballot {
+	if x != nil {
+		return x.Ballot
+	}
+	return nil
+}
+
+func (x *LearnRequest) GetState() *MutableState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type LearnResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LearnResponse) Reset() {
+	*x = LearnResponse{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LearnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LearnResponse) ProtoMessage() {}
+
+func (x *LearnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LearnResponse.ProtoReflect.Descriptor instead.
+func (*LearnResponse) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{21}
+}
+
+type PeekRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Address       []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeekRequest) Reset() {
+	*x = PeekRequest{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeekRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeekRequest) ProtoMessage() {}
+
+func (x *PeekRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeekRequest.ProtoReflect.Descriptor instead.
+func (*PeekRequest) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PeekRequest) GetAddress() []byte {
+	if x != nil {
+		return x.Address
+	}
+	return nil
+}
+
+type PeekResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accepted      *Ballot                `protobuf:"bytes,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	State         *MutableState          `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeekResponse) Reset() {
+	*x = PeekResponse{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeekResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeekResponse) ProtoMessage() {}
+
+func (x *PeekResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeekResponse.ProtoReflect.Descriptor instead.
+func (*PeekResponse) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PeekResponse) GetAccepted() *Ballot {
+	if x != nil {
+		return x.Accepted
+	}
+	return nil
+}
+
+func (x *PeekResponse) GetState() *MutableState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+// AcceptorRecord is an acceptor's durable state for one mutable block.
+type AcceptorRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Promised      *Ballot                `protobuf:"bytes,1,opt,name=promised,proto3" json:"promised,omitempty"`
+	Accepted      *Ballot                `protobuf:"bytes,2,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	State         *MutableState          `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptorRecord) Reset() {
+	*x = AcceptorRecord{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptorRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptorRecord) ProtoMessage() {}
+
+func (x *AcceptorRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptorRecord.ProtoReflect.Descriptor instead.
+func (*AcceptorRecord) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AcceptorRecord) GetPromised() *Ballot {
+	if x != nil {
+		return x.Promised
+	}
+	return nil
+}
+
+func (x *AcceptorRecord) GetAccepted() *Ballot {
+	if x != nil {
+		return x.Accepted
+	}
+	return nil
+}
+
+func (x *AcceptorRecord) GetState() *MutableState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
 var File_blockstorepb_blockstore_proto protoreflect.FileDescriptor
 
 const file_blockstorepb_blockstore_proto_rawDesc = "" +
@@ -807,10 +1553,65 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"B\n" +
 	"\fListResponse\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\fR\taddresses\x12\x14\n" +
-	"\x05sizes\x18\x02 \x03(\x04R\x05sizes*A\n" +
+	"\x05sizes\x18\x02 \x03(\x04R\x05sizes\":\n" +
+	"\x06Ballot\x12\x14\n" +
+	"\x05round\x18\x01 \x01(\x04R\x05round\x12\x1a\n" +
+	"\bproposer\x18\x02 \x01(\tR\bproposer\"\xae\x02\n" +
+	"\fMutableState\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\fR\aaddress\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\fR\x05owner\x12\x1e\n" +
+	"\n" +
+	"derivation\x18\x03 \x01(\fR\n" +
+	"derivation\x12\x14\n" +
+	"\x05named\x18\x04 \x01(\bR\x05named\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x04R\aversion\x12\x18\n" +
+	"\apayload\x18\x06 \x01(\fR\apayload\x12\x18\n" +
+	"\awriters\x18\a \x03(\fR\awriters\x12\x1c\n" +
+	"\ttombstone\x18\b \x01(\bR\ttombstone\x12\x16\n" +
+	"\x06writer\x18\t \x01(\fR\x06writer\x12\x1c\n" +
+	"\tsignature\x18\n" +
+	" \x01(\fR\tsignature\x12\x16\n" +
+	"\x06quorum\x18\v \x03(\tR\x06quorum\"w\n" +
+	"\x0ePrepareRequest\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\fR\aaddress\x123\n" +
+	"\x06ballot\x18\x02 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\x06ballot\x12\x16\n" +
+	"\x06quorum\x18\x03 \x03(\tR\x06quorum\"\x8c\x02\n" +
+	"\x0fPrepareResponse\x126\n" +
+	"\aoutcome\x18\x01 \x01(\x0e2\x1c.shoal.blockstore.v1.OutcomeR\aoutcome\x127\n" +
+	"\bpromised\x18\x02 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\bpromised\x127\n" +
+	"\baccepted\x18\x03 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\baccepted\x127\n" +
+	"\x05state\x18\x04 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\x12\x16\n" +
+	"\x06quorum\x18\x05 \x03(\tR\x06quorum\"\x95\x01\n" +
+	"\rAcceptRequest\x123\n" +
+	"\x06ballot\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\x06ballot\x127\n" +
+	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\x12\x16\n" +
+	"\x06quorum\x18\x03 \x03(\tR\x06quorum\"\x99\x01\n" +
+	"\x0eAcceptResponse\x126\n" +
+	"\aoutcome\x18\x01 \x01(\x0e2\x1c.shoal.blockstore.v1.OutcomeR\aoutcome\x127\n" +
+	"\bpromised\x18\x02 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\bpromised\x12\x16\n" +
+	"\x06quorum\x18\x03 \x03(\tR\x06quorum\"|\n" +
+	"\fLearnRequest\x123\n" +
+	"\x06ballot\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\x06ballot\x127\n" +
+	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\"\x0f\n" +
+	"\rLearnResponse\"'\n" +
+	"\vPeekRequest\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\fR\aaddress\"\x80\x01\n" +
+	"\fPeekResponse\x127\n" +
+	"\baccepted\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\baccepted\x127\n" +
+	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\"\xbb\x01\n" +
+	"\x0eAcceptorRecord\x127\n" +
+	"\bpromised\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\bpromised\x127\n" +
+	"\baccepted\x18\x02 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\baccepted\x127\n" +
+	"\x05state\x18\x03 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state*A\n" +
 	"\tBlockKind\x12\x1a\n" +
 	"\x16BLOCK_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
-	"\x14BLOCK_KIND_IMMUTABLE\x10\x012\xb5\x04\n" +
+	"\x14BLOCK_KIND_IMMUTABLE\x10\x01*f\n" +
+	"\aOutcome\x12\x17\n" +
+	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n" +
+	"\n" +
+	"OUTCOME_OK\x10\x01\x12\x18\n" +
+	"\x14OUTCOME_STALE_BALLOT\x10\x02\x12\x18\n" +
+	"\x14OUTCOME_WRONG_QUORUM\x10\x032\xfb\x06\n" +
 	"\n" +
 	"BlockStore\x12H\n" +
 	"\x03Put\x12\x1f.shoal.blockstore.v1.PutRequest\x1a .shoal.blockstore.v1.PutResponse\x12H\n" +
@@ -819,7 +1620,11 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\x06Delete\x12\".shoal.blockstore.v1.DeleteRequest\x1a#.shoal.blockstore.v1.DeleteResponse\x12K\n" +
 	"\x04Stat\x12 .shoal.blockstore.v1.StatRequest\x1a!.shoal.blockstore.v1.StatResponse\x12Z\n" +
 	"\tNodeStats\x12%.shoal.blockstore.v1.NodeStatsRequest\x1a&.shoal.blockstore.v1.NodeStatsResponse\x12M\n" +
-	"\x04List\x12 .shoal.blockstore.v1.ListRequest\x1a!.shoal.blockstore.v1.ListResponse0\x01B\x1aZ\x18shoal/proto/blockstorepbb\x06proto3"
+	"\x04List\x12 .shoal.blockstore.v1.ListRequest\x1a!.shoal.blockstore.v1.ListResponse0\x01\x12T\n" +
+	"\aPrepare\x12#.shoal.blockstore.v1.PrepareRequest\x1a$.shoal.blockstore.v1.PrepareResponse\x12Q\n" +
+	"\x06Accept\x12\".shoal.blockstore.v1.AcceptRequest\x1a#.shoal.blockstore.v1.AcceptResponse\x12N\n" +
+	"\x05Learn\x12!.shoal.blockstore.v1.LearnRequest\x1a\".shoal.blockstore.v1.LearnResponse\x12K\n" +
+	"\x04Peek\x12 .shoal.blockstore.v1.PeekRequest\x1a!.shoal.blockstore.v1.PeekResponseB\x1aZ\x18shoal/proto/blockstorepbb\x06proto3"
 
 var (
 	file_blockstorepb_blockstore_proto_rawDescOnce sync.Once
@@ -833,48 +1638,84 @@ func file_blockstorepb_blockstore_proto_rawDescGZIP() []byte {
 	return file_blockstorepb_blockstore_proto_rawDescData
 }
 
-var file_blockstorepb_blockstore_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_blockstorepb_blockstore_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_blockstorepb_blockstore_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_blockstorepb_blockstore_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_blockstorepb_blockstore_proto_goTypes = []any{
 	(BlockKind)(0),            // 0: shoal.blockstore.v1.BlockKind
-	(*PutRequest)(nil),        // 1: shoal.blockstore.v1.PutRequest
-	(*PutResponse)(nil),       // 2: shoal.blockstore.v1.PutResponse
-	(*GetRequest)(nil),        // 3: shoal.blockstore.v1.GetRequest
-	(*GetResponse)(nil),       // 4: shoal.blockstore.v1.GetResponse
-	(*HasRequest)(nil),        // 5: shoal.blockstore.v1.HasRequest
-	(*HasResponse)(nil),       // 6: shoal.blockstore.v1.HasResponse
-	(*DeleteRequest)(nil),     // 7: shoal.blockstore.v1.DeleteRequest
-	(*DeleteResponse)(nil),    // 8: shoal.blockstore.v1.DeleteResponse
-	(*StatRequest)(nil),       // 9: shoal.blockstore.v1.StatRequest
-	(*StatResponse)(nil),      // 10: shoal.blockstore.v1.StatResponse
-	(*NodeStatsRequest)(nil),  // 11: shoal.blockstore.v1.NodeStatsRequest
-	(*NodeStatsResponse)(nil), // 12: shoal.blockstore.v1.NodeStatsResponse
-	(*ListRequest)(nil),       // 13: shoal.blockstore.v1.ListRequest
-	(*ListResponse)(nil),      // 14: shoal.blockstore.v1.ListResponse
+	(Outcome)(0),              // 1: shoal.blockstore.v1.Outcome
+	(*PutRequest)(nil),        // 2: shoal.blockstore.v1.PutRequest
+	(*PutResponse)(nil),       // 3: shoal.blockstore.v1.PutResponse
+	(*GetRequest)(nil),        // 4: shoal.blockstore.v1.GetRequest
+	(*GetResponse)(nil),       // 5: shoal.blockstore.v1.GetResponse
+	(*HasRequest)(nil),        // 6: shoal.blockstore.v1.HasRequest
+	(*HasResponse)(nil),       // 7: shoal.blockstore.v1.HasResponse
+	(*DeleteRequest)(nil),     // 8: shoal.blockstore.v1.DeleteRequest
+	(*DeleteResponse)(nil),    // 9: shoal.blockstore.v1.DeleteResponse
+	(*StatRequest)(nil),       // 10: shoal.blockstore.v1.StatRequest
+	(*StatResponse)(nil),      // 11: shoal.blockstore.v1.StatResponse
+	(*NodeStatsRequest)(nil),  // 12: shoal.blockstore.v1.NodeStatsRequest
+	(*NodeStatsResponse)(nil), // 13: shoal.blockstore.v1.NodeStatsResponse
+	(*ListRequest)(nil),       // 14: shoal.blockstore.v1.ListRequest
+	(*ListResponse)(nil),      // 15: shoal.blockstore.v1.ListResponse
+	(*Ballot)(nil),            // 16: shoal.blockstore.v1.Ballot
+	(*MutableState)(nil),      // 17: shoal.blockstore.v1.MutableState
+	(*PrepareRequest)(nil),    // 18: shoal.blockstore.v1.PrepareRequest
+	(*PrepareResponse)(nil),   // 19: shoal.blockstore.v1.PrepareResponse
+	(*AcceptRequest)(nil),     // 20: shoal.blockstore.v1.AcceptRequest
+	(*AcceptResponse)(nil),    // 21: shoal.blockstore.v1.AcceptResponse
+	(*LearnRequest)(nil),      // 22: shoal.blockstore.v1.LearnRequest
+	(*LearnResponse)(nil),     // 23: shoal.blockstore.v1.LearnResponse
+	(*PeekRequest)(nil),       // 24: shoal.blockstore.v1.PeekRequest
+	(*PeekResponse)(nil),      // 25: shoal.blockstore.v1.PeekResponse
+	(*AcceptorRecord)(nil),    // 26: shoal.blockstore.v1.AcceptorRecord
 }
 var file_blockstorepb_blockstore_proto_depIdxs = []int32{
 	0,  // 0: shoal.blockstore.v1.PutRequest.kind:type_name -> shoal.blockstore.v1.BlockKind
 	0,  // 1: shoal.blockstore.v1.GetResponse.kind:type_name -> shoal.blockstore.v1.BlockKind
 	0,  // 2: shoal.blockstore.v1.StatResponse.kind:type_name -> shoal.blockstore.v1.BlockKind
-	1,  // 3: shoal.blockstore.v1.BlockStore.Put:input_type -> shoal.blockstore.v1.PutRequest
-	3,  // 4: shoal.blockstore.v1.BlockStore.Get:input_type -> shoal.blockstore.v1.GetRequest
-	5,  // 5: shoal.blockstore.v1.BlockStore.Has:input_type -> shoal.blockstore.v1.HasRequest
-	7,  // 6: shoal.blockstore.v1.BlockStore.Delete:input_type -> shoal.blockstore.v1.DeleteRequest
-	9,  // 7: shoal.blockstore.v1.BlockStore.Stat:input_type -> shoal.blockstore.v1.StatRequest
-	11, // 8: shoal.blockstore.v1.BlockStore.NodeStats:input_type -> shoal.blockstore.v1.NodeStatsRequest
-	13, // 9: shoal.blockstore.v1.BlockStore.List:input_type -> shoal.blockstore.v1.ListRequest
-	2,  // 10: shoal.blockstore.v1.BlockStore.Put:output_type -> shoal.blockstore.v1.PutResponse
-	4,  // 11: shoal.blockstore.v1.BlockStore.Get:output_type -> shoal.blockstore.v1.GetResponse
-	6,  // 12: shoal.blockstore.v1.BlockStore.Has:output_type -> shoal.blockstore.v1.HasResponse
-	8,  // 13: shoal.blockstore.v1.BlockStore.Delete:output_type -> shoal.blockstore.v1.DeleteResponse
-	10, // 14: shoal.blockstore.v1.BlockStore.Stat:output_type -> shoal.blockstore.v1.StatResponse
-	12, // 15: shoal.blockstore.v1.BlockStore.NodeStats:output_type -> shoal.blockstore.v1.NodeStatsResponse
-	14, // 16: shoal.blockstore.v1.BlockStore.List:output_type -> shoal.blockstore.v1.ListResponse
-	10, // [10:17] is the sub-list for method output_type
-	3,  // [3:10] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	16, // 3: shoal.blockstore.v1.PrepareRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
+	1,  // 4: shoal.blockstore.v1.PrepareResponse.outcome:type_name -> shoal.blockstore.v1.Outcome
+	16, // 5: shoal.blockstore.v1.PrepareResponse.promised:type_name -> shoal.blockstore.v1.Ballot
+	16, // 6: shoal.blockstore.v1.PrepareResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
+	17, // 7: shoal.blockstore.v1.PrepareResponse.state:type_name -> shoal.blockstore.v1.MutableState
+	16, // 8: shoal.blockstore.v1.AcceptRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
+	17, // 9: shoal.blockstore.v1.AcceptRequest.state:type_name -> shoal.blockstore.v1.MutableState
+	1,  // 10: shoal.blockstore.v1.AcceptResponse.outcome:type_name -> shoal.blockstore.v1.Outcome
+	16, // 11: shoal.blockstore.v1.AcceptResponse.promised:type_name -> shoal.blockstore.v1.Ballot
+	16, // 12: shoal.blockstore.v1.LearnRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
+	17, // 13: shoal.blockstore.v1.LearnRequest.state:type_name -> shoal.blockstore.v1.MutableState
+	16, // 14: shoal.blockstore.v1.PeekResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
+	17, // 15: shoal.blockstore.v1.PeekResponse.state:type_name -> shoal.blockstore.v1.MutableState
+	16, // 16: shoal.blockstore.v1.AcceptorRecord.promised:type_name -> shoal.blockstore.v1.Ballot
+	16, // 17: shoal.blockstore.v1.AcceptorRecord.accepted:type_name -> shoal.blockstore.v1.Ballot
+	17, // 18: shoal.blockstore.v1.AcceptorRecord.state:type_name -> shoal.blockstore.v1.MutableState
+	2,  // 19: shoal.blockstore.v1.BlockStore.Put:input_type -> shoal.blockstore.v1.PutRequest
+	4,  // 20: shoal.blockstore.v1.BlockStore.Get:input_type -> shoal.blockstore.v1.GetRequest
+	6,  // 21: shoal.blockstore.v1.BlockStore.Has:input_type -> shoal.blockstore.v1.HasRequest
+	8,  // 22: shoal.blockstore.v1.BlockStore.Delete:input_type -> shoal.blockstore.v1.DeleteRequest
+	10, // 23: shoal.blockstore.v1.BlockStore.Stat:input_type -> shoal.blockstore.v1.StatRequest
+	12, // 24: shoal.blockstore.v1.BlockStore.NodeStats:input_type -> shoal.blockstore.v1.NodeStatsRequest
+	14, // 25: shoal.blockstore.v1.BlockStore.List:input_type -> shoal.blockstore.v1.ListRequest
+	18, // 26: shoal.blockstore.v1.BlockStore.Prepare:input_type -> shoal.blockstore.v1.PrepareRequest
+	20, // 27: shoal.blockstore.v1.BlockStore.Accept:input_type -> shoal.blockstore.v1.AcceptRequest
+	22, // 28: shoal.blockstore.v1.BlockStore.Learn:input_type -> shoal.blockstore.v1.LearnRequest
+	24, // 29: shoal.blockstore.v1.BlockStore.Peek:input_type -> shoal.blockstore.v1.PeekRequest
+	3,  // 30: shoal.blockstore.v1.BlockStore.Put:output_type -> shoal.blockstore.v1.PutResponse
+	5,  // 31: shoal.blockstore.v1.BlockStore.Get:output_type -> shoal.blockstore.v1.GetResponse
+	7,  // 32: shoal.blockstore.v1.BlockStore.Has:output_type -> shoal.blockstore.v1.HasResponse
+	9,  // 33: shoal.blockstore.v1.BlockStore.Delete:output_type -> shoal.blockstore.v1.DeleteResponse
+	11, // 34: shoal.blockstore.v1.BlockStore.Stat:output_type -> shoal.blockstore.v1.StatResponse
+	13, // 35: shoal.blockstore.v1.BlockStore.NodeStats:output_type -> shoal.blockstore.v1.NodeStatsResponse
+	15, // 36: shoal.blockstore.v1.BlockStore.List:output_type -> shoal.blockstore.v1.ListResponse
+	19, // 37: shoal.blockstore.v1.BlockStore.Prepare:output_type -> shoal.blockstore.v1.PrepareResponse
+	21, // 38: shoal.blockstore.v1.BlockStore.Accept:output_type -> shoal.blockstore.v1.AcceptResponse
+	23, // 39: shoal.blockstore.v1.BlockStore.Learn:output_type -> shoal.blockstore.v1.LearnResponse
+	25, // 40: shoal.blockstore.v1.BlockStore.Peek:output_type -> shoal.blockstore.v1.PeekResponse
+	30, // [30:41] is the sub-list for method output_type
+	19, // [19:30] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_blockstorepb_blockstore_proto_init() }
@@ -887,8 +1728,8 @@ func file_blockstorepb_blockstore_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockstorepb_blockstore_proto_rawDesc), len(file_blockstorepb_blockstore_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   14,
+			NumEnums:      2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,10 @@ const (
 	BlockStore_Stat_FullMethodName      = "/shoal.blockstore.v1.BlockStore/Stat"
 	BlockStore_NodeStats_FullMethodName = "/shoal.blockstore.v1.BlockStore/NodeStats"
 	BlockStore_List_FullMethodName      = "/shoal.blockstore.v1.BlockStore/List"
+	BlockStore_Prepare_FullMethodName   = "/shoal.blockstore.v1.BlockStore/Prepare"
+	BlockStore_Accept_FullMethodName    = "/shoal.blockstore.v1.BlockStore/Accept"
+	BlockStore_Learn_FullMethodName     = "/shoal.blockstore.v1.BlockStore/Learn"
+	BlockStore_Peek_FullMethodName      = "/shoal.blockstore.v1.BlockStore/Peek"
 )
 
 // BlockStoreClient is the client API for BlockStore service.
@@ -44,6 +48,12 @@ type BlockStoreClient interface {
 	// List streams the addresses a node holds, in address order, for healing
 	// and scrubbing.
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListResponse], error)
+	// Acceptor side of per-block Paxos for mutable and named blocks.
+	Prepare(ctx context.Context, in *PrepareRequest, opts ...grpc.CallOption) (*PrepareResponse, error)
+	Accept(ctx context.Context, in *AcceptRequest, opts ...grpc.CallOption) (*AcceptResponse, error)
+	Learn(ctx context.Context, in *LearnRequest, opts ...grpc.CallOption) (*LearnResponse, error)
+	// Peek returns the accepted state without promising anything.
+	Peek(ctx context.Context, in *PeekRequest, opts ...grpc.CallOption) (*PeekResponse, error)
 }
 
 type blockStoreClient struct {
@@ -133,6 +143,46 @@ func (c *blockStoreClient) List(ctx context.Context, in *ListRequest, opts ...gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BlockStore_ListClient = grpc.ServerStreamingClient[ListResponse]
 
+func (c *blockStoreClient) Prepare(ctx context.Context, in *PrepareRequest, opts ...grpc.CallOption) (*PrepareResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrepareResponse)
+	err := c.cc.Invoke(ctx, BlockStore_Prepare_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *blockStoreClient) Accept(ctx context.Context, in *AcceptRequest, opts ...grpc.CallOption) (*AcceptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AcceptResponse)
+	err := c.cc.Invoke(ctx, BlockStore_Accept_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *blockStoreClient) Learn(ctx context.Context, in *LearnRequest, opts ...grpc.CallOption) (*LearnResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LearnResponse)
+	err := c.cc.Invoke(ctx, BlockStore_Learn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *blockStoreClient) Peek(ctx context.Context, in *PeekRequest, opts ...grpc.CallOption) (*PeekResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PeekResponse)
+	err := c.cc.Invoke(ctx, BlockStore_Peek_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BlockStoreServer is the server API for BlockStore service.
 // All implementations must embed UnimplementedBlockStoreServer
 // for forward compatibility.
@@ -146,6 +196,12 @@ type BlockStoreServer interface {
 	// List streams the addresses a node holds, in address order, for healing
 	// and scrubbing.
 	List(*ListRequest, grpc.ServerStreamingServer[ListResponse]) error
+	// Acceptor side of per-block Paxos for mutable and named blocks.
+	Prepare(context.Context, *PrepareRequest) (*PrepareResponse, error)
+	Accept(context.Context, *AcceptRequest) (*AcceptResponse, error)
+	Learn(context.Context, *LearnRequest) (*LearnResponse, error)
+	// Peek returns the accepted state without promising anything.
+	Peek(context.Context, *PeekRequest) (*PeekResponse, error)
 	mustEmbedUnimplementedBlockStoreServer()
 }
 
@@ -176,6 +232,18 @@ func (UnimplementedBlockStoreServer) NodeStats(context.Context, *NodeStatsReques
 }
 func (UnimplementedBlockStoreServer) List(*ListRequest, grpc.ServerStreamingServer[ListResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method List not implemented")
+}
+func (UnimplementedBlockStoreServer) Prepare(context.Context, *PrepareRequest) (*PrepareResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Prepare not implemented")
+}
+func (UnimplementedBlockStoreServer) Accept(context.Context, *AcceptRequest) (*AcceptResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Accept not implemented")
+}
+func (UnimplementedBlockStoreServer) Learn(context.Context, *LearnRequest) (*LearnResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Learn not implemented")
+}
+func (UnimplementedBlockStoreServer) Peek(context.Context, *PeekRequest) (*PeekResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Peek not implemented")
 }
 func (UnimplementedBlockStoreServer) mustEmbedUnimplementedBlockStoreServer() {}
 func (UnimplementedBlockStoreServer) testEmbeddedByValue()                    {}
@@ -317,6 +385,78 @@ func _BlockStore_List_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BlockStore_ListServer = grpc.ServerStreamingServer[ListResponse]
 
+func _BlockStore_Prepare_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockStoreServer).Prepare(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockStore_Prepare_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockStoreServer).Prepare(ctx, req.(*PrepareRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BlockStore_Accept_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AcceptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockStoreServer).Accept(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockStore_Accept_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockStoreServer).Accept(ctx, req.(*AcceptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BlockStore_Learn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LearnRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockStoreServer).Learn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockStore_Learn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockStoreServer).Learn(ctx, req.(*LearnRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BlockStore_Peek_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PeekRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockStoreServer).Peek(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockStore_Peek_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockStoreServer).Peek(ctx, req.(*PeekRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BlockStore_ServiceDesc is the grpc.ServiceDesc for BlockStore service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -347,6 +487,22 @@ var BlockStore_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "NodeStats",
 			Handler:    _BlockStore_NodeStats_Handler,
+		},
+		{
+			MethodName: "Prepare",
+			Handler:    _BlockStore_Prepare_Handler,
+		},
+		{
+			MethodName: "Accept",
+			Handler:    _BlockStore_Accept_Handler,
+		},
+		{
+			MethodName: "Learn",
+			Handler:    _BlockStore_Learn_Handler,
+		},
+		{
+			MethodName: "Peek",
+			Handler:    _BlockStore_Peek_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

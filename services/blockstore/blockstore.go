@@ -32,6 +32,7 @@ import (
 	"shoal/services/blockstore/silo"
 	"shoal/shared/block"
 	"shoal/shared/membership"
+	"shoal/shared/paxos"
 	"shoal/shared/rpc"
 	"shoal/shared/telemetry"
 )
@@ -40,13 +41,14 @@ import (
 type Node struct {
 	pb.UnimplementedBlockStoreServer
 
-	cfg     Config
-	log     *slog.Logger
-	nc      *nats.Conn
-	silo    *silo.Silo
-	srv     *grpc.Server
-	lis     net.Listener
-	started int64
+	cfg      Config
+	log      *slog.Logger
+	nc       *nats.Conn
+	silo     *silo.Silo
+	acceptor *paxos.Acceptor
+	srv      *grpc.Server
+	lis      net.Listener
+	started  int64
 
 	stopOnce sync.Once
 	done     chan struct{}
@@ -76,7 +78,8 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Node, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Node{cfg: cfg, log: log.With("node", cfg.ID), nc: nc, silo: s, done: make(chan struct{}), started: time.Now().UnixNano()}, nil
+	return &Node{cfg: cfg, log: log.With("node", cfg.ID), nc: nc, silo: s, acceptor: paxos.NewAcceptor(siloRecords{s}, cfg.MaxBlockSize),
+		done: make(chan struct{}), started: time.Now().UnixNano()}, nil
 }
 
 // loadOrCreateID keeps a node's identity across restarts, so a node that
@@ -103,7 +106,10 @@ func (n *Node) ID() string { return n.cfg.ID }
 
 // Addr is the address other nodes dial (valid after Start): the advertised
 // address, else the listen address, with an unspecified host (0.0.0.0, as in
-// a container) replaced by this host's first non-loopback IP.
+// a container) replaced by this host's IP on the advertise network, or its
+// first non-loopback IP. A swarm task has several interfaces (its overlay,
+// docker_gwbridge, maybe ingress) in no guaranteed order, so "first" can be
+// one other nodes cannot reach; -blockstore.advertise-network pins it.
 func (n *Node) Addr() string {
 	if n.cfg.Advertise != "" {
 		return n.cfg.Advertise
@@ -117,22 +123,45 @@ func (n *Node) Addr() string {
 		return a
 	}
 	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		if own := ownIP(); own != "" {
+		if own := ownIP(n.cfg.AdvertiseNetwork); own != "" {
 			return net.JoinHostPort(own, port)
 		}
 	}
 	return a
 }
 
-func ownIP() string {
-	addrs, err := net.InterfaceAddrs()
+// ownIP returns this host's first non-loopback IPv4, restricted to the
+// CIDR or interface named by network when it is set ("" if none matches).
+func ownIP(network string) string {
+	var addrs []net.Addr
+	var err error
+	var within *net.IPNet
+	switch {
+	case network == "":
+		addrs, err = net.InterfaceAddrs()
+	case strings.Contains(network, "/"):
+		_, within, err = net.ParseCIDR(network)
+		if err == nil {
+			addrs, err = net.InterfaceAddrs()
+		}
+	default:
+		var ifc *net.Interface
+		if ifc, err = net.InterfaceByName(network); err == nil {
+			addrs, err = ifc.Addrs()
+		}
+	}
 	if err != nil {
 		return ""
 	}
 	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
-			return ipn.IP.String()
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.IsLoopback() || ipn.IP.To4() == nil {
+			continue
 		}
+		if within != nil && !within.Contains(ipn.IP) {
+			continue
+		}
+		return ipn.IP.String()
 	}
 	return ""
 }
@@ -148,6 +177,11 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("blockstore: listen: %w", err)
 	}
 	n.lis = lis
+	if n.cfg.Advertise == "" && n.cfg.AdvertiseNetwork != "" && ownIP(n.cfg.AdvertiseNetwork) == "" {
+		// Advertising the unspecified address would send peers to themselves.
+		_ = lis.Close()
+		return fmt.Errorf("blockstore: no IPv4 address on advertise network %s", n.cfg.AdvertiseNetwork)
+	}
 	n.srv = grpc.NewServer(rpc.ServerOptions()...)
 	pb.RegisterBlockStoreServer(n.srv, n)
 	hs := health.NewServer()

@@ -3,6 +3,9 @@ package blockstore
 import (
 	"errors"
 	"flag"
+	"fmt"
+	"net"
+	"strings"
 	"time"
 
 	"shoal/shared/block"
@@ -14,6 +17,7 @@ type Config struct {
 	ID                string        `yaml:"id"`
 	Listen            string        `yaml:"listen"`
 	Advertise         string        `yaml:"advertise"`
+	AdvertiseNetwork  string        `yaml:"advertise_network"`
 	Zone              string        `yaml:"zone"`
 	Dir               string        `yaml:"dir"`
 	Capacity          uint64        `yaml:"capacity"`
@@ -27,10 +31,11 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.ID, prefix+"id", "", "node id (default: generated once and kept in the data directory)")
 	fs.StringVar(&c.Listen, prefix+"listen", "127.0.0.1:7200", "gRPC listen address")
 	fs.StringVar(&c.Advertise, prefix+"advertise", "", "address other nodes dial (default: the listen address)")
+	fs.StringVar(&c.AdvertiseNetwork, prefix+"advertise-network", "", "with no -blockstore.advertise and an unspecified listen host, advertise this host's IPv4 inside this CIDR or on this interface (default: the first non-loopback IPv4)")
 	fs.StringVar(&c.Zone, prefix+"zone", "z1", "failure zone; replicas are spread over zones")
 	fs.StringVar(&c.Dir, prefix+"dir", "", "silo directory (default: <data>/blockstore)")
 	fs.Uint64Var(&c.Capacity, prefix+"capacity", 0, "bytes of block data this node may hold (0 = unlimited)")
-	fs.IntVar(&c.MaxBlockSize, prefix+"max-block-size", block.DefaultMaxSize, "largest block accepted, in bytes")
+	fs.IntVar(&c.MaxBlockSize, prefix+"max-block-size", block.MaxSealed, "largest block accepted, in bytes")
 	fs.IntVar(&c.SegmentThreshold, prefix+"segment-threshold", 32<<10, "blocks this large or larger are stored in segment files rather than the LSM")
 	fs.DurationVar(&c.HeartbeatInterval, prefix+"heartbeat-interval", membership.DefaultHeartbeatInterval, "how often the node announces itself on NATS")
 }
@@ -46,6 +51,17 @@ func (c *Config) Validate() error {
 		return errors.New("blockstore: -blockstore.max-block-size must be positive")
 	case c.HeartbeatInterval <= 0:
 		return errors.New("blockstore: -blockstore.heartbeat-interval must be positive")
+	}
+	if c.AdvertiseNetwork != "" && !strings.Contains(c.AdvertiseNetwork, "/") {
+		// An interface name: containers may start before it exists, so
+		// only its syntax is checked here.
+		if strings.ContainsAny(c.AdvertiseNetwork, " :") {
+			return fmt.Errorf("blockstore: -blockstore.advertise-network %q is neither a CIDR nor an interface name", c.AdvertiseNetwork)
+		}
+	} else if c.AdvertiseNetwork != "" {
+		if _, _, err := net.ParseCIDR(c.AdvertiseNetwork); err != nil {
+			return fmt.Errorf("blockstore: -blockstore.advertise-network: %w", err)
+		}
 	}
 	return nil
 }

@@ -14,8 +14,13 @@ import (
 // AddressSize is the length of every block address.
 const AddressSize = 32
 
-// DefaultMaxSize is the largest block accepted unless configured otherwise.
+// DefaultMaxSize is the largest block a user may store unless configured
+// otherwise.
 const DefaultMaxSize = 4 << 20
+
+// MaxSealed is what storage nodes accept by default: a maximum-size chunk
+// plus the few bytes compression framing and AES-GCM add to it.
+const MaxSealed = DefaultMaxSize + 64<<10
 
 // Address names a block. For immutable blocks it is the SHA-256 of the bytes.
 type Address [AddressSize]byte

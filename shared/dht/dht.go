@@ -22,6 +22,7 @@ import (
 	bpb "shoal/proto/blockstorepb"
 	ppb "shoal/proto/placementpb"
 	"shoal/shared/block"
+	"shoal/shared/paxos"
 	"shoal/shared/placement"
 	"shoal/shared/rpc"
 	"shoal/shared/telemetry"
@@ -51,6 +52,9 @@ type Client struct {
 
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn // by node address
+
+	propOnce sync.Once
+	prop     *paxos.Proposer
 
 	pconns []*grpc.ClientConn
 	cancel context.CancelFunc

@@ -473,3 +473,36 @@ func put32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
 }
 func put64(b []byte, v uint64) { put32(b, uint32(v)); put32(b[4:], uint32(v>>32)) }
+
+const keyPaxos = 'p'
+
+// LoadRecord returns the acceptor record of a mutable block (nil if none).
+// Acceptor records live in the LSM beside the block index, so they share its
+// WAL and group commit.
+func (s *Silo) LoadRecord(addr block.Address) ([]byte, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	k := blockKey(addr)
+	k[0] = keyPaxos
+	v, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return append([]byte(nil), v...), nil
+}
+
+// StoreRecord durably writes a mutable block's acceptor record: it returns
+// once the record is fsync'd, as Paxos requires before replying.
+func (s *Silo) StoreRecord(addr block.Address, rec []byte) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	k := blockKey(addr)
+	k[0] = keyPaxos
+	return s.db.Set(k, rec, pebble.Sync)
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,12 @@ func cmdBlock(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return usagef("usage: shoal block put|get|stat ...")
 	}
 	sub := args[0]
+	switch sub {
+	case "create-mutable":
+		return blockCreateMutable(ctx, args[1:], stdin, stdout, stderr)
+	case "update":
+		return blockUpdate(ctx, args[1:], stdin, stdout, stderr)
+	}
 	fs := newFlags("block "+sub, stderr)
 	var cfg dht.Config
 	cfg.RegisterFlags("", fs)
@@ -59,6 +66,13 @@ func cmdBlock(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		if sub == "get" {
 			run = func(ctx context.Context, c *dht.Client) error {
 				data, err := c.Get(ctx, addr)
+				if errors.Is(err, block.ErrNotFound) {
+					// Not an immutable block: try it as a mutable one.
+					var m *dht.Mutable
+					if m, err = c.GetMutable(ctx, addr); err == nil {
+						data = m.Payload
+					}
+				}
 				if err != nil {
 					return err
 				}

@@ -32,8 +32,14 @@ commands:
   serve                 run services (-target=all by default: NATS, placement, 3 storage nodes)
   status                show the cluster view (-o json for scripts)
   block put [FILE|-]    store an immutable block, print its address
-  block get ADDR        write a block's bytes to stdout
+  block get ADDR        write a block's bytes to stdout (immutable or mutable)
   block stat ADDR       show which nodes hold a block
+  block create-mutable [FILE|-]   create a mutable block signed by -user, print its address
+  block update ADDR FILE|-        write the next version of a mutable block
+  name set NAME ADDR    bind a name (under your key) to an address
+  name get NAME         resolve a name (-owner PUBKEY for another user's)
+  name rm NAME          remove a name (signed tombstone)
+  user create|list|export [NAME]  manage local signing keys
   health ADDR           check a service's gRPC health (exit 0 when serving)
 
 Run 'shoal <command> -h' for a command's flags.
@@ -59,6 +65,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdStatus(ctx, args[1:], stdout, stderr)
 	case "block":
 		err = cmdBlock(ctx, args[1:], stdin, stdout, stderr)
+	case "user":
+		err = cmdUser(ctx, args[1:], stdout, stderr)
+	case "name":
+		err = cmdName(ctx, args[1:], stdout, stderr)
 	case "health":
 		err = cmdHealth(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":

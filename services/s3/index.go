@@ -1,0 +1,632 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Index errors. errIndexGone means the bucket was deleted underneath us.
+var (
+	errIndexGone   = errors.New("s3: index is gone")
+	errSealed      = errors.New("s3: index is sealed")
+	errNotEmpty    = errors.New("s3: index is not empty")
+	errCorruptMeta = errors.New("s3: corrupt metadata block")
+	errMoved       = errors.New("s3: key moved to another shard")
+	errSplitRace   = errors.New("s3: shard changed during split")
+	errDirFull     = errors.New("s3: directory full")
+)
+
+const (
+	shardMagic = 'S'
+	dirMagic   = 'D'
+	// maxDirBytes keeps the directory block under the ~1 MiB block limit.
+	// When full, new shards are still reachable through right links.
+	maxDirBytes = 900 << 10
+	// maxHops is how many right links a lookup follows before it reloads
+	// the directory: more means our cached copy is stale.
+	maxHops = 2
+)
+
+// shard is one node of the B-link index: sorted keys in [lo, hi) and a right
+// link to the shard that starts at hi.
+type shard struct {
+	lo     string
+	hi     string
+	hiInf  bool // hi is +infinity
+	next   [32]byte
+	gen    uint64 // bumped on every change; splits use it to detect races
+	sealed bool
+	keys   []string
+	vals   [][]byte
+}
+
+func (s *shard) covers(k string) bool { return k >= s.lo && (s.hiInf || k < s.hi) }
+
+func (s *shard) search(k string) (int, bool) {
+	i := sort.SearchStrings(s.keys, k)
+	return i, i < len(s.keys) && s.keys[i] == k
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func (s *shard) encode() []byte {
+	n := 64 + len(s.lo) + len(s.hi)
+	for i := range s.keys {
+		n += len(s.keys[i]) + len(s.vals[i]) + 8
+	}
+	b := make([]byte, 0, n)
+	b = append(b, shardMagic, 1)
+	b = appendStr(b, s.lo)
+	b = appendStr(b, s.hi)
+	var flags byte
+	if s.hiInf {
+		flags |= 1
+	}
+	if s.sealed {
+		flags |= 2
+	}
+	b = append(b, flags)
+	b = append(b, s.next[:]...)
+	b = binary.AppendUvarint(b, s.gen)
+	b = binary.AppendUvarint(b, uint64(len(s.keys)))
+	for i := range s.keys {
+		b = appendStr(b, s.keys[i])
+		b = appendStr(b, string(s.vals[i]))
+	}
+	return b
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = errCorruptMeta
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes(n uint64) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = errCorruptMeta
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) str() string { return string(d.bytes(d.uvarint())) }
+
+func decodeShard(b []byte) (*shard, error) {
+	if len(b) < 2 || b[0] != shardMagic || b[1] != 1 {
+		return nil, errCorruptMeta
+	}
+	d := &decoder{b: b[2:]}
+	s := &shard{lo: d.str(), hi: d.str()}
+	flags := d.bytes(1)
+	if d.err == nil {
+		s.hiInf, s.sealed = flags[0]&1 != 0, flags[0]&2 != 0
+	}
+	copy(s.next[:], d.bytes(32))
+	s.gen = d.uvarint()
+	n := d.uvarint()
+	if n > uint64(len(b)) {
+		return nil, errCorruptMeta
+	}
+	s.keys = make([]string, 0, n)
+	s.vals = make([][]byte, 0, n)
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		s.keys = append(s.keys, d.str())
+		s.vals = append(s.vals, d.bytes(d.uvarint()))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return s, nil
+}
+
+// directory maps each shard's low key to its address. It is a hint: shard
+// low keys never change (there are no merges), so any entry with lo <= key
+// leads to the right shard by following right links.
+type directory struct {
+	los   []string
+	addrs [][32]byte
+}
+
+func (d *directory) find(k string) [32]byte {
+	i := sort.SearchStrings(d.los, k)
+	if i < len(d.los) && d.los[i] == k {
+		return d.addrs[i]
+	}
+	if i == 0 { // cannot happen: the first shard starts at ""
+		return d.addrs[0]
+	}
+	return d.addrs[i-1]
+}
+
+func (d *directory) encode() []byte {
+	b := []byte{dirMagic, 1}
+	b = binary.AppendUvarint(b, uint64(len(d.los)))
+	for i := range d.los {
+		b = appendStr(b, d.los[i])
+		b = append(b, d.addrs[i][:]...)
+	}
+	return b
+}
+
+func decodeDir(b []byte) (*directory, error) {
+	if len(b) < 2 || b[0] != dirMagic || b[1] != 1 {
+		return nil, errCorruptMeta
+	}
+	dec := &decoder{b: b[2:]}
+	n := dec.uvarint()
+	if n > uint64(len(b)) {
+		return nil, errCorruptMeta
+	}
+	d := &directory{}
+	for i := uint64(0); i < n && dec.err == nil; i++ {
+		d.los = append(d.los, dec.str())
+		var a [32]byte
+		copy(a[:], dec.bytes(32))
+		d.addrs = append(d.addrs, a)
+	}
+	if dec.err != nil || len(d.los) == 0 || d.los[0] != "" {
+		return nil, errCorruptMeta
+	}
+	return d, nil
+}
+
+// dirCache keeps decoded directories per directory address, shared by all
+// indexes of one server. Entries are hints, refreshed when lookups find them
+// stale, so there is no invalidation protocol between servers.
+type dirCache struct {
+	mu   sync.Mutex
+	dirs map[[32]byte]*directory
+}
+
+func newDirCache() *dirCache { return &dirCache{dirs: map[[32]byte]*directory{}} }
+
+func (c *dirCache) get(a [32]byte) *directory {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dirs[a]
+}
+
+func (c *dirCache) put(a [32]byte, d *directory) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.dirs) > 4096 { // many buckets: drop everything rather than track use
+		clear(c.dirs)
+	}
+	c.dirs[a] = d
+}
+
+func (c *dirCache) drop(a [32]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.dirs, a)
+}
+
+// index is a sharded, ordered map from string keys to byte values stored in
+// mutable blocks. See doc.go for the design.
+type index struct {
+	meta       MetaStore
+	dir        [32]byte
+	splitBytes int
+	cache      *dirCache
+}
+
+// createIndex makes an empty index: one shard covering everything and a
+// directory pointing at it.
+func createIndex(ctx context.Context, meta MetaStore) ([32]byte, error) {
+	first := &shard{hiInf: true}
+	sa, err := meta.CreateMutable(ctx, first.encode())
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("s3: create shard: %w", err)
+	}
+	d := &directory{los: []string{""}, addrs: [][32]byte{sa}}
+	da, err := meta.CreateMutable(ctx, d.encode())
+	if err != nil {
+		_ = meta.Delete(ctx, sa)
+		return [32]byte{}, fmt.Errorf("s3: create directory: %w", err)
+	}
+	return da, nil
+}
+
+func (ix *index) loadDir(ctx context.Context) (*directory, error) {
+	b, _, err := ix.meta.Get(ctx, ix.dir)
+	if errors.Is(err, ErrNotFound) {
+		ix.cache.drop(ix.dir)
+		return nil, errIndexGone
+	}
+	if err != nil {
+		return nil, err
+	}
+	d, err := decodeDir(b)
+	if err != nil {
+		return nil, err
+	}
+	ix.cache.put(ix.dir, d)
+	return d, nil
+}
+
+func (ix *index) directory(ctx context.Context) (*directory, bool, error) {
+	if d := ix.cache.get(ix.dir); d != nil {
+		return d, true, nil
+	}
+	d, err := ix.loadDir(ctx)
+	return d, false, err
+}
+
+// locate finds the shard covering k and returns its address and contents.
+func (ix *index) locate(ctx context.Context, k string) ([32]byte, *shard, error) {
+	d, cached, err := ix.directory(ctx)
+	if err != nil {
+		return [32]byte{}, nil, err
+	}
+	addr := d.find(k)
+	for hops := 0; ; hops++ {
+		b, _, err := ix.meta.Get(ctx, addr)
+		if errors.Is(err, ErrNotFound) {
+			if cached { // the bucket may have been recreated; retry fresh
+				if d, err = ix.loadDir(ctx); err != nil {
+					return [32]byte{}, nil, err
+				}
+				cached, addr, hops = false, d.find(k), 0
+				continue
+			}
+			return [32]byte{}, nil, errIndexGone
+		}
+		if err != nil {
+			return [32]byte{}, nil, err
+		}
+		s, err := decodeShard(b)
+		if err != nil {
+			return [32]byte{}, nil, err
+		}
+		if s.covers(k) {
+			if hops > maxHops && cached {
+				_, _ = ix.loadDir(ctx) // refresh the hint for next time
+			}
+			return addr, s, nil
+		}
+		if k < s.lo || s.hiInf || s.next == ([32]byte{}) {
+			// Only possible with a directory from another incarnation.
+			if !cached {
+				return [32]byte{}, nil, errCorruptMeta
+			}
+			if d, err = ix.loadDir(ctx); err != nil {
+				return [32]byte{}, nil, err
+			}
+			cached, addr, hops = false, d.find(k), 0
+			continue
+		}
+		addr = s.next
+	}
+}
+
+// get returns the value stored under k.
+func (ix *index) get(ctx context.Context, k string) ([]byte, bool, error) {
+	_, s, err := ix.locate(ctx, k)
+	if err != nil {
+		return nil, false, err
+	}
+	if i, ok := s.search(k); ok {
+		return s.vals[i], true, nil
+	}
+	return nil, false, nil
+}
+
+// update applies fn to the value under k through the shard's
+// read-modify-write, so concurrent writers never lose an entry. fn may run
+// several times and must not have side effects; keep=false deletes the key.
+func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found bool) (next []byte, keep bool, err error)) error {
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		addr, _, err := ix.locate(ctx, k)
+		if err != nil {
+			return err
+		}
+		size := 0
+		_, err = ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
+			s, err := decodeShard(cur)
+			if err != nil {
+				return nil, err
+			}
+			if s.sealed {
+				return nil, errSealed
+			}
+			if !s.covers(k) {
+				return nil, errMoved
+			}
+			i, found := s.search(k)
+			var old []byte
+			if found {
+				old = s.vals[i]
+			}
+			nv, keep, err := fn(old, found)
+			if err != nil {
+				return nil, err
+			}
+			switch {
+			case keep && found:
+				s.vals[i] = nv
+			case keep:
+				s.keys = append(s.keys, "")
+				s.vals = append(s.vals, nil)
+				copy(s.keys[i+1:], s.keys[i:])
+				copy(s.vals[i+1:], s.vals[i:])
+				s.keys[i], s.vals[i] = k, nv
+			case found:
+				s.keys = append(s.keys[:i], s.keys[i+1:]...)
+				s.vals = append(s.vals[:i], s.vals[i+1:]...)
+			}
+			s.gen++
+			out := s.encode()
+			size = len(out)
+			return out, nil
+		})
+		if errors.Is(err, errMoved) && attempt < 64 {
+			continue // a split moved k right; look again
+		}
+		if errors.Is(err, ErrNotFound) {
+			return errIndexGone
+		}
+		if err != nil {
+			return err
+		}
+		if size > ix.splitBytes {
+			// Best effort: a failed split leaves a large but valid shard and
+			// the next write retries.
+			_ = ix.split(ctx, addr)
+		}
+		return nil
+	}
+}
+
+// split moves the upper half of the shard at addr into a new right sibling.
+// The sibling is fully written before the left shard links to it, and the
+// left shard is only cut if nothing changed since we read it, so readers
+// always find every key by following right links.
+func (ix *index) split(ctx context.Context, addr [32]byte) error {
+	for attempt := 0; attempt < 4; attempt++ {
+		b, _, err := ix.meta.Get(ctx, addr)
+		if err != nil {
+			return err
+		}
+		s, err := decodeShard(b)
+		if err != nil {
+			return err
+		}
+		if len(b) <= ix.splitBytes || len(s.keys) < 2 || s.sealed {
+			return nil
+		}
+		mid := len(s.keys) / 2
+		right := &shard{lo: s.keys[mid], hi: s.hi, hiInf: s.hiInf, next: s.next,
+			keys: s.keys[mid:], vals: s.vals[mid:]}
+		ra, err := ix.meta.CreateMutable(ctx, right.encode())
+		if err != nil {
+			return err
+		}
+		_, err = ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
+			c, err := decodeShard(cur)
+			if err != nil {
+				return nil, err
+			}
+			if c.gen != s.gen || c.sealed {
+				return nil, errSplitRace
+			}
+			c.keys, c.vals = c.keys[:mid], c.vals[:mid]
+			c.hi, c.hiInf, c.next = right.lo, false, ra
+			c.gen++
+			return c.encode(), nil
+		})
+		if err != nil {
+			_ = ix.meta.Delete(ctx, ra)
+			if errors.Is(err, errSplitRace) {
+				continue
+			}
+			return err
+		}
+		return ix.publish(ctx, right.lo, ra)
+	}
+	return errSplitRace
+}
+
+// publish adds a shard to the directory. Failing here is harmless.
+func (ix *index) publish(ctx context.Context, lo string, a [32]byte) error {
+	var nd *directory
+	_, err := ix.meta.Update(ctx, ix.dir, func(cur []byte) ([]byte, error) {
+		d, err := decodeDir(cur)
+		if err != nil {
+			return nil, err
+		}
+		i := sort.SearchStrings(d.los, lo)
+		if i < len(d.los) && d.los[i] == lo {
+			nd = d
+			return nil, errSplitRace // already there; nothing to write
+		}
+		d.los = append(d.los, "")
+		d.addrs = append(d.addrs, [32]byte{})
+		copy(d.los[i+1:], d.los[i:])
+		copy(d.addrs[i+1:], d.addrs[i:])
+		d.los[i], d.addrs[i] = lo, a
+		out := d.encode()
+		if len(out) > maxDirBytes {
+			return nil, errDirFull
+		}
+		nd = d
+		return out, nil
+	})
+	if errors.Is(err, errSplitRace) {
+		err = nil
+	}
+	if nd != nil {
+		ix.cache.put(ix.dir, nd)
+	}
+	return err
+}
+
+// page returns the entries >= start held by the shard covering start, and
+// where the next shard begins (more=false at the end of the key space).
+func (ix *index) page(ctx context.Context, start string) (keys []string, vals [][]byte, next string, more bool, err error) {
+	_, s, err := ix.locate(ctx, start)
+	if err != nil {
+		return nil, nil, "", false, err
+	}
+	i, _ := s.search(start)
+	return s.keys[i:], s.vals[i:], s.hi, !s.hiInf, nil
+}
+
+// shards calls fn for each shard address in key order.
+func (ix *index) shards(ctx context.Context, fn func(addr [32]byte, s *shard) error) error {
+	d, err := ix.loadDir(ctx)
+	if err != nil {
+		return err
+	}
+	addr := d.addrs[0]
+	for {
+		b, _, err := ix.meta.Get(ctx, addr)
+		if err != nil {
+			return err
+		}
+		s, err := decodeShard(b)
+		if err != nil {
+			return err
+		}
+		if err := fn(addr, s); err != nil {
+			return err
+		}
+		if s.hiInf {
+			return nil
+		}
+		addr = s.next
+	}
+}
+
+// seal marks every shard read-only if the index is empty; writers then fail
+// with errSealed. On errNotEmpty the shards sealed so far are reopened.
+func (ix *index) seal(ctx context.Context) error {
+	var sealed [][32]byte
+	err := ix.shards(ctx, func(addr [32]byte, _ *shard) error {
+		_, err := ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
+			s, err := decodeShard(cur)
+			if err != nil {
+				return nil, err
+			}
+			if len(s.keys) > 0 {
+				return nil, errNotEmpty
+			}
+			s.sealed = true
+			s.gen++
+			return s.encode(), nil
+		})
+		if err == nil {
+			sealed = append(sealed, addr)
+		}
+		return err
+	})
+	if err != nil {
+		for _, a := range sealed {
+			_, _ = ix.meta.Update(ctx, a, func(cur []byte) ([]byte, error) {
+				s, err := decodeShard(cur)
+				if err != nil {
+					return nil, err
+				}
+				s.sealed = false
+				s.gen++
+				return s.encode(), nil
+			})
+		}
+	}
+	return err
+}
+
+// destroy deletes every block of the index.
+func (ix *index) destroy(ctx context.Context) error {
+	var addrs [][32]byte
+	if err := ix.shards(ctx, func(a [32]byte, _ *shard) error {
+		addrs = append(addrs, a)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if err := ix.meta.Delete(ctx, a); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	ix.cache.drop(ix.dir)
+	return ix.meta.Delete(ctx, ix.dir)
+}
+
+// deleteRange removes keys in [lo, hi) shard by shard and returns the values
+// removed.
+func (ix *index) deleteRange(ctx context.Context, lo, hi string) ([][]byte, error) {
+	var removed [][]byte
+	start := lo
+	for {
+		addr, _, err := ix.locate(ctx, start)
+		if err != nil {
+			return removed, err
+		}
+		var got [][]byte
+		var s2 *shard
+		_, err = ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
+			s, err := decodeShard(cur)
+			if err != nil {
+				return nil, err
+			}
+			if !s.covers(start) {
+				return nil, errMoved
+			}
+			got = nil
+			i, _ := s.search(start)
+			j := sort.SearchStrings(s.keys, hi)
+			if j < i {
+				j = i
+			}
+			for _, v := range s.vals[i:j] {
+				got = append(got, bytes.Clone(v))
+			}
+			s.keys = append(s.keys[:i], s.keys[j:]...)
+			s.vals = append(s.vals[:i], s.vals[j:]...)
+			s.gen++
+			s2 = s
+			return s.encode(), nil
+		})
+		if errors.Is(err, errMoved) {
+			continue
+		}
+		if err != nil {
+			return removed, err
+		}
+		removed = append(removed, got...)
+		if s2.hiInf || s2.hi >= hi {
+			return removed, nil
+		}
+		start = s2.hi
+	}
+}

@@ -1,0 +1,214 @@
+package s3_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"shoal/services/s3"
+	"shoal/services/s3/s3test"
+)
+
+// refList is the reference listing: keys > marker with the prefix, rolled up
+// at the delimiter, without the common prefix the marker lies in.
+func refList(sorted []string, prefix, delim, marker string, maxKeys int) ([]string, bool) {
+	var out []string
+	for _, k := range sorted {
+		if k <= marker || !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		item := k
+		if delim != "" {
+			if j := strings.Index(k[len(prefix):], delim); j >= 0 {
+				item = k[:len(prefix)+j+len(delim)]
+				if strings.HasPrefix(marker, item) {
+					continue
+				}
+			}
+		}
+		if len(out) > 0 && out[len(out)-1] == item {
+			continue
+		}
+		if len(out) == maxKeys {
+			return out, true
+		}
+		out = append(out, item)
+	}
+	return out, false
+}
+
+func randKey(r *rand.Rand) string {
+	const alpha = "ab/c.\u00e9z"
+	runes := []rune(alpha)
+	n := 1 + r.IntN(8)
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		b.WriteRune(runes[r.IntN(len(runes))])
+	}
+	return b.String()
+}
+
+func TestListingMatchesReference(t *testing.T) {
+	ctx := context.Background()
+	meta := s3test.NewMeta()
+	ix, err := s3.NewTestIndex(ctx, meta, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	set := map[string]bool{}
+	for len(set) < 3000 {
+		k := randKey(r)
+		if set[k] {
+			continue
+		}
+		set[k] = true
+		if err := ix.Put(ctx, k, []byte("v-"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Remove some keys again, so shards have holes.
+	for k := range set {
+		if r.IntN(10) == 0 {
+			if err := ix.Remove(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+			delete(set, k)
+		}
+	}
+	sorted := make([]string, 0, len(set))
+	for k := range set {
+		sorted = append(sorted, k)
+	}
+	sort.Strings(sorted)
+	if n, _ := ix.Shards(ctx); n < 20 {
+		t.Fatalf("only %d shards; splitting did not happen", n)
+	}
+	pick := func() string {
+		if r.IntN(3) == 0 {
+			return ""
+		}
+		k := sorted[r.IntN(len(sorted))]
+		return k[:r.IntN(len(k)+1)]
+	}
+	for i := 0; i < 400; i++ {
+		prefix, marker := pick(), pick()
+		delim := []string{"", "/", ".", "ab"}[r.IntN(4)]
+		maxKeys := []int{1, 2, 7, 100, 1000}[r.IntN(5)]
+		got, _, gotTrunc, err := ix.List(ctx, prefix, delim, marker, maxKeys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, wantTrunc := refList(sorted, prefix, delim, marker, maxKeys)
+		if !slices.Equal(got, want) || gotTrunc != wantTrunc {
+			t.Fatalf("prefix=%q delim=%q marker=%q max=%d:\n got %q %v\nwant %q %v", prefix, delim, marker, maxKeys, got, gotTrunc, want, wantTrunc)
+		}
+		// Paginating with the last item as marker yields the full listing.
+		var all []string
+		m := marker
+		for {
+			page, _, trunc, err := ix.List(ctx, prefix, delim, m, 13)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, page...)
+			if !trunc {
+				break
+			}
+			m = page[len(page)-1]
+		}
+		full, _ := refList(sorted, prefix, delim, marker, 1<<30)
+		if !slices.Equal(all, full) {
+			t.Fatalf("paginated prefix=%q delim=%q marker=%q:\n got %q\nwant %q", prefix, delim, marker, all, full)
+		}
+	}
+	for _, k := range sorted[:100] {
+		v, ok, err := ix.Get(ctx, k)
+		if err != nil || !ok || string(v) != "v-"+k {
+			t.Fatalf("get %q: %q %v %v", k, v, ok, err)
+		}
+	}
+}
+
+// Listing under a prefix reads only the shards it needs, not the bucket.
+func TestListingReadsFewShards(t *testing.T) {
+	ctx := context.Background()
+	meta := s3test.NewMeta()
+	ix, err := s3.NewTestIndex(ctx, meta, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5000; i++ {
+		if err := ix.Put(ctx, fmt.Sprintf("d%02d/f%05d", i%50, i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shards, _ := ix.Shards(ctx)
+	before := meta.Gets.Load()
+	keys, _, _, err := ix.List(ctx, "d17/", "", "", 10)
+	if err != nil || len(keys) != 10 {
+		t.Fatalf("list: %v %d", err, len(keys))
+	}
+	if reads := meta.Gets.Load() - before; reads > 4 {
+		t.Fatalf("prefix listing read %d blocks of %d shards", reads, shards)
+	}
+	// Delimiter listing of 5 common prefixes jumps over their contents.
+	before = meta.Gets.Load()
+	_, prefixes, _, err := ix.List(ctx, "d1", "/", "", 1000)
+	if err != nil || len(prefixes) != 10 {
+		t.Fatalf("delimiter list: %v %d", err, len(prefixes))
+	}
+	if reads := meta.Gets.Load() - before; int(reads) > 2*len(prefixes)+2 || int(reads) >= shards/3 {
+		t.Fatalf("delimiter listing read %d blocks of %d shards", reads, shards)
+	}
+}
+
+// Writers with separate directory caches (as separate servers) split shards
+// concurrently without losing entries.
+func TestIndexConcurrentSplits(t *testing.T) {
+	ctx := context.Background()
+	meta := s3test.NewMeta()
+	a, err := s3.NewTestIndex(ctx, meta, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handles := []*s3.Index{a, a.Reopen(), a.Reopen(), a.Reopen()}
+	const per = 1000
+	var wg sync.WaitGroup
+	errs := make(chan error, len(handles))
+	for w, ix := range handles {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				if err := ix.Put(ctx, fmt.Sprintf("k%05d-%d", i, w), []byte(strings.Repeat("v", 20))); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	keys, _, trunc, err := handles[3].List(ctx, "", "", "", 1<<30)
+	if err != nil || trunc {
+		t.Fatal(err, trunc)
+	}
+	if len(keys) != per*len(handles) || !sort.StringsAreSorted(keys) {
+		t.Fatalf("%d keys, sorted=%v", len(keys), sort.StringsAreSorted(keys))
+	}
+	if meta.Conflicts.Load() == 0 {
+		t.Log("no update conflicts happened; concurrency was not exercised this run")
+	}
+	if max := meta.MaxSize.Load(); max > 8<<10 {
+		t.Fatalf("a block grew to %d bytes", max)
+	}
+}

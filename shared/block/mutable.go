@@ -1,0 +1,152 @@
+package block
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	sha256 "github.com/minio/sha256-simd"
+
+	bpb "shoal/proto/blockstorepb"
+)
+
+var (
+	// ErrBadSignature means a mutable block version is not signed by its
+	// writer, or the writer may not write the block.
+	ErrBadSignature = errors.New("block: bad signature or writer not allowed")
+	// ErrBadDerivation means a mutable block's address does not follow from
+	// its owner and salt or name.
+	ErrBadDerivation = errors.New("block: address does not match owner and derivation")
+)
+
+// MutableAddress is the address of a mutable block: fixed at creation from
+// the owner's key and a random salt.
+func MutableAddress(owner ed25519.PublicKey, salt []byte) Address {
+	return derive("shoal/mutable\x00", owner, salt)
+}
+
+// NamedAddress is the address of a named block: a well-known root that only
+// its owner can update.
+func NamedAddress(owner ed25519.PublicKey, name string) Address {
+	return derive("shoal/named\x00", owner, []byte(name))
+}
+
+func derive(tag string, owner, d []byte) Address {
+	h := sha256.New()
+	h.Write([]byte(tag))
+	var n [4]byte
+	binary.BigEndian.PutUint32(n[:], uint32(len(owner)))
+	h.Write(n[:])
+	h.Write(owner)
+	h.Write(d)
+	var a Address
+	h.Sum(a[:0])
+	return a
+}
+
+// signedBytes is what a writer signs: everything of a version except the
+// acceptor set, which is not the writer's to choose.
+func signedBytes(s *bpb.MutableState) []byte {
+	var b bytes.Buffer
+	b.WriteString("shoal/mutable-version/v1\x00")
+	b.Write(s.Address)
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], s.Version)
+	b.Write(n[:])
+	ph := sha256.Sum256(s.Payload)
+	b.Write(ph[:])
+	if s.Tombstone {
+		b.WriteByte(1)
+	} else {
+		b.WriteByte(0)
+	}
+	for _, w := range s.Writers {
+		binary.BigEndian.PutUint32(n[:4], uint32(len(w)))
+		b.Write(n[:4])
+		b.Write(w)
+	}
+	return b.Bytes()
+}
+
+// Sign signs s as writer.
+func Sign(s *bpb.MutableState, writer ed25519.PrivateKey) {
+	s.Writer = writer.Public().(ed25519.PublicKey)
+	s.Signature = ed25519.Sign(writer, signedBytes(s))
+}
+
+// CheckDerivation verifies that s's address follows from its owner and
+// salt or name.
+func CheckDerivation(s *bpb.MutableState) error {
+	if len(s.Owner) != ed25519.PublicKeySize {
+		return fmt.Errorf("%w: owner key is %d bytes", ErrBadDerivation, len(s.Owner))
+	}
+	var want Address
+	if s.Named {
+		want = NamedAddress(s.Owner, string(s.Derivation))
+	} else {
+		want = MutableAddress(s.Owner, s.Derivation)
+	}
+	if !bytes.Equal(want[:], s.Address) {
+		return ErrBadDerivation
+	}
+	return nil
+}
+
+// MayWrite reports whether key may sign versions of a block whose current
+// ACL is prev (nil: the block is new). The owner always may; named blocks
+// have no other writers.
+func MayWrite(owner []byte, prevWriters [][]byte, named bool, key []byte) bool {
+	if bytes.Equal(owner, key) {
+		return true
+	}
+	if named {
+		return false
+	}
+	for _, w := range prevWriters {
+		if bytes.Equal(w, key) {
+			return true
+		}
+	}
+	return false
+}
+
+// VerifyMutable checks a mutable state on its own: derivation, signature,
+// and that the signer is allowed by prev's ACL (or by s's own ACL when prev
+// is nil, i.e. at creation, where only the owner may sign). Changing the
+// ACL takes the owner's signature.
+func VerifyMutable(s, prev *bpb.MutableState, maxSize int) error {
+	if err := CheckDerivation(s); err != nil {
+		return err
+	}
+	if maxSize > 0 && len(s.Payload) > maxSize {
+		return fmt.Errorf("%w: payload %d bytes, limit %d", ErrTooLarge, len(s.Payload), maxSize)
+	}
+	if len(s.Writer) != ed25519.PublicKeySize || !ed25519.Verify(s.Writer, signedBytes(s), s.Signature) {
+		return ErrBadSignature
+	}
+	var acl [][]byte
+	if prev != nil {
+		acl = prev.Writers
+		if !sameWriters(prev.Writers, s.Writers) && !bytes.Equal(s.Writer, s.Owner) {
+			return fmt.Errorf("%w: only the owner changes the ACL", ErrBadSignature)
+		}
+	}
+	if !MayWrite(s.Owner, acl, s.Named, s.Writer) {
+		return ErrBadSignature
+	}
+	return nil
+}
+
+func sameWriters(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,211 @@
+// Package chunker cuts a byte stream into chunks, either at fixed offsets or
+// at content-defined boundaries (FastCDC, Xia et al., USENIX ATC 2016). It
+// only finds boundaries; hashing, compression and storage live elsewhere.
+//
+// Boundaries are part of the on-disk format: changing the gear table, the
+// masks or the cut rule does not corrupt anything, but it stops new writes
+// from deduplicating against old ones. Treat them as frozen.
+package chunker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+)
+
+// ErrBadSize means the chunk sizes are out of range or inconsistent.
+var ErrBadSize = errors.New("chunker: bad chunk sizes")
+
+// A Cutter finds the end of the first chunk in data. data holds at least
+// MaxLen bytes unless the stream ends sooner; the result is in 1..len(data)
+// for non-empty data and never above MaxLen.
+type Cutter interface {
+	Cut(data []byte) int
+	MaxLen() int
+}
+
+// Fixed cuts every Size bytes.
+type Fixed struct{ size int }
+
+// NewFixed returns a Cutter for fixed-size chunks.
+func NewFixed(size int) (*Fixed, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("%w: fixed size %d", ErrBadSize, size)
+	}
+	return &Fixed{size: size}, nil
+}
+
+// Cut implements Cutter.
+func (f *Fixed) Cut(data []byte) int { return min(len(data), f.size) }
+
+// MaxLen implements Cutter.
+func (f *Fixed) MaxLen() int { return f.size }
+
+// FastCDC is content-defined chunking with a gear rolling hash and
+// normalized chunking (level 2): a stricter mask before the average size and
+// a looser one after, which narrows the size distribution around Avg.
+type FastCDC struct {
+	min, avg, max int
+	maskS, maskL  uint64
+}
+
+// NewFastCDC returns a FastCDC cutter. avg must be a power of two and
+// 64 <= min < avg < max.
+func NewFastCDC(minLen, avgLen, maxLen int) (*FastCDC, error) {
+	if minLen < 64 || minLen >= avgLen || avgLen >= maxLen || bits.OnesCount(uint(avgLen)) != 1 {
+		return nil, fmt.Errorf("%w: cdc %d/%d/%d", ErrBadSize, minLen, avgLen, maxLen)
+	}
+	b := bits.TrailingZeros(uint(avgLen))
+	// Masks take the top bits of the gear hash: with fp = fp<<1 + G[b] the
+	// top bits depend on the last 64 bytes, which is the window we want.
+	return &FastCDC{
+		min:   minLen,
+		avg:   avgLen,
+		max:   maxLen,
+		maskS: topBits(b + 2),
+		maskL: topBits(b - 2),
+	}, nil
+}
+
+func topBits(n int) uint64 {
+	if n <= 0 {
+		return 0
+	}
+	return ^uint64(0) << (64 - n)
+}
+
+// MaxLen implements Cutter.
+func (c *FastCDC) MaxLen() int { return c.max }
+
+// Cut implements Cutter.
+func (c *FastCDC) Cut(data []byte) int {
+	n := len(data)
+	if n <= c.min {
+		return n
+	}
+	if n > c.max {
+		n = c.max
+	}
+	normal := min(c.avg, n)
+	// Two bytes per step: after byte i the hash is h_i = h_{i-1}<<1 + G[d_i];
+	// h_i<<1 is checked against maskS<<1 so the shift is done once per pair.
+	var fp uint64
+	i := c.min
+	maskS2, maskL2 := c.maskS<<1, c.maskL<<1
+	for ; i+1 < normal; i += 2 {
+		fp = fp<<2 + gear2[data[i]]
+		if fp&maskS2 == 0 {
+			return i + 1
+		}
+		fp += gear[data[i+1]]
+		if fp&c.maskS == 0 {
+			return i + 2
+		}
+	}
+	for ; i < normal; i++ {
+		fp = fp<<1 + gear[data[i]]
+		if fp&c.maskS == 0 {
+			return i + 1
+		}
+	}
+	for ; i+1 < n; i += 2 {
+		fp = fp<<2 + gear2[data[i]]
+		if fp&maskL2 == 0 {
+			return i + 1
+		}
+		fp += gear[data[i+1]]
+		if fp&c.maskL == 0 {
+			return i + 2
+		}
+	}
+	for ; i < n; i++ {
+		fp = fp<<1 + gear[data[i]]
+		if fp&c.maskL == 0 {
+			return i + 1
+		}
+	}
+	return n
+}
+
+// gear is the FastCDC table; gear2[b] = gear[b]<<1 for the two-byte step.
+// It comes from splitmix64 with a fixed seed so it is reproducible without
+// shipping 2 KiB of constants. Frozen: see the package comment.
+var gear, gear2 [256]uint64
+
+func init() {
+	s := uint64(0x5d0a15eed5c0a1) // "shoal seed", roughly
+	for i := range gear {
+		s += 0x9e3779b97f4a7c15
+		z := s
+		z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+		z = (z ^ z>>27) * 0x94d049bb133111eb
+		gear[i] = z ^ z>>31
+		gear2[i] = gear[i] << 1
+	}
+}
+
+// Chunker reads a stream and returns its chunks in order.
+type Chunker struct {
+	r          io.Reader
+	cut        Cutter
+	buf        []byte
+	start, end int
+	eof        bool
+	err        error
+}
+
+// New returns a Chunker reading r. Its buffer is about twice the largest
+// chunk.
+func New(r io.Reader, c Cutter) *Chunker {
+	return &Chunker{r: r, cut: c, buf: make([]byte, 2*c.MaxLen()+64<<10)}
+}
+
+// Next returns the next chunk. The slice is only valid until the next call:
+// callers that keep a chunk copy it. At the end it returns io.EOF; an empty
+// stream has no chunks.
+func (c *Chunker) Next() ([]byte, error) {
+	if c.end-c.start < c.cut.MaxLen() && !c.eof {
+		c.fill()
+	}
+	if c.start == c.end {
+		if c.err != nil {
+			return nil, c.err
+		}
+		return nil, io.EOF
+	}
+	if c.err != nil && c.end-c.start < c.cut.MaxLen() {
+		// A read error is not an end of stream: do not emit a short tail
+		// chunk that would look like one.
+		return nil, c.err
+	}
+	n := c.cut.Cut(c.buf[c.start:c.end])
+	chunk := c.buf[c.start : c.start+n]
+	c.start += n
+	return chunk, nil
+}
+
+func (c *Chunker) fill() {
+	copy(c.buf, c.buf[c.start:c.end])
+	c.end -= c.start
+	c.start = 0
+	for empty := 0; c.end < len(c.buf); {
+		n, err := c.r.Read(c.buf[c.end:])
+		c.end += n
+		if errors.Is(err, io.EOF) {
+			c.eof = true
+			return
+		}
+		if err != nil {
+			c.eof, c.err = true, err
+			return
+		}
+		if n == 0 {
+			// A reader that keeps returning 0, nil would spin us forever.
+			if empty++; empty > 100 {
+				c.eof, c.err = true, io.ErrNoProgress
+				return
+			}
+		}
+	}
+}

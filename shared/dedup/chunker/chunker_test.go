@@ -1,0 +1,184 @@
+package chunker
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+
+	sha256 "github.com/minio/sha256-simd"
+)
+
+func randBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e37))
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		v := r.Uint64()
+		for j := range 8 {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
+
+func chunks(t testing.TB, data []byte, c Cutter, readSize int) [][]byte {
+	t.Helper()
+	ch := New(&slowReader{data: data, n: readSize}, c)
+	var out [][]byte
+	for {
+		b, err := ch.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, bytes.Clone(b))
+	}
+}
+
+// slowReader returns at most n bytes per Read, to exercise refills.
+type slowReader struct {
+	data []byte
+	n    int
+}
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), r.n, len(r.data))
+	copy(p, r.data[:n])
+	r.data = r.data[n:]
+	return n, nil
+}
+
+func TestFixed(t *testing.T) {
+	f, err := NewFixed(4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(1, 3*4096+17)
+	got := chunks(t, data, f, 1000)
+	if len(got) != 4 || len(got[3]) != 17 {
+		t.Fatalf("got %d chunks", len(got))
+	}
+	if !bytes.Equal(bytes.Join(got, nil), data) {
+		t.Fatal("chunks do not reassemble the stream")
+	}
+	if len(chunks(t, nil, f, 10)) != 0 {
+		t.Fatal("empty stream has chunks")
+	}
+}
+
+func TestFastCDCBoundsAndReassembly(t *testing.T) {
+	c, err := NewFastCDC(16<<10, 64<<10, 256<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(2, 8<<20)
+	got := chunks(t, data, c, 7777)
+	if !bytes.Equal(bytes.Join(got, nil), data) {
+		t.Fatal("chunks do not reassemble the stream")
+	}
+	for i, b := range got[:len(got)-1] {
+		if len(b) < 16<<10 || len(b) > 256<<10 {
+			t.Fatalf("chunk %d has %d bytes", i, len(b))
+		}
+	}
+	avg := len(data) / len(got)
+	if avg < 40<<10 || avg > 100<<10 {
+		t.Fatalf("average chunk %d, want near 64 KiB", avg)
+	}
+	// The read size must not change where cuts fall.
+	again := chunks(t, data, c, 1<<20)
+	if len(again) != len(got) {
+		t.Fatalf("cuts depend on read size: %d vs %d chunks", len(again), len(got))
+	}
+}
+
+func TestFastCDCShiftResistance(t *testing.T) {
+	c, _ := NewFastCDC(4<<10, 16<<10, 64<<10)
+	data := randBytes(3, 4<<20)
+	shifted := append([]byte{0x42}, data...)
+	set := map[[32]byte]bool{}
+	for _, b := range chunks(t, data, c, 1<<16) {
+		set[sha256.Sum256(b)] = true
+	}
+	got := chunks(t, shifted, c, 1<<16)
+	shared := 0
+	for _, b := range got {
+		if set[sha256.Sum256(b)] {
+			shared++
+		}
+	}
+	if shared < len(got)*9/10 {
+		t.Fatalf("only %d of %d chunks survive a 1-byte insert", shared, len(got))
+	}
+}
+
+func TestBadSizes(t *testing.T) {
+	for _, s := range [][3]int{{0, 64, 128}, {4096, 4096, 8192}, {1024, 3000, 8192}, {1024, 4096, 4096}} {
+		if _, err := NewFastCDC(s[0], s[1], s[2]); !errors.Is(err, ErrBadSize) {
+			t.Errorf("%v: got %v", s, err)
+		}
+	}
+	if _, err := NewFixed(0); !errors.Is(err, ErrBadSize) {
+		t.Error("fixed 0 accepted")
+	}
+}
+
+type errReader struct{ n int }
+
+func (r *errReader) Read(p []byte) (int, error) {
+	if r.n <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n := min(len(p), r.n)
+	r.n -= n
+	return n, nil
+}
+
+func TestReadErrorIsNotEOF(t *testing.T) {
+	c, _ := NewFixed(4096)
+	ch := New(&errReader{n: 10000}, c)
+	var total int
+	for {
+		b, err := ch.Next()
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("want the read error, got %v", err)
+		}
+		total += len(b)
+	}
+	if total != 8192 {
+		t.Fatalf("emitted %d bytes before the error, want the 2 whole chunks", total)
+	}
+}
+
+func BenchmarkFastCDC(b *testing.B) {
+	c, _ := NewFastCDC(16<<10, 64<<10, 256<<10)
+	data := randBytes(4, 64<<20)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		for rest := data; len(rest) > 0; {
+			rest = rest[c.Cut(rest):]
+		}
+	}
+}
+
+func BenchmarkFastCDCSHA256(b *testing.B) {
+	c, _ := NewFastCDC(16<<10, 64<<10, 256<<10)
+	data := randBytes(4, 64<<20)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		for rest := data; len(rest) > 0; {
+			n := c.Cut(rest)
+			sha256.Sum256(rest[:n])
+			rest = rest[n:]
+		}
+	}
+}

@@ -1,0 +1,129 @@
+package manifest
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"math"
+
+	"shoal/shared/block"
+	"shoal/shared/dedup/policy"
+)
+
+const refVersion = 1
+
+// Ref names one stored stream: its manifest root, its size, its ETag and
+// the policy it was written with. It is what frontends keep in inodes,
+// object indexes and extent maps. Typically 60-100 bytes encoded.
+type Ref struct {
+	Root block.Address
+	// Seed derives the root node's key in an encrypted tree (zero
+	// otherwise). It is useless without the volume key.
+	Seed block.Address
+	// Depth is the root's level; 0 means the root is a leaf.
+	Depth int
+	Size  int64
+	// ETag is the MD5 of the whole stream, as S3 reports for single-part
+	// objects.
+	ETag   [16]byte
+	Policy policy.Policy
+}
+
+// ETagHex is the ETag as S3 clients expect it, without quotes.
+func (r Ref) ETagHex() string { return hex.EncodeToString(r.ETag[:]) }
+
+// AppendBinary appends the compact encoding of r.
+func (r Ref) AppendBinary(b []byte) ([]byte, error) {
+	if r.Depth < 0 || r.Depth > MaxDepth || r.Size < 0 {
+		return b, fmt.Errorf("%w: depth %d size %d", ErrCorrupt, r.Depth, r.Size)
+	}
+	if !r.Policy.Encrypt && !r.Seed.IsZero() {
+		return b, fmt.Errorf("%w: seed on an unencrypted ref", ErrCorrupt)
+	}
+	b = append(b, refVersion)
+	b, err := r.Policy.AppendBinary(b)
+	if err != nil {
+		return b, err
+	}
+	b = append(b, r.Root[:]...)
+	if r.Policy.Encrypt {
+		b = append(b, r.Seed[:]...)
+	}
+	b = append(b, byte(r.Depth))
+	b = binary.AppendUvarint(b, uint64(r.Size))
+	return append(b, r.ETag[:]...), nil
+}
+
+// MarshalBinary implements encoding.BinaryMarshaler.
+func (r Ref) MarshalBinary() ([]byte, error) { return r.AppendBinary(nil) }
+
+// UnmarshalBinary implements encoding.BinaryUnmarshaler.
+func (r *Ref) UnmarshalBinary(b []byte) error {
+	x, err := ParseRef(b)
+	if err != nil {
+		return err
+	}
+	*r = x
+	return nil
+}
+
+// ParseRef decodes and validates a reference. It never trusts b.
+func ParseRef(b []byte) (Ref, error) {
+	var r Ref
+	if len(b) == 0 {
+		return r, ErrTruncated
+	}
+	if b[0] != refVersion {
+		return r, ErrVersion
+	}
+	p, n, err := policy.DecodeBinary(b[1:])
+	if err != nil {
+		return r, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	r.Policy = p
+	d := reader{b: b, off: 1 + n}
+	r.Root = d.addr()
+	if p.Encrypt {
+		r.Seed = d.addr()
+	}
+	r.Depth = int(d.byte())
+	size := d.uvarint()
+	if len(b)-d.off < 16 && d.err == nil {
+		d.err = ErrTruncated
+	}
+	if d.err != nil {
+		return Ref{}, d.err
+	}
+	copy(r.ETag[:], b[d.off:])
+	d.off += 16
+	switch {
+	case d.off != len(b):
+		return Ref{}, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(b)-d.off)
+	case r.Depth > MaxDepth:
+		return Ref{}, fmt.Errorf("%w: depth %d", ErrCorrupt, r.Depth)
+	case size > math.MaxInt64:
+		return Ref{}, fmt.Errorf("%w: size %d", ErrCorrupt, size)
+	}
+	r.Size = int64(size)
+	return r, nil
+}
+
+// String is the URL-safe base64 of the binary form, for logs, headers and
+// the CLI.
+func (r Ref) String() string {
+	b, err := r.AppendBinary(nil)
+	if err != nil {
+		return "invalid-ref"
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// ParseRefString reads the form String writes.
+func ParseRefString(s string) (Ref, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return Ref{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return ParseRef(b)
+}

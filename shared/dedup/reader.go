@@ -1,0 +1,579 @@
+package dedup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+
+	"shoal/shared/block"
+	"shoal/shared/dedup/erasure"
+	"shoal/shared/dedup/manifest"
+	"shoal/shared/dedup/policy"
+	"shoal/shared/dedup/seal"
+)
+
+// ReaderConfig configures a Reader.
+type ReaderConfig struct {
+	// VolumeKey is the volume's 32-byte key; needed for encrypted refs only.
+	VolumeKey []byte
+	// Readahead is how many chunks a sequential read fetches ahead of the
+	// consumer (default 8). Memory per open read is about Readahead+2
+	// chunks.
+	Readahead int
+	// Repair re-puts erasure-coding shards found missing or corrupt.
+	Repair bool
+	// OnDamage, if set, hears about every bad shard met while reading.
+	OnDamage func(Damage)
+	// NodeCache is how many decoded manifest nodes are kept (default 256).
+	// Nodes are immutable, so a cached node never goes stale.
+	NodeCache int
+}
+
+// Damage describes one erasure-coding shard that was missing or corrupt.
+type Damage struct {
+	Stripe   block.Address
+	Rank     int
+	Shard    block.Address
+	Err      error // why the shard was unusable
+	Repaired bool
+	// RepairErr is why a repair was not done or failed.
+	RepairErr error
+}
+
+// Reader reads streams written by Writer. It is safe for concurrent use.
+type Reader struct {
+	store  BlockStore
+	cfg    ReaderConfig
+	plain  *seal.Sealer
+	keyed  *seal.Sealer
+	nodes  nodeCache
+	damage sync.Mutex // serializes OnDamage calls
+}
+
+// NewReader checks cfg and returns a Reader.
+func NewReader(store BlockStore, cfg ReaderConfig) (*Reader, error) {
+	if store == nil {
+		return nil, fmt.Errorf("%w: nil store", ErrConfig)
+	}
+	if cfg.Readahead <= 0 {
+		cfg.Readahead = 8
+	}
+	if cfg.NodeCache <= 0 {
+		cfg.NodeCache = 256
+	}
+	r := &Reader{store: store, cfg: cfg}
+	r.nodes.max = cfg.NodeCache
+	var err error
+	if r.plain, err = seal.New(policy.Compression{}, nil); err != nil {
+		return nil, err
+	}
+	if cfg.VolumeKey != nil {
+		if r.keyed, err = seal.New(policy.Compression{}, cfg.VolumeKey); err != nil {
+			return nil, ErrKey
+		}
+	}
+	return r, nil
+}
+
+// view is one reference being read: the ref plus what it implies.
+type view struct {
+	ref    manifest.Ref
+	sealer *seal.Sealer
+	ec     *erasure.Code
+	k, m   int
+}
+
+func (r *Reader) view(ref manifest.Ref) (*view, error) {
+	if err := ref.Policy.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	v := &view{ref: ref, sealer: r.plain}
+	if ref.Policy.Encrypt {
+		if r.keyed == nil {
+			return nil, ErrKey
+		}
+		v.sealer = r.keyed
+	}
+	if red := ref.Policy.Redundancy; red.Mode == policy.Erasure {
+		var err error
+		if v.ec, err = erasure.New(red.Data, red.Parity); err != nil {
+			return nil, err
+		}
+		v.k, v.m = red.Data, red.Parity
+	}
+	return v, nil
+}
+
+// node fetches, verifies, opens and decodes one manifest node, and checks it
+// is the node its parent described. chunks < 0 skips the chunk-count check
+// (the root's count is not in the ref).
+func (r *Reader) node(ctx context.Context, v *view, addr, seed block.Address, level int, logical, chunks int64) (*manifest.Node, error) {
+	n := r.nodes.get(addr)
+	if n == nil {
+		data, err := r.store.Get(ctx, addr)
+		if err != nil {
+			return nil, fmt.Errorf("dedup: manifest node %s: %w", addr, err)
+		}
+		if block.Sum(data) != addr {
+			return nil, fmt.Errorf("%w: manifest node %s does not match its address", ErrCorrupt, addr)
+		}
+		size := len(data)
+		if v.ref.Policy.Encrypt {
+			size -= seal.Overhead
+		}
+		plain, err := v.sealer.Open(nil, data, seed, false, size)
+		if err != nil {
+			return nil, fmt.Errorf("%w: manifest node %s: %w", ErrCorrupt, addr, err)
+		}
+		if n, err = manifest.DecodeNode(plain); err != nil {
+			return nil, fmt.Errorf("%w: manifest node %s: %w", ErrCorrupt, addr, err)
+		}
+		r.nodes.put(addr, n)
+	}
+	switch {
+	case n.Level != level:
+		return nil, fmt.Errorf("%w: node %s at level %d, expected %d", ErrCorrupt, addr, n.Level, level)
+	case n.Encrypted != v.ref.Policy.Encrypt || n.Data != v.k || n.Parity != v.m:
+		return nil, fmt.Errorf("%w: node %s does not match the policy %s", ErrCorrupt, addr, v.ref.Policy)
+	case n.Stats.Logical != logical || chunks >= 0 && n.Stats.Chunks != chunks:
+		return nil, fmt.Errorf("%w: node %s holds %d bytes in %d chunks, parent says %d in %d",
+			ErrCorrupt, addr, n.Stats.Logical, n.Stats.Chunks, logical, chunks)
+	}
+	return n, nil
+}
+
+func (r *Reader) root(ctx context.Context, v *view) (*manifest.Node, error) {
+	return r.node(ctx, v, v.ref.Root, v.ref.Seed, v.ref.Depth, v.ref.Size, -1)
+}
+
+// Stat is what a stream costs, as recorded when it was written.
+type Stat struct {
+	Size   int64
+	Chunks int64
+	// Stored is the sealed (compressed, encrypted) size of all chunk
+	// references; Physical adds erasure-coding parity. Both count a chunk
+	// each time the stream uses it and one copy per block (replicas not
+	// counted); manifest nodes are not included.
+	Stored   int64
+	Physical int64
+	// Unique is Physical with each distinct chunk counted once (exact up
+	// to 65536 chunks, a lower bound on the savings beyond).
+	Unique int64
+}
+
+// CompressionRatio is logical bytes per stored byte (1 when nothing
+// compressed; encryption makes it slightly below 1).
+func (s Stat) CompressionRatio() float64 { return ratio(s.Size, s.Stored) }
+
+// DedupRatio is how much deduplication within the stream saves: physical
+// bytes referenced per distinct physical byte. Sharing with other streams
+// shows in the store's totals, not here: a stream's tree depends only on
+// its content, not on what was stored before it.
+func (s Stat) DedupRatio() float64 { return ratio(s.Physical, s.Unique) }
+
+func ratio(a, b int64) float64 {
+	switch {
+	case b > 0:
+		return float64(a) / float64(b)
+	case a == 0:
+		return 1
+	default:
+		return math.Inf(1)
+	}
+}
+
+// Stat reads the root node only.
+func (r *Reader) Stat(ctx context.Context, ref manifest.Ref) (Stat, error) {
+	v, err := r.view(ref)
+	if err != nil {
+		return Stat{}, err
+	}
+	n, err := r.root(ctx, v)
+	if err != nil {
+		return Stat{}, err
+	}
+	st := n.Stats
+	return Stat{Size: st.Logical, Chunks: st.Chunks, Stored: st.Stored, Physical: st.Physical, Unique: st.Unique}, nil
+}
+
+// frame is one level of a cursor: a node, the entry being visited and the
+// stream offset where that entry starts.
+type frame struct {
+	node *manifest.Node
+	idx  int
+	pos  int64
+}
+
+// cursor walks the chunks of a stream in order, holding one node per level.
+type cursor struct {
+	r     *Reader
+	v     *view
+	stack []frame
+}
+
+func (c *cursor) entries(f *frame) int {
+	if f.node.Level == 0 {
+		return len(f.node.Chunks)
+	}
+	return len(f.node.Children)
+}
+
+func (c *cursor) entryLen(f *frame) int64 {
+	if f.node.Level == 0 {
+		return int64(f.node.Chunks[f.idx].Logical)
+	}
+	return f.node.Children[f.idx].Logical
+}
+
+// seek positions the cursor on the chunk holding off (< size).
+func (c *cursor) seek(ctx context.Context, root *manifest.Node, off int64) error {
+	c.stack = append(c.stack[:0], frame{node: root})
+	for {
+		f := &c.stack[len(c.stack)-1]
+		for f.idx < c.entries(f) && f.pos+c.entryLen(f) <= off {
+			f.pos += c.entryLen(f)
+			f.idx++
+		}
+		if f.idx == c.entries(f) {
+			return fmt.Errorf("%w: offset %d beyond the tree", ErrCorrupt, off)
+		}
+		if f.node.Level == 0 {
+			return nil
+		}
+		if err := c.descend(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *cursor) descend(ctx context.Context) error {
+	f := c.stack[len(c.stack)-1]
+	ch := &f.node.Children[f.idx]
+	n, err := c.r.node(ctx, c.v, ch.Addr, ch.Seed, f.node.Level-1, ch.Logical, ch.Chunks)
+	if err != nil {
+		return err
+	}
+	c.stack = append(c.stack, frame{node: n, pos: f.pos})
+	return nil
+}
+
+// chunk is the current chunk and its stream offset.
+func (c *cursor) chunk() (*manifest.Chunk, int64) {
+	f := &c.stack[len(c.stack)-1]
+	return &f.node.Chunks[f.idx], f.pos
+}
+
+// next moves to the following chunk; false at the end of the stream.
+func (c *cursor) next(ctx context.Context) (bool, error) {
+	for {
+		f := &c.stack[len(c.stack)-1]
+		f.pos += c.entryLen(f)
+		f.idx++
+		if f.idx < c.entries(f) {
+			break
+		}
+		if len(c.stack) == 1 {
+			return false, nil
+		}
+		c.stack = c.stack[:len(c.stack)-1]
+	}
+	for c.stack[len(c.stack)-1].node.Level > 0 {
+		if err := c.descend(ctx); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// loadChunk fetches, verifies and opens one chunk.
+func (r *Reader) loadChunk(ctx context.Context, v *view, c *manifest.Chunk) ([]byte, error) {
+	var stored []byte
+	if v.ec != nil {
+		var err error
+		if stored, err = r.loadStripe(ctx, v, c, false, r.cfg.OnDamage); err != nil {
+			return nil, err
+		}
+	} else {
+		data, err := r.store.Get(ctx, c.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("dedup: chunk %s: %w", c.Addr, err)
+		}
+		if len(data) != c.Stored || block.Sum(data) != c.Addr {
+			return nil, fmt.Errorf("%w: chunk %s does not match its address", ErrCorrupt, c.Addr)
+		}
+		stored = data
+	}
+	plain, err := v.sealer.Open(nil, stored, c.Seed, c.Compressed, c.Logical)
+	if err != nil {
+		return nil, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
+	}
+	return plain, nil
+}
+
+// loadStripe gets a chunk's stored bytes from its shards. It asks for the k
+// data shards first (all k+m when all is set, as a scrub does) and for
+// parity only when some are unusable; a shard that does not hash to its
+// recorded address counts as missing. Damaged shards are reported and, with
+// Repair, rebuilt on their nodes.
+func (r *Reader) loadStripe(ctx context.Context, v *view, c *manifest.Chunk, all bool, onDamage func(Damage)) ([]byte, error) {
+	k, m := v.k, v.m
+	size := v.ec.ShardSize(c.Stored)
+	shards := make([][]byte, k+m)
+	errs := make([]error, k+m)
+	fetch := func(ranks []int) {
+		var wg sync.WaitGroup
+		for _, rank := range ranks {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				data, err := r.store.GetShard(ctx, c.Addr, rank, c.Shards[rank])
+				switch {
+				case err != nil:
+					errs[rank] = err
+				case len(data) != size || block.Sum(data) != c.Shards[rank]:
+					errs[rank] = fmt.Errorf("%w: shard %d of %s does not match its address", ErrCorrupt, rank, c.Addr)
+				default:
+					shards[rank] = data
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	first := k
+	if all {
+		first = k + m
+	}
+	fetch(seq(0, first))
+	have := 0
+	for _, s := range shards {
+		if s != nil {
+			have++
+		}
+	}
+	if have < k && first < k+m {
+		fetch(seq(first, k+m))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var bad []int
+	for rank := range first {
+		if shards[rank] == nil {
+			bad = append(bad, rank)
+		}
+	}
+	if len(bad) > 0 && first < k+m {
+		for rank := first; rank < k+m; rank++ {
+			if shards[rank] == nil {
+				bad = append(bad, rank)
+			}
+		}
+	}
+	repair := r.cfg.Repair && len(bad) > 0
+	data, err := v.ec.Reconstruct(shards, c.Stored, repair)
+	if err != nil {
+		r.report(onDamage, c, bad, errs, nil)
+		return nil, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
+	}
+	if block.Sum(data) != c.Addr {
+		return nil, fmt.Errorf("%w: chunk %s rebuilt from shards does not match its address", ErrCorrupt, c.Addr)
+	}
+	if len(bad) > 0 {
+		var repairErrs []error
+		if repair {
+			repairErrs = r.repair(ctx, c, shards, bad)
+		}
+		r.report(onDamage, c, bad, errs, repairErrs)
+	}
+	return data, nil
+}
+
+func seq(from, to int) []int {
+	s := make([]int, 0, to-from)
+	for i := from; i < to; i++ {
+		s = append(s, i)
+	}
+	return s
+}
+
+// errNoRepair marks damage that was seen but not repaired.
+var errNoRepair = errors.New("dedup: repair not enabled")
+
+func (r *Reader) repair(ctx context.Context, c *manifest.Chunk, shards [][]byte, bad []int) []error {
+	out := make([]error, len(bad))
+	for i, rank := range bad {
+		if block.Sum(shards[rank]) != c.Shards[rank] {
+			out[i] = fmt.Errorf("%w: rebuilt shard %d of %s does not match the manifest", ErrCorrupt, rank, c.Addr)
+			continue
+		}
+		out[i] = putShards(ctx, r.store, c.Addr, shards, c.Shards, []int{rank}, 1)
+	}
+	return out
+}
+
+func (r *Reader) report(onDamage func(Damage), c *manifest.Chunk, bad []int, errs, repairErrs []error) {
+	if onDamage == nil {
+		return
+	}
+	r.damage.Lock()
+	defer r.damage.Unlock()
+	for i, rank := range bad {
+		d := Damage{Stripe: c.Addr, Rank: rank, Shard: c.Shards[rank], Err: errs[rank], RepairErr: errNoRepair}
+		if repairErrs != nil {
+			d.RepairErr = repairErrs[i]
+			d.Repaired = repairErrs[i] == nil
+		}
+		onDamage(d)
+	}
+}
+
+// Read returns the stream's bytes [off, off+n); n < 0 or past the end reads
+// to the end. Only the chunks overlapping the range are fetched, each
+// verified, and up to Readahead of them ahead of the consumer. The caller
+// must Close the result.
+func (r *Reader) Read(ctx context.Context, ref manifest.Ref, off, n int64) (io.ReadCloser, error) {
+	v, err := r.view(ref)
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || off > ref.Size {
+		return nil, fmt.Errorf("%w: %d of %d", ErrRange, off, ref.Size)
+	}
+	if n < 0 || n > ref.Size-off {
+		n = ref.Size - off
+	}
+	root, err := r.root(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	rr := &rangeReader{cancel: cancel, futures: make(chan *future, r.cfg.Readahead)}
+	if n == 0 {
+		close(rr.futures)
+		return rr, nil
+	}
+	cur := &cursor{r: r, v: v}
+	end := off + n
+	rr.wg.Add(1)
+	go func() {
+		defer rr.wg.Done()
+		defer close(rr.futures)
+		err := cur.seek(ctx, root, off)
+		for err == nil {
+			c, base := cur.chunk()
+			f := &future{done: make(chan struct{}), skip: max(off-base, 0), lim: min(end-base, int64(c.Logical))}
+			select {
+			case rr.futures <- f:
+			case <-ctx.Done():
+				return
+			}
+			rr.wg.Add(1)
+			go func() {
+				defer rr.wg.Done()
+				defer close(f.done)
+				f.data, f.err = r.loadChunk(ctx, v, c)
+			}()
+			if base+int64(c.Logical) >= end {
+				return
+			}
+			var more bool
+			if more, err = cur.next(ctx); err == nil && !more {
+				err = fmt.Errorf("%w: tree ends before its size", ErrCorrupt)
+			}
+		}
+		// Hand the error to the consumer in stream order.
+		f := &future{done: make(chan struct{}), err: err}
+		close(f.done)
+		select {
+		case rr.futures <- f:
+		case <-ctx.Done():
+		}
+	}()
+	return rr, nil
+}
+
+type future struct {
+	done      chan struct{}
+	data      []byte
+	err       error
+	skip, lim int64
+}
+
+type rangeReader struct {
+	cancel  context.CancelFunc
+	futures chan *future
+	wg      sync.WaitGroup
+	cur     []byte
+	err     error
+	closed  bool
+}
+
+func (rr *rangeReader) Read(p []byte) (int, error) {
+	for len(rr.cur) == 0 {
+		if rr.err != nil {
+			return 0, rr.err
+		}
+		f, ok := <-rr.futures
+		if !ok {
+			rr.err = io.EOF
+			continue
+		}
+		<-f.done
+		if f.err != nil {
+			rr.err = f.err
+			continue
+		}
+		rr.cur = f.data[f.skip:f.lim]
+	}
+	n := copy(p, rr.cur)
+	rr.cur = rr.cur[n:]
+	return n, nil
+}
+
+// Close stops the readahead and waits for it.
+func (rr *rangeReader) Close() error {
+	if rr.closed {
+		return nil
+	}
+	rr.closed = true
+	rr.cancel()
+	for f := range rr.futures {
+		<-f.done
+	}
+	rr.wg.Wait()
+	return nil
+}
+
+// nodeCache keeps recently decoded nodes, evicting in insertion order.
+type nodeCache struct {
+	mu   sync.Mutex
+	max  int
+	m    map[block.Address]*manifest.Node
+	fifo []block.Address
+}
+
+func (c *nodeCache) get(a block.Address) *manifest.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[a]
+}
+
+func (c *nodeCache) put(a block.Address, n *manifest.Node) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[block.Address]*manifest.Node, c.max)
+	}
+	if _, ok := c.m[a]; ok {
+		return
+	}
+	if len(c.fifo) >= c.max {
+		delete(c.m, c.fifo[0])
+		c.fifo = c.fifo[1:]
+	}
+	c.m[a] = n
+	c.fifo = append(c.fifo, a)
+}

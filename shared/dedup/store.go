@@ -1,0 +1,45 @@
+package dedup
+
+import (
+	"context"
+	"errors"
+
+	"shoal/shared/block"
+)
+
+// BlockStore is what the dedup tier needs from the cluster; shared/dht
+// provides the real one. Implementations must not keep a data slice after
+// the call that received it returns: the writer reuses its buffers.
+type BlockStore interface {
+	// Put stores an immutable block, replicated R/W per the cluster
+	// default; the address is SHA-256(data).
+	Put(ctx context.Context, data []byte) (block.Address, error)
+	// Get returns a block's bytes, verified against addr.
+	Get(ctx context.Context, addr block.Address) ([]byte, error)
+	// Has reports, for each address, whether the cluster holds the block.
+	Has(ctx context.Context, addrs []block.Address) ([]bool, error)
+	// PutShard stores one erasure-coding shard (an immutable block, single
+	// copy) on the node ranked rank in the placement of stripe. Distinct
+	// ranks map to distinct nodes, spread over zones. Storing a shard the
+	// node already holds must replace a copy that no longer verifies.
+	PutShard(ctx context.Context, stripe block.Address, rank int, data []byte) (block.Address, error)
+	// GetShard fetches one shard from the node ranked rank for stripe.
+	GetShard(ctx context.Context, stripe block.Address, rank int, addr block.Address) ([]byte, error)
+	// Delete removes a block; only the reclamation sweep calls it.
+	Delete(ctx context.Context, addr block.Address) error
+}
+
+var (
+	// ErrConfig means a Writer or Reader was configured wrongly.
+	ErrConfig = errors.New("dedup: bad configuration")
+	// ErrStore means the store broke its contract, e.g. returned an address
+	// that is not the hash of what was stored.
+	ErrStore = errors.New("dedup: block store misbehaved")
+	// ErrCorrupt means stored data failed verification and could not be
+	// recovered.
+	ErrCorrupt = errors.New("dedup: corrupt data")
+	// ErrRange means a read starts beyond the end of the stream.
+	ErrRange = errors.New("dedup: offset out of range")
+	// ErrKey means the volume key is missing, wrong-sized or not needed.
+	ErrKey = errors.New("dedup: volume key does not match the policy")
+)

@@ -1,0 +1,326 @@
+package dht
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+
+	bpb "shoal/proto/blockstorepb"
+	"shoal/shared/block"
+	"shoal/shared/paxos"
+	"shoal/shared/rpc"
+	"shoal/shared/telemetry"
+)
+
+var (
+	// ErrConflict means the block changed under a compare-and-set; the
+	// error is a *ConflictError carrying the current value.
+	ErrConflict = errors.New("dht: version conflict")
+	// ErrExists means a create found the block (or name) already there.
+	ErrExists = errors.New("dht: already exists")
+	// ErrNotMutable means an address holds no mutable block.
+	ErrNotMutable = errors.New("dht: not a mutable block")
+)
+
+// ConflictError returns the current value so the caller can merge and retry.
+type ConflictError struct {
+	Current *Mutable
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("%v: block is at version %d", ErrConflict, e.Current.Version)
+}
+
+// Unwrap makes errors.Is(err, ErrConflict) hold.
+func (e *ConflictError) Unwrap() error { return ErrConflict }
+
+// Mutable is a decided version of a mutable or named block.
+type Mutable struct {
+	Address   block.Address
+	Version   uint64
+	Payload   []byte
+	Owner     ed25519.PublicKey
+	Writers   []ed25519.PublicKey
+	Tombstone bool
+	Quorum    []string
+}
+
+func fromState(st *bpb.MutableState) *Mutable {
+	a, _ := block.FromBytes(st.Address)
+	m := &Mutable{Address: a, Version: st.Version, Payload: st.Payload, Owner: st.Owner, Tombstone: st.Tombstone, Quorum: st.Quorum}
+	for _, w := range st.Writers {
+		m.Writers = append(m.Writers, w)
+	}
+	return m
+}
+
+// grpcTransport reaches acceptors by node id through the current view.
+type grpcTransport struct{ c *Client }
+
+func (t grpcTransport) node(id string) (bpb.BlockStoreClient, error) {
+	t.c.mu.RLock()
+	n := t.c.byID[id]
+	t.c.mu.RUnlock()
+	if n == nil {
+		return nil, fmt.Errorf("dht: node %s not in view", id)
+	}
+	return t.c.client(n)
+}
+
+func (t grpcTransport) Prepare(ctx context.Context, id string, req *bpb.PrepareRequest) (*bpb.PrepareResponse, error) {
+	bs, err := t.node(id)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := t.c.callCtx(ctx)
+	defer cancel()
+	r, err := bs.Prepare(cctx, req)
+	return r, rpc.FromStatus(err)
+}
+
+func (t grpcTransport) Accept(ctx context.Context, id string, req *bpb.AcceptRequest) (*bpb.AcceptResponse, error) {
+	bs, err := t.node(id)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := t.c.callCtx(ctx)
+	defer cancel()
+	r, err := bs.Accept(cctx, req)
+	return r, rpc.FromStatus(err)
+}
+
+func (t grpcTransport) Learn(ctx context.Context, id string, req *bpb.LearnRequest) error {
+	bs, err := t.node(id)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := t.c.callCtx(ctx)
+	defer cancel()
+	_, err = bs.Learn(cctx, req)
+	return rpc.FromStatus(err)
+}
+
+func (t grpcTransport) Peek(ctx context.Context, id string, req *bpb.PeekRequest) (*bpb.PeekResponse, error) {
+	bs, err := t.node(id)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := t.c.callCtx(ctx)
+	defer cancel()
+	r, err := bs.Peek(cctx, req)
+	return r, rpc.FromStatus(err)
+}
+
+func (c *Client) proposer() *paxos.Proposer {
+	c.propOnce.Do(func() {
+		var r [8]byte
+		_, _ = rand.Read(r[:])
+		c.prop = paxos.NewProposer("p-"+hex.EncodeToString(r[:]), grpcTransport{c})
+	})
+	return c.prop
+}
+
+// PaxosStats exposes the proposer's counters (rounds, conflicts, moves).
+func (c *Client) PaxosStats() *paxos.Stats { return &c.proposer().Stats }
+
+// guess is the acceptor set placement computes for a new block.
+func (c *Client) guess(ctx context.Context, addr block.Address) ([]string, error) {
+	ranked, err := c.ranked(ctx, addr[:])
+	if err != nil {
+		return nil, err
+	}
+	r := min(c.cfg.Replicas, len(ranked))
+	out := make([]string, r)
+	for i := range out {
+		out[i] = ranked[i].Id
+	}
+	return out, nil
+}
+
+func (c *Client) propose(ctx context.Context, op string, addr block.Address, change paxos.Change) (*bpb.MutableState, error) {
+	ctx, sp := telemetry.Tracer().Start(ctx, "dht."+op, trace.WithAttributes(attribute.String("block.address", addr.String())))
+	defer sp.End()
+	g, err := c.guess(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.proposer().Propose(ctx, addr, g, change)
+	if err != nil {
+		sp.RecordError(err)
+	}
+	return st, err
+}
+
+func newSalt() []byte {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// CreateMutable creates a mutable block owned by key, writable also by
+// writers, and returns its address.
+func (c *Client) CreateMutable(ctx context.Context, key ed25519.PrivateKey, payload []byte, writers []ed25519.PublicKey) (block.Address, error) {
+	owner := key.Public().(ed25519.PublicKey)
+	salt := newSalt()
+	addr := block.MutableAddress(owner, salt)
+	st := &bpb.MutableState{Address: addr[:], Owner: owner, Derivation: salt, Version: 1, Payload: payload}
+	for _, w := range writers {
+		st.Writers = append(st.Writers, w)
+	}
+	block.Sign(st, key)
+	_, err := c.propose(ctx, "create", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur != nil {
+			return nil, ErrExists
+		}
+		return st, nil
+	})
+	return addr, err
+}
+
+// GetMutable returns the latest decided version (a quorum read).
+func (c *Client) GetMutable(ctx context.Context, addr block.Address) (*Mutable, error) {
+	ctx, sp := telemetry.Tracer().Start(ctx, "dht.get_mutable", trace.WithAttributes(attribute.String("block.address", addr.String())))
+	defer sp.End()
+	g, err := c.guess(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.proposer().Read(ctx, addr, g)
+	if err != nil {
+		return nil, err
+	}
+	return fromState(st), nil
+}
+
+// GetMutableIfNewer returns the block only if its version is above v, so a
+// cache can revalidate without moving the payload; it returns nil, nil when
+// the cached version is current.
+func (c *Client) GetMutableIfNewer(ctx context.Context, addr block.Address, v uint64) (*Mutable, error) {
+	m, err := c.GetMutable(ctx, addr)
+	if err != nil || m.Version <= v {
+		return nil, err
+	}
+	return m, nil
+}
+
+func nextVersion(cur *bpb.MutableState, key ed25519.PrivateKey, payload []byte, tombstone bool) *bpb.MutableState {
+	st := proto.Clone(cur).(*bpb.MutableState)
+	st.Version++
+	st.Payload = payload
+	st.Tombstone = tombstone
+	block.Sign(st, key)
+	return st
+}
+
+// Update runs fn on the current payload and writes its result as the next
+// version, retrying fn on conflicts (with backoff inside the proposer). It
+// returns the decided version.
+func (c *Client) Update(ctx context.Context, key ed25519.PrivateKey, addr block.Address, fn func(cur []byte, version uint64) ([]byte, error)) (uint64, error) {
+	st, err := c.propose(ctx, "update", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil || cur.Tombstone {
+			return nil, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
+		}
+		p, err := fn(cur.Payload, cur.Version)
+		if err != nil {
+			return nil, err
+		}
+		return nextVersion(cur, key, p, false), nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return st.Version, nil
+}
+
+// CompareAndSet writes payload as version expect+1 if the block is still at
+// version expect; otherwise it returns a *ConflictError with the current
+// value.
+func (c *Client) CompareAndSet(ctx context.Context, key ed25519.PrivateKey, addr block.Address, expect uint64, payload []byte) (uint64, error) {
+	st, err := c.propose(ctx, "cas", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil || cur.Tombstone {
+			return nil, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
+		}
+		if cur.Version != expect {
+			return nil, &ConflictError{Current: fromState(cur)}
+		}
+		return nextVersion(cur, key, payload, false), nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return st.Version, nil
+}
+
+// CreateName binds name (under key's owner) to value, once: it fails with
+// ErrExists if the name is bound.
+func (c *Client) CreateName(ctx context.Context, key ed25519.PrivateKey, name string, value []byte) error {
+	return c.setName(ctx, key, name, value, true)
+}
+
+// SetName binds name to value, creating or updating it.
+func (c *Client) SetName(ctx context.Context, key ed25519.PrivateKey, name string, value []byte) error {
+	return c.setName(ctx, key, name, value, false)
+}
+
+func (c *Client) setName(ctx context.Context, key ed25519.PrivateKey, name string, value []byte, once bool) error {
+	owner := key.Public().(ed25519.PublicKey)
+	addr := block.NamedAddress(owner, name)
+	_, err := c.propose(ctx, "set_name", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil {
+			st := &bpb.MutableState{Address: addr[:], Owner: owner, Derivation: []byte(name), Named: true, Version: 1, Payload: value}
+			block.Sign(st, key)
+			return st, nil
+		}
+		if once && !cur.Tombstone {
+			return nil, fmt.Errorf("%w: name %q", ErrExists, name)
+		}
+		return nextVersion(cur, key, value, false), nil
+	})
+	return err
+}
+
+// ResolveName returns the value bound to owner's name.
+func (c *Client) ResolveName(ctx context.Context, owner ed25519.PublicKey, name string) (*Mutable, error) {
+	m, err := c.GetMutable(ctx, block.NamedAddress(owner, name))
+	if err != nil {
+		return nil, err
+	}
+	if m.Tombstone {
+		return nil, fmt.Errorf("%w: name %q was removed", block.ErrNotFound, name)
+	}
+	return m, nil
+}
+
+// DeleteName removes a name with a signed tombstone.
+func (c *Client) DeleteName(ctx context.Context, key ed25519.PrivateKey, name string) error {
+	addr := block.NamedAddress(key.Public().(ed25519.PublicKey), name)
+	_, err := c.propose(ctx, "delete_name", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil || cur.Tombstone {
+			return nil, fmt.Errorf("%w: name %q", block.ErrNotFound, name)
+		}
+		return nextVersion(cur, key, nil, true), nil
+	})
+	return err
+}
+
+// MoveMutable changes a block's acceptor set through a decision on the
+// block itself (used when a replica is lost or placement changes). New
+// members receive the state in the same round.
+func (c *Client) MoveMutable(ctx context.Context, addr block.Address, quorum []string) error {
+	_, err := c.propose(ctx, "move", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil {
+			return nil, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
+		}
+		n := proto.Clone(cur).(*bpb.MutableState)
+		n.Quorum = quorum
+		return n, nil
+	})
+	return err
+}

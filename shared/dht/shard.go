@@ -1,0 +1,64 @@
+package dht
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	bpb "shoal/proto/blockstorepb"
+	ppb "shoal/proto/placementpb"
+	"shoal/shared/block"
+	"shoal/shared/rpc"
+)
+
+// shardNode is the node ranked rank for stripe: distinct ranks are distinct
+// nodes, and the zone-spread prefix of the ranking puts the first shards in
+// distinct zones.
+func (c *Client) shardNode(ctx context.Context, stripe block.Address, rank int) (*ppb.Node, error) {
+	ranked, err := c.ranked(ctx, stripe[:])
+	if err != nil {
+		return nil, err
+	}
+	if rank < 0 || rank >= len(ranked) {
+		return nil, fmt.Errorf("%w: shard rank %d with %d nodes", ErrNoNodes, rank, len(ranked))
+	}
+	return ranked[rank], nil
+}
+
+// PutShard stores one erasure-coding shard, a single copy, on the node
+// ranked rank in stripe's placement. Redundancy comes from the code, not
+// from replicas.
+func (c *Client) PutShard(ctx context.Context, stripe block.Address, rank int, data []byte) (block.Address, error) {
+	addr := block.Sum(data)
+	if len(data) > c.cfg.MaxBlockSize {
+		return addr, fmt.Errorf("%w: %d bytes", block.ErrTooLarge, len(data))
+	}
+	n, err := c.shardNode(ctx, stripe, rank)
+	if err != nil {
+		return addr, err
+	}
+	bs, err := c.client(n)
+	if err != nil {
+		return addr, err
+	}
+	cctx, cancel := c.callCtx(ctx)
+	defer cancel()
+	_, err = bs.Put(cctx, &bpb.PutRequest{Address: addr[:], Data: data, Kind: bpb.BlockKind_BLOCK_KIND_IMMUTABLE})
+	if err != nil {
+		return addr, fmt.Errorf("shard %d on %s: %w", rank, n.Id, rpc.FromStatus(err))
+	}
+	return addr, nil
+}
+
+// GetShard fetches a shard from its node and verifies it.
+func (c *Client) GetShard(ctx context.Context, stripe block.Address, rank int, addr block.Address) ([]byte, error) {
+	n, err := c.shardNode(ctx, stripe, rank)
+	if err != nil {
+		return nil, err
+	}
+	data, err := c.getFrom(ctx, n, addr)
+	if err != nil && !errors.Is(err, block.ErrHashMismatch) && !errors.Is(err, block.ErrNotFound) {
+		return nil, fmt.Errorf("shard %d on %s: %w", rank, n.Id, err)
+	}
+	return data, err
+}

@@ -1,0 +1,246 @@
+// Package paxos is per-block single-decree Paxos for Shoal's mutable blocks,
+// in the style of CASPaxos: each block is a rewritable register whose every
+// change (a new signed version, or a new acceptor set) is one Paxos decision
+// among that block's own acceptors. There is no leader and no log; any
+// client may propose. This package holds both sides as plain state machines
+// over small interfaces (Storage for the acceptor, Transport for the
+// proposer), so they are tested without a network; the blockstore serves the
+// acceptor over gRPC and shared/dht drives the proposer.
+package paxos
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	bpb "shoal/proto/blockstorepb"
+	"shoal/shared/block"
+)
+
+var (
+	// ErrStaleVersion means a proposed version is older than one already
+	// accepted: a replayed write.
+	ErrStaleVersion = errors.New("paxos: version older than the accepted one")
+	// ErrBadRequest means a malformed protocol message.
+	ErrBadRequest = errors.New("paxos: malformed request")
+)
+
+// Storage keeps acceptor records durably: Store returns only once the record
+// would survive a crash.
+type Storage interface {
+	Load(addr block.Address) (*bpb.AcceptorRecord, error) // nil, nil when absent
+	Store(addr block.Address, rec *bpb.AcceptorRecord) error
+}
+
+// Acceptor is the acceptor side for every block of one node.
+type Acceptor struct {
+	store   Storage
+	maxSize int
+	locks   [256]sync.Mutex
+}
+
+// NewAcceptor returns an acceptor over store; payloads above maxSize are
+// refused.
+func NewAcceptor(store Storage, maxSize int) *Acceptor {
+	return &Acceptor{store: store, maxSize: maxSize}
+}
+
+// Compare orders ballots: by round, then proposer id. nil is the lowest.
+func Compare(a, b *bpb.Ballot) int {
+	switch {
+	case a == nil && b == nil:
+		return 0
+	case a == nil:
+		return -1
+	case b == nil:
+		return 1
+	case a.Round != b.Round:
+		if a.Round < b.Round {
+			return -1
+		}
+		return 1
+	case a.Proposer < b.Proposer:
+		return -1
+	case a.Proposer > b.Proposer:
+		return 1
+	}
+	return 0
+}
+
+// SameSet reports whether two acceptor sets hold the same node ids.
+func SameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	x, y := slices.Clone(a), slices.Clone(b)
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(x, y)
+}
+
+func (a *Acceptor) lock(addr block.Address) func() {
+	m := &a.locks[addr[0]]
+	m.Lock()
+	return m.Unlock
+}
+
+func (a *Acceptor) load(addr block.Address) (*bpb.AcceptorRecord, error) {
+	rec, err := a.store.Load(addr)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		rec = &bpb.AcceptorRecord{}
+	}
+	return rec, nil
+}
+
+// wrongQuorum reports whether the proposer's set differs from the block's
+// set as this acceptor knows it.
+func wrongQuorum(rec *bpb.AcceptorRecord, quorum []string) bool {
+	return rec.State != nil && len(rec.State.Quorum) > 0 && !SameSet(rec.State.Quorum, quorum)
+}
+
+// Prepare promises not to accept ballots below req.Ballot and returns what
+// was accepted so far.
+func (a *Acceptor) Prepare(req *bpb.PrepareRequest) (*bpb.PrepareResponse, error) {
+	addr, err := block.FromBytes(req.Address)
+	if err != nil {
+		return nil, err
+	}
+	if req.Ballot == nil || len(req.Quorum) == 0 {
+		return nil, fmt.Errorf("%w: prepare needs a ballot and a quorum", ErrBadRequest)
+	}
+	defer a.lock(addr)()
+	rec, err := a.load(addr)
+	if err != nil {
+		return nil, err
+	}
+	if wrongQuorum(rec, req.Quorum) {
+		return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_WRONG_QUORUM, Quorum: rec.State.Quorum, Accepted: rec.Accepted, State: rec.State}, nil
+	}
+	if Compare(req.Ballot, rec.Promised) <= 0 || Compare(req.Ballot, rec.Accepted) <= 0 {
+		return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_STALE_BALLOT, Promised: maxBallot(rec.Promised, rec.Accepted)}, nil
+	}
+	rec.Promised = req.Ballot
+	if err := a.store.Store(addr, rec); err != nil {
+		return nil, err
+	}
+	return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_OK, Accepted: rec.Accepted, State: rec.State}, nil
+}
+
+func maxBallot(a, b *bpb.Ballot) *bpb.Ballot {
+	if Compare(a, b) >= 0 {
+		return a
+	}
+	return b
+}
+
+// validate checks a proposed state against what this acceptor holds.
+func (a *Acceptor) validate(st *bpb.MutableState, rec *bpb.AcceptorRecord) error {
+	if st == nil || len(st.Quorum) == 0 {
+		return fmt.Errorf("%w: state without an acceptor set", ErrBadRequest)
+	}
+	prev := rec.State
+	if prev == nil && !st.Named && len(st.Writers) > 0 {
+		// A node new to the block cannot check the ACL's history; it takes
+		// the signed ACL, and the block's older acceptors (a majority) check
+		// that history.
+		prev = &bpb.MutableState{Writers: st.Writers}
+	}
+	if err := block.VerifyMutable(st, prev, a.maxSize); err != nil {
+		return err
+	}
+	if rec.State != nil {
+		if st.Version < rec.State.Version {
+			return fmt.Errorf("%w: %d < %d", ErrStaleVersion, st.Version, rec.State.Version)
+		}
+		if !proto.Equal(&bpb.MutableState{Owner: rec.State.Owner, Derivation: rec.State.Derivation, Named: rec.State.Named},
+			&bpb.MutableState{Owner: st.Owner, Derivation: st.Derivation, Named: st.Named}) {
+			return block.ErrBadDerivation
+		}
+	}
+	return nil
+}
+
+// Accept accepts state at ballot unless a higher ballot was promised.
+func (a *Acceptor) Accept(req *bpb.AcceptRequest) (*bpb.AcceptResponse, error) {
+	if req.State == nil || req.Ballot == nil || len(req.Quorum) == 0 {
+		return nil, fmt.Errorf("%w: accept needs a ballot, a state and a quorum", ErrBadRequest)
+	}
+	addr, err := block.FromBytes(req.State.Address)
+	if err != nil {
+		return nil, err
+	}
+	defer a.lock(addr)()
+	rec, err := a.load(addr)
+	if err != nil {
+		return nil, err
+	}
+	if wrongQuorum(rec, req.Quorum) {
+		return &bpb.AcceptResponse{Outcome: bpb.Outcome_OUTCOME_WRONG_QUORUM, Quorum: rec.State.Quorum}, nil
+	}
+	if Compare(req.Ballot, rec.Promised) < 0 || Compare(req.Ballot, rec.Accepted) < 0 {
+		return &bpb.AcceptResponse{Outcome: bpb.Outcome_OUTCOME_STALE_BALLOT, Promised: maxBallot(rec.Promised, rec.Accepted)}, nil
+	}
+	if Compare(req.Ballot, rec.Accepted) == 0 {
+		// A retransmission: same ballot, same state is fine; a different
+		// state under one ballot is a protocol violation.
+		if proto.Equal(req.State, rec.State) {
+			return &bpb.AcceptResponse{Outcome: bpb.Outcome_OUTCOME_OK}, nil
+		}
+		return &bpb.AcceptResponse{Outcome: bpb.Outcome_OUTCOME_STALE_BALLOT, Promised: rec.Accepted}, nil
+	}
+	if err := a.validate(req.State, rec); err != nil {
+		return nil, err
+	}
+	rec.Promised, rec.Accepted, rec.State = req.Ballot, req.Ballot, req.State
+	if err := a.store.Store(addr, rec); err != nil {
+		return nil, err
+	}
+	return &bpb.AcceptResponse{Outcome: bpb.Outcome_OUTCOME_OK}, nil
+}
+
+// Learn installs a decided state on an acceptor that is behind. Learning a
+// chosen value is always safe; validation keeps it from being a way around
+// signatures or version order.
+func (a *Acceptor) Learn(req *bpb.LearnRequest) error {
+	if req.State == nil || req.Ballot == nil {
+		return fmt.Errorf("%w: learn needs a ballot and a state", ErrBadRequest)
+	}
+	addr, err := block.FromBytes(req.State.Address)
+	if err != nil {
+		return err
+	}
+	defer a.lock(addr)()
+	rec, err := a.load(addr)
+	if err != nil {
+		return err
+	}
+	if Compare(req.Ballot, rec.Accepted) <= 0 {
+		return nil
+	}
+	if err := a.validate(req.State, rec); err != nil {
+		return err
+	}
+	rec.Accepted, rec.State = req.Ballot, req.State
+	rec.Promised = maxBallot(rec.Promised, req.Ballot)
+	return a.store.Store(addr, rec)
+}
+
+// Peek returns the accepted state without promising.
+func (a *Acceptor) Peek(req *bpb.PeekRequest) (*bpb.PeekResponse, error) {
+	addr, err := block.FromBytes(req.Address)
+	if err != nil {
+		return nil, err
+	}
+	defer a.lock(addr)()
+	rec, err := a.load(addr)
+	if err != nil {
+		return nil, err
+	}
+	return &bpb.PeekResponse{Accepted: rec.Accepted, State: rec.State}, nil
+}

@@ -1,0 +1,393 @@
+package paxos
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	bpb "shoal/proto/blockstorepb"
+	"shoal/shared/block"
+)
+
+// memStore is an in-memory Storage for unit tests.
+type memStore struct {
+	mu   sync.Mutex
+	recs map[block.Address][]byte
+}
+
+func (m *memStore) Load(a block.Address) (*bpb.AcceptorRecord, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.recs[a]
+	if !ok {
+		return nil, nil
+	}
+	rec := &bpb.AcceptorRecord{}
+	return rec, proto.Unmarshal(b, rec)
+}
+
+func (m *memStore) Store(a block.Address, rec *bpb.AcceptorRecord) error {
+	b, err := proto.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.recs[a] = b
+	return nil
+}
+
+var errDown = errors.New("test: node down")
+
+// memNet routes proposer calls to in-memory acceptors; nodes can be taken
+// down, and a hook can intercept accepts.
+type memNet struct {
+	mu       sync.Mutex
+	acc      map[string]*Acceptor
+	down     map[string]bool
+	onAccept func(node string) error
+}
+
+func newNet(nodes ...string) *memNet {
+	n := &memNet{acc: map[string]*Acceptor{}, down: map[string]bool{}}
+	for _, id := range nodes {
+		n.acc[id] = NewAcceptor(&memStore{recs: map[block.Address][]byte{}}, 1<<20)
+	}
+	return n
+}
+
+func (n *memNet) get(node string) (*Acceptor, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.down[node] || n.acc[node] == nil {
+		return nil, errDown
+	}
+	return n.acc[node], nil
+}
+
+func (n *memNet) hook(f func(string) error) {
+	n.mu.Lock()
+	n.onAccept = f
+	n.mu.Unlock()
+}
+
+func (n *memNet) setDown(node string, down bool) {
+	n.mu.Lock()
+	n.down[node] = down
+	n.mu.Unlock()
+}
+
+func (n *memNet) Prepare(_ context.Context, node string, req *bpb.PrepareRequest) (*bpb.PrepareResponse, error) {
+	a, err := n.get(node)
+	if err != nil {
+		return nil, err
+	}
+	return a.Prepare(proto.Clone(req).(*bpb.PrepareRequest))
+}
+
+func (n *memNet) Accept(_ context.Context, node string, req *bpb.AcceptRequest) (*bpb.AcceptResponse, error) {
+	a, err := n.get(node)
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	hook := n.onAccept
+	n.mu.Unlock()
+	if hook != nil {
+		if err := hook(node); err != nil {
+			return nil, err
+		}
+	}
+	return a.Accept(proto.Clone(req).(*bpb.AcceptRequest))
+}
+
+func (n *memNet) Learn(_ context.Context, node string, req *bpb.LearnRequest) error {
+	a, err := n.get(node)
+	if err != nil {
+		return err
+	}
+	return a.Learn(proto.Clone(req).(*bpb.LearnRequest))
+}
+
+func (n *memNet) Peek(_ context.Context, node string, req *bpb.PeekRequest) (*bpb.PeekResponse, error) {
+	a, err := n.get(node)
+	if err != nil {
+		return nil, err
+	}
+	return a.Peek(req)
+}
+
+type key struct {
+	pub  ed25519.PublicKey
+	priv ed25519.PrivateKey
+}
+
+func newKey(t testing.TB) key {
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key{pub, priv}
+}
+
+func genesis(k key, salt string, payload []byte) *bpb.MutableState {
+	a := block.MutableAddress(k.pub, []byte(salt))
+	st := &bpb.MutableState{Address: a[:], Owner: k.pub, Derivation: []byte(salt), Version: 1, Payload: payload}
+	block.Sign(st, k.priv)
+	return st
+}
+
+// next returns a Change that writes payload as the next version.
+func next(k key, payload []byte) Change {
+	return func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil {
+			return nil, block.ErrNotFound
+		}
+		st := proto.Clone(cur).(*bpb.MutableState)
+		st.Version++
+		st.Payload = payload
+		block.Sign(st, k.priv)
+		return st, nil
+	}
+}
+
+func create(st *bpb.MutableState) Change {
+	return func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur != nil {
+			return nil, errors.New("exists")
+		}
+		return st, nil
+	}
+}
+
+var nodes3 = []string{"a", "b", "c"}
+
+func TestCreateUpdateRead(t *testing.T) {
+	net := newNet(nodes3...)
+	k := newKey(t)
+	p := NewProposer("p1", net)
+	ctx := context.Background()
+	g := genesis(k, "s1", []byte("v1"))
+	addr, _ := block.FromBytes(g.Address)
+	if _, err := p.Propose(ctx, addr, nodes3, create(g)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i <= 5; i++ {
+		st, err := p.Propose(ctx, addr, nodes3, next(k, fmt.Appendf(nil, "v%d", i)))
+		if err != nil || st.Version != uint64(i) {
+			t.Fatalf("update %d: %v %v", i, st, err)
+		}
+	}
+	// Another proposer reads the latest version.
+	st, err := NewProposer("p2", net).Read(ctx, addr, nodes3)
+	if err != nil || string(st.Payload) != "v5" || st.Version != 5 {
+		t.Fatalf("read: %v %v", st, err)
+	}
+	// One acceptor down: still works.
+	net.setDown("b", true)
+	if _, err := p.Propose(ctx, addr, nodes3, next(k, []byte("v6"))); err != nil {
+		t.Fatal(err)
+	}
+	net.setDown("c", true)
+	if _, err := p.Propose(ctx, addr, nodes3, next(k, []byte("v7"))); !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("two of three down: %v", err)
+	}
+	net.setDown("b", false)
+	net.setDown("c", false)
+	st, err = NewProposer("p3", net).Read(ctx, addr, nodes3)
+	if err != nil || string(st.Payload) != "v6" {
+		t.Fatalf("read after recovery: %v %v", st, err)
+	}
+	if _, err := p.Read(ctx, block.Sum([]byte("none")), nodes3); !errors.Is(err, block.ErrNotFound) {
+		t.Fatalf("missing block: %v", err)
+	}
+}
+
+func TestDuellingProposers(t *testing.T) {
+	net := newNet(nodes3...)
+	k := newKey(t)
+	ctx := context.Background()
+	g := genesis(k, "duel", []byte("0"))
+	addr, _ := block.FromBytes(g.Address)
+	if _, err := NewProposer("init", net).Propose(ctx, addr, nodes3, create(g)); err != nil {
+		t.Fatal(err)
+	}
+	// 8 proposers each add 25 increments to a counter: no update is lost and
+	// everyone finishes (no livelock).
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := NewProposer(fmt.Sprintf("w%d", w), net)
+			for range each {
+				_, err := p.Propose(ctx, addr, nodes3, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+					var n int
+					fmt.Sscan(string(cur.Payload), &n)
+					return next(k, fmt.Append(nil, n+1))(cur)
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st, err := NewProposer("r", net).Read(ctx, addr, nodes3)
+	if err != nil || string(st.Payload) != fmt.Sprint(writers*each) || st.Version != writers*each+1 {
+		t.Fatalf("counter = %s (version %d), want %d: %v", st.GetPayload(), st.GetVersion(), writers*each, err)
+	}
+}
+
+func TestHalfAcceptedValueRecovered(t *testing.T) {
+	net := newNet(nodes3...)
+	k := newKey(t)
+	ctx := context.Background()
+	g := genesis(k, "half", []byte("v1"))
+	addr, _ := block.FromBytes(g.Address)
+	p1 := NewProposer("p1", net)
+	if _, err := p1.Propose(ctx, addr, nodes3, create(g)); err != nil {
+		t.Fatal(err)
+	}
+	// p1's accept of v2 reaches only "a", then p1 dies.
+	net.hook(func(node string) error {
+		if node != "a" {
+			return errDown
+		}
+		return nil
+	})
+	if _, err := p1.Propose(ctx, addr, nodes3, next(k, []byte("v2"))); err == nil {
+		t.Fatal("accept on one of three acceptors reported success")
+	}
+	net.hook(nil)
+	// p2 prepares on a majority that includes "a": it must carry v2 forward
+	// (it is the highest accepted value it sees) before writing v3.
+	net.setDown("c", true)
+	var sawCur string
+	st, err := NewProposer("p2", net).Propose(ctx, addr, nodes3, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		sawCur = string(cur.Payload)
+		return next(k, []byte("v3"))(cur)
+	})
+	if err != nil || sawCur != "v2" || st.Version != 3 {
+		t.Fatalf("recovery: saw %q, got %v, %v", sawCur, st, err)
+	}
+}
+
+func TestRejections(t *testing.T) {
+	net := newNet(nodes3...)
+	owner, other := newKey(t), newKey(t)
+	ctx := context.Background()
+	g := genesis(owner, "acl", []byte("v1"))
+	addr, _ := block.FromBytes(g.Address)
+	p := NewProposer("p", net)
+	if _, err := p.Propose(ctx, addr, nodes3, create(g)); err != nil {
+		t.Fatal(err)
+	}
+	// Wrong writer.
+	if _, err := p.Propose(ctx, addr, nodes3, next(other, []byte("evil"))); !errors.Is(err, block.ErrBadSignature) {
+		t.Fatalf("wrong writer: %v", err)
+	}
+	// Forged signature.
+	forged := func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		st, _ := next(owner, []byte("v2"))(cur)
+		st.Payload = []byte("tampered")
+		return st, nil
+	}
+	if _, err := p.Propose(ctx, addr, nodes3, forged); !errors.Is(err, block.ErrBadSignature) {
+		t.Fatalf("forged: %v", err)
+	}
+	// Address not derived from the owner.
+	bad := genesis(owner, "x", nil)
+	bad.Address = addr[:]
+	bad.Derivation = []byte("y")
+	block.Sign(bad, owner.priv)
+	if _, err := net.acc["a"].Accept(&bpb.AcceptRequest{Ballot: &bpb.Ballot{Round: 1000}, State: withQuorum(bad), Quorum: nodes3}); !errors.Is(err, block.ErrBadDerivation) {
+		t.Fatalf("bad derivation: %v", err)
+	}
+	// Version replay: write v2, v3, then replay v2's signed state at a high ballot.
+	v2, err := p.Propose(ctx, addr, nodes3, next(owner, []byte("v2")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Propose(ctx, addr, nodes3, next(owner, []byte("v3"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := net.acc["a"].Accept(&bpb.AcceptRequest{Ballot: &bpb.Ballot{Round: 1 << 40}, State: v2, Quorum: nodes3}); !errors.Is(err, ErrStaleVersion) {
+		t.Fatalf("replay: %v", err)
+	}
+	// Stale ballot.
+	resp, err := net.acc["a"].Prepare(&bpb.PrepareRequest{Address: addr[:], Ballot: &bpb.Ballot{Round: 1}, Quorum: nodes3})
+	if err != nil || resp.Outcome != bpb.Outcome_OUTCOME_STALE_BALLOT {
+		t.Fatalf("stale prepare: %v %v", resp, err)
+	}
+	aresp, err := net.acc["a"].Accept(&bpb.AcceptRequest{Ballot: &bpb.Ballot{Round: 1}, State: v2, Quorum: nodes3})
+	if err != nil || aresp.Outcome != bpb.Outcome_OUTCOME_STALE_BALLOT {
+		t.Fatalf("stale accept: %v %v", aresp, err)
+	}
+	st, _ := p.Read(ctx, addr, nodes3)
+	if string(st.Payload) != "v3" {
+		t.Fatalf("after rejections: %q", st.Payload)
+	}
+}
+
+func withQuorum(st *bpb.MutableState) *bpb.MutableState {
+	st.Quorum = nodes3
+	return st
+}
+
+func TestQuorumChange(t *testing.T) {
+	net := newNet("a", "b", "c", "d")
+	k := newKey(t)
+	ctx := context.Background()
+	g := genesis(k, "move", []byte("v1"))
+	addr, _ := block.FromBytes(g.Address)
+	p := NewProposer("p", net)
+	if _, err := p.Propose(ctx, addr, nodes3, create(g)); err != nil {
+		t.Fatal(err)
+	}
+	// "c" dies; the block moves to a, b, d through a decision on the block.
+	net.setDown("c", true)
+	newSet := []string{"a", "b", "d"}
+	st, err := p.Propose(ctx, addr, nodes3, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		n := proto.Clone(cur).(*bpb.MutableState)
+		n.Quorum = newSet
+		return n, nil
+	})
+	if err != nil || !SameSet(st.Quorum, newSet) {
+		t.Fatalf("move: %v %v", st, err)
+	}
+	// A client whose view still says a, b, c is redirected and converges.
+	stale := NewProposer("stale", net)
+	st, err = stale.Propose(ctx, addr, nodes3, next(k, []byte("v2")))
+	if err != nil || st.Version != 2 || !SameSet(st.Quorum, newSet) {
+		t.Fatalf("stale-view client: %v %v", st, err)
+	}
+	if stale.Stats.QuorumMoves.Load() == 0 {
+		t.Fatal("stale client was not redirected")
+	}
+	// c comes back with its old state: a client asking only c and a is
+	// still sent to the new set and reads the latest version.
+	net.setDown("c", false)
+	st, err = NewProposer("late", net).Read(ctx, addr, []string{"c", "a", "b"})
+	if err != nil || st.Version != 2 {
+		t.Fatalf("read via old set: %v %v", st, err)
+	}
+	// The new member holds the state: with a and b down, d alone is not a
+	// majority, but with only b down, a and d suffice.
+	net.setDown("b", true)
+	if _, err := p.Propose(ctx, addr, newSet, next(k, []byte("v3"))); err != nil {
+		t.Fatalf("write on new set with b down: %v", err)
+	}
+}

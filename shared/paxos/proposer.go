@@ -1,0 +1,434 @@
+package paxos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	bpb "shoal/proto/blockstorepb"
+	"shoal/shared/block"
+)
+
+var (
+	// ErrNoQuorum means too few acceptors answered.
+	ErrNoQuorum = errors.New("paxos: acceptor quorum not reached")
+	// ErrContended means the round limit was reached under contention.
+	ErrContended = errors.New("paxos: too much contention, gave up")
+)
+
+// Transport reaches one acceptor by node id.
+type Transport interface {
+	Prepare(ctx context.Context, node string, req *bpb.PrepareRequest) (*bpb.PrepareResponse, error)
+	Accept(ctx context.Context, node string, req *bpb.AcceptRequest) (*bpb.AcceptResponse, error)
+	Learn(ctx context.Context, node string, req *bpb.LearnRequest) error
+	Peek(ctx context.Context, node string, req *bpb.PeekRequest) (*bpb.PeekResponse, error)
+}
+
+// Change computes the next state from the current one (nil: the block has
+// no decided state). Returning cur itself re-decides it unchanged (a read).
+type Change func(cur *bpb.MutableState) (*bpb.MutableState, error)
+
+// Stats counts what proposals cost, for benchmarks and tests.
+type Stats struct {
+	Rounds, Conflicts, QuorumMoves atomic.Int64
+}
+
+// Proposer proposes changes to blocks.
+type Proposer struct {
+	id    string
+	t     Transport
+	round atomic.Uint64
+	// MaxRounds bounds retries of one proposal under contention.
+	MaxRounds int
+	Stats     Stats
+
+	mu      sync.Mutex
+	quorums map[block.Address][]string // last known acceptor set per block
+}
+
+// NewProposer returns a proposer with a unique id.
+func NewProposer(id string, t Transport) *Proposer {
+	return &Proposer{id: id, t: t, MaxRounds: 200, quorums: map[block.Address][]string{}}
+}
+
+func (p *Proposer) ballot(atLeast uint64) *bpb.Ballot {
+	for {
+		cur := p.round.Load()
+		next := max(cur, atLeast) + 1
+		if p.round.CompareAndSwap(cur, next) {
+			return &bpb.Ballot{Round: next, Proposer: p.id}
+		}
+	}
+}
+
+// Quorum returns the acceptor set to use for addr: the one learned from the
+// block itself if any, else guess (computed from the placement view).
+func (p *Proposer) Quorum(addr block.Address, guess []string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if q, ok := p.quorums[addr]; ok {
+		return q
+	}
+	return guess
+}
+
+func (p *Proposer) remember(addr block.Address, q []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.quorums) > 100_000 {
+		clear(p.quorums)
+	}
+	p.quorums[addr] = slices.Clone(q)
+}
+
+func majority(n int) int { return n/2 + 1 }
+
+type backoff struct{ d time.Duration }
+
+func (b *backoff) wait(ctx context.Context) error {
+	if b.d == 0 {
+		b.d = time.Millisecond
+	} else if b.d < 100*time.Millisecond {
+		b.d *= 2
+	}
+	t := time.NewTimer(time.Duration(rand.Int64N(int64(b.d))) + time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Propose runs Paxos rounds on addr until change's result is decided, and
+// returns the decided state. guess is the acceptor set placement computes;
+// the block's own set wins when they differ.
+func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []string, change Change) (*bpb.MutableState, error) {
+	quorum := p.Quorum(addr, guess)
+	var bo backoff
+	var seen uint64
+	for attempt := 0; attempt < p.MaxRounds; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		p.Stats.Rounds.Add(1)
+		b := p.ballot(seen)
+		res, err := p.prepare(ctx, addr, b, quorum)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case res.moveTo != nil:
+			p.Stats.QuorumMoves.Add(1)
+			quorum = res.moveTo
+			p.remember(addr, quorum)
+			continue
+		case res.ok >= majority(len(quorum)):
+		case res.rejected > 0:
+			p.Stats.Conflicts.Add(1)
+			seen = max(seen, res.stale)
+			if err := bo.wait(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		default:
+			return nil, fmt.Errorf("%w: %d of %d acceptors promised: %w", ErrNoQuorum, res.ok, len(quorum), errors.Join(res.errs...))
+		}
+		next, err := change(res.cur)
+		if err != nil {
+			return nil, err
+		}
+		next = proto.Clone(next).(*bpb.MutableState)
+		if len(next.Quorum) == 0 {
+			next.Quorum = quorum
+		}
+		ok, stale, err := p.accept(ctx, b, next, quorum)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			p.Stats.Conflicts.Add(1)
+			seen = max(seen, stale)
+			if err := bo.wait(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		p.remember(addr, next.Quorum)
+		p.learn(ctx, b, next, union(quorum, next.Quorum), res.behind)
+		return next, nil
+	}
+	return nil, ErrContended
+}
+
+type prepared struct {
+	ok, rejected int
+	stale        uint64 // highest round seen in a rejection
+	cur          *bpb.MutableState
+	curBallot    *bpb.Ballot
+	moveTo       []string
+	behind       map[string]bool // acceptors whose state is older than cur
+	errs         []error
+}
+
+func (p *Proposer) prepare(ctx context.Context, addr block.Address, b *bpb.Ballot, quorum []string) (*prepared, error) {
+	req := &bpb.PrepareRequest{Address: addr[:], Ballot: b, Quorum: quorum}
+	type reply struct {
+		node string
+		resp *bpb.PrepareResponse
+		err  error
+	}
+	replies := make(chan reply, len(quorum))
+	for _, n := range quorum {
+		go func() {
+			r, err := p.t.Prepare(ctx, n, req)
+			replies <- reply{n, r, err}
+		}()
+	}
+	res := &prepared{behind: map[string]bool{}}
+	var wrong []*bpb.PrepareResponse
+	accepted := map[string]*bpb.Ballot{}
+	need := majority(len(quorum))
+	for range quorum {
+		r := <-replies
+		switch {
+		case r.err != nil:
+			res.errs = append(res.errs, fmt.Errorf("%s: %w", r.node, r.err))
+		case r.resp.Outcome == bpb.Outcome_OUTCOME_OK:
+			res.ok++
+			accepted[r.node] = r.resp.Accepted
+			if r.resp.State != nil && Compare(r.resp.Accepted, res.curBallot) > 0 {
+				res.cur, res.curBallot = r.resp.State, r.resp.Accepted
+			}
+		case r.resp.Outcome == bpb.Outcome_OUTCOME_WRONG_QUORUM:
+			res.rejected++
+			wrong = append(wrong, r.resp)
+		default:
+			res.rejected++
+			if r.resp.Promised != nil {
+				res.stale = max(res.stale, r.resp.Promised.Round)
+			}
+		}
+		// A majority is enough; stragglers are not waited for, so one slow
+		// or paused acceptor does not stall the block.
+		if res.ok >= need && len(wrong) == 0 {
+			break
+		}
+	}
+	if len(wrong) > 0 {
+		// Move to the set of the most recently accepted state.
+		best := wrong[0]
+		for _, w := range wrong[1:] {
+			if Compare(w.Accepted, best.Accepted) > 0 {
+				best = w
+			}
+		}
+		if res.curBallot == nil || Compare(best.Accepted, res.curBallot) >= 0 {
+			res.moveTo = best.Quorum
+			return res, nil
+		}
+	}
+	for n, a := range accepted {
+		if Compare(a, res.curBallot) < 0 {
+			res.behind[n] = true
+		}
+	}
+	return res, nil
+}
+
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, x := range b {
+		if !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// accept sends state to the old and new acceptor sets; it is decided once a
+// majority of each accepted (the joint quorum that makes a change of
+// acceptor set safe).
+func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, quorum []string) (bool, uint64, error) {
+	targets := union(quorum, st.Quorum)
+	req := &bpb.AcceptRequest{Ballot: b, State: st, Quorum: quorum}
+	type reply struct {
+		node string
+		resp *bpb.AcceptResponse
+		err  error
+	}
+	replies := make(chan reply, len(targets))
+	for _, n := range targets {
+		go func() {
+			r, err := p.t.Accept(ctx, n, req)
+			replies <- reply{n, r, err}
+		}()
+	}
+	oldOK, newOK := 0, 0
+	var stale uint64
+	var errs []error
+	var hard error
+	for range targets {
+		r := <-replies
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.node, r.err))
+			if errors.Is(r.err, block.ErrBadSignature) || errors.Is(r.err, block.ErrBadDerivation) || errors.Is(r.err, ErrStaleVersion) || errors.Is(r.err, block.ErrTooLarge) {
+				hard = r.err
+			}
+		} else if r.resp.Outcome == bpb.Outcome_OUTCOME_OK {
+			if slices.Contains(quorum, r.node) {
+				oldOK++
+			}
+			if slices.Contains(st.Quorum, r.node) {
+				newOK++
+			}
+		} else if r.resp.Promised != nil {
+			stale = max(stale, r.resp.Promised.Round)
+		}
+		if oldOK >= majority(len(quorum)) && newOK >= majority(len(st.Quorum)) {
+			return true, 0, nil
+		}
+	}
+	if hard != nil {
+		return false, 0, hard
+	}
+	if stale == 0 && len(errs) > 0 {
+		return false, 0, fmt.Errorf("%w: accept: %w", ErrNoQuorum, errors.Join(errs...))
+	}
+	return false, stale, nil
+}
+
+// learn tells every acceptor of the block the decision, in the background:
+// it brings stragglers up to date so later quorum reads agree at once.
+func (p *Proposer) learn(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, nodes []string, _ map[string]bool) {
+	bg := context.WithoutCancel(ctx)
+	req := &bpb.LearnRequest{Ballot: b, State: st}
+	for _, n := range nodes {
+		go func() {
+			cctx, cancel := context.WithTimeout(bg, 5*time.Second)
+			defer cancel()
+			_ = p.t.Learn(cctx, n, req)
+		}()
+	}
+}
+
+// Read returns the block's decided state. When a majority of its acceptors
+// report the same accepted ballot, that state is chosen and is returned at
+// once (one round trip, no disk write); otherwise a full round re-decides
+// the newest state, which also repairs stale acceptors.
+func (p *Proposer) Read(ctx context.Context, addr block.Address, guess []string) (*bpb.MutableState, error) {
+	quorum := p.Quorum(addr, guess)
+	for range 3 {
+		st, moved, err := p.peek(ctx, addr, quorum)
+		if err != nil {
+			return nil, err
+		}
+		if moved != nil {
+			quorum = moved
+			p.remember(addr, quorum)
+			continue
+		}
+		if st != nil {
+			return st, nil
+		}
+		break
+	}
+	st, err := p.Propose(ctx, addr, quorum, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil {
+			return nil, block.ErrNotFound
+		}
+		return cur, nil
+	})
+	return st, err
+}
+
+// peek returns the chosen state if a majority agrees on it, or the set to
+// move to if the block's acceptors are not the ones asked.
+func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string) (*bpb.MutableState, []string, error) {
+	req := &bpb.PeekRequest{Address: addr[:]}
+	type reply struct {
+		node string
+		resp *bpb.PeekResponse
+		err  error
+	}
+	replies := make(chan reply, len(quorum))
+	for _, n := range quorum {
+		go func() {
+			r, err := p.t.Peek(ctx, n, req)
+			replies <- reply{n, r, err}
+		}()
+	}
+	need := majority(len(quorum))
+	var groups []*peekGroup
+	var stale []string
+	empty, answered := 0, 0
+	var errs []error
+	for range quorum {
+		r := <-replies
+		if r.err != nil {
+			errs = append(errs, r.err)
+		} else {
+			answered++
+			if r.resp.State == nil {
+				empty++
+				stale = append(stale, r.node)
+			} else {
+				if !SameSet(r.resp.State.Quorum, quorum) {
+					return nil, r.resp.State.Quorum, nil
+				}
+				found := false
+				for _, g := range groups {
+					if Compare(g.ballot, r.resp.Accepted) == 0 {
+						g.nodes = append(g.nodes, r.node)
+						found = true
+					}
+				}
+				if !found {
+					groups = append(groups, &peekGroup{r.resp.Accepted, r.resp.State, []string{r.node}})
+				}
+			}
+		}
+		for _, g := range groups {
+			if len(g.nodes) >= need {
+				// Remaining replies are not awaited; stale ones seen so far
+				// are brought up to date.
+				p.repair(ctx, g, stale, groups)
+				return g.state, nil, nil
+			}
+		}
+		if empty >= need {
+			return nil, nil, block.ErrNotFound
+		}
+	}
+	if answered < need {
+		return nil, nil, fmt.Errorf("%w: %d of %d acceptors answered: %w", ErrNoQuorum, answered, len(quorum), errors.Join(errs...))
+	}
+	return nil, nil, nil
+}
+
+type peekGroup struct {
+	ballot *bpb.Ballot
+	state  *bpb.MutableState
+	nodes  []string
+}
+
+// repair sends the chosen state to acceptors seen without it.
+func (p *Proposer) repair(ctx context.Context, chosen *peekGroup, empty []string, groups []*peekGroup) {
+	nodes := slices.Clone(empty)
+	for _, g := range groups {
+		if g != chosen {
+			nodes = append(nodes, g.nodes...)
+		}
+	}
+	if len(nodes) > 0 {
+		p.learn(ctx, chosen.ballot, chosen.state, nodes, nil)
+	}
+}
