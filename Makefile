@@ -61,6 +61,12 @@ deps-test: ## install the OS packages the tests use, when missing
 	@need=""; \
 	command -v fusermount3 >/dev/null || need="$$need fuse3"; \
 	command -v protoc >/dev/null || need="$$need protobuf-compiler"; \
+	test -x /usr/bin/aws || need="$$need awscli"; \
+	command -v s3cmd >/dev/null || need="$$need s3cmd"; \
+	command -v rclone >/dev/null || need="$$need rclone"; \
+	/usr/bin/python3 -c 'import boto3' 2>/dev/null || need="$$need python3-boto3"; \
+	command -v nbdinfo >/dev/null || need="$$need libnbd-bin"; \
+	command -v qemu-img >/dev/null || need="$$need qemu-utils"; \
 	if [ -n "$$need" ]; then echo "installing:$$need"; $(APT_GET) update && $(APT_GET) install $$need; fi
 
 clean: ## remove build output (not data)

@@ -324,3 +324,16 @@ func (c *Client) MoveMutable(ctx context.Context, addr block.Address, quorum []s
 	})
 	return err
 }
+
+// DeleteMutable marks a mutable block deleted with a signed tombstone; reads
+// then report it not found. The block's acceptors keep the tombstone so an
+// older version can never be replayed over it.
+func (c *Client) DeleteMutable(ctx context.Context, key ed25519.PrivateKey, addr block.Address) error {
+	_, err := c.propose(ctx, "delete", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil || cur.Tombstone {
+			return nil, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
+		}
+		return nextVersion(cur, key, nil, true), nil
+	})
+	return err
+}
