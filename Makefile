@@ -13,7 +13,7 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -qq
 .PHONY: help build run test test-unit test-e2e bench lint vet proto verify clean deps-test
 
 help: ## list targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## build bin/shoal (static)
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./services/cmd/shoal
@@ -21,7 +21,7 @@ build: ## build bin/shoal (static)
 run: build ## run the all-in-one cluster, data under $(DATA)
 	$(BIN) serve -data=$(DATA)
 
-test: build deps-test ## unit, in-process cluster and e2e tests (what CI runs)
+test: build deps-test deps-docker ## unit, in-process cluster and e2e tests (what CI runs)
 	$(GO) vet $(MODULES)
 	@test -z "$$(gofmt -l proto shared services e2e)" || { echo "gofmt needed:"; gofmt -l proto shared services e2e; exit 1; }
 	SHOAL_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 25m $(MODULES)

@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,65 +19,6 @@ import (
 	"shoal/shared/block"
 	"shoal/shared/dht"
 )
-
-type cluster struct {
-	t       *testing.T
-	natsURL string
-	places  []string
-	nodes   []*framework.Proc
-	dir     string
-}
-
-func startCluster(t *testing.T, nodes int) *cluster {
-	c := &cluster{t: t, dir: t.TempDir()}
-	n := framework.StartProc(t, "nats", "serve", "-target=nats", "-nats.listen=127.0.0.1:0", "-data="+c.dir)
-	c.natsURL = n.Field("nats", 20*time.Second)
-	for i := range 2 {
-		p := framework.StartProc(t, fmt.Sprintf("placement-%d", i+1), "serve", "-target=placement", "-nats.url="+c.natsURL,
-			"-placement.listen=127.0.0.1:0", "-placement.down-after=1500ms", "-placement.evict-after=10m")
-		c.places = append(c.places, p.Field("placement", 20*time.Second))
-	}
-	for i := range nodes {
-		p := framework.StartProc(t, fmt.Sprintf("blockstore-%d", i+1), "serve", "-target=blockstore", "-nats.url="+c.natsURL,
-			"-blockstore.listen=127.0.0.1:0", fmt.Sprintf("-blockstore.zone=z%d", i%3+1),
-			"-blockstore.dir="+filepath.Join(c.dir, fmt.Sprintf("bs%d", i+1)), "-blockstore.heartbeat-interval=250ms")
-		p.Field("blockstore", 20*time.Second)
-		c.nodes = append(c.nodes, p)
-	}
-	return c
-}
-
-func (c *cluster) client() *dht.Client {
-	cl, err := dht.New(dht.Config{Placement: c.places, CallTimeout: 3 * time.Second}, framework.Logger(c.t))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.t.Cleanup(func() { cl.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := cl.WaitForNodes(ctx, len(c.nodes)); err != nil {
-		c.t.Fatal(err)
-	}
-	return cl
-}
-
-// nodeOf finds the view entry of the storage process p by its banner id.
-func nodeOf(t *testing.T, cl *dht.Client, p *framework.Proc) *ppb.Node {
-	t.Helper()
-	want := ""
-	for _, f := range p.Fields("blockstore", 10*time.Second) {
-		if strings.HasPrefix(f, "id=") {
-			want = strings.TrimPrefix(f, "id=")
-		}
-	}
-	for _, n := range cl.View().Nodes {
-		if n.Id == want {
-			return n
-		}
-	}
-	t.Fatalf("node %q not in view", want)
-	return nil
-}
 
 type written struct {
 	addr block.Address
@@ -176,14 +116,14 @@ func listNode(t *testing.T, cl *dht.Client, n *ppb.Node) map[block.Address]bool 
 }
 
 func TestKillNineKeepsEveryBlock(t *testing.T) {
-	c := startCluster(t, 4)
-	cl := c.client()
+	c := framework.StartProcCluster(t, 4)
+	cl := c.Client(3 * time.Second)
 	blocks := writeBlocks(t, cl, 1000, 16)
 	if len(blocks) != 1000 {
 		t.Fatalf("wrote %d blocks", len(blocks))
 	}
-	victim := c.nodes[1]
-	vnode := nodeOf(t, cl, victim)
+	victim := c.Nodes[1]
+	vnode := framework.ViewNode(t, cl, victim)
 	held := listNode(t, cl, vnode)
 	if len(held) < 500 {
 		t.Fatalf("victim holds only %d of 1000 blocks; placement skewed", len(held))
@@ -201,7 +141,7 @@ func TestKillNineKeepsEveryBlock(t *testing.T) {
 		}
 		return false
 	})
-	back := nodeOf(t, cl, victim)
+	back := framework.ViewNode(t, cl, victim)
 	bs, err := cl.NodeClient(back)
 	if err != nil {
 		t.Fatal(err)
@@ -218,12 +158,12 @@ func TestKillNineKeepsEveryBlock(t *testing.T) {
 	}
 
 	// CLI against the same cluster, through the second placement replica.
-	out, stderr, code := framework.Run(t, nil, "status", "-placement", c.places[1], "-o", "json")
+	out, stderr, code := framework.Run(t, nil, "status", "-placement", c.Places[1], "-o", "json")
 	if code != 0 || strings.Count(out, `"NODE_STATE_UP"`) != 4 {
 		t.Fatalf("status: code %d\n%s%s", code, out, stderr)
 	}
 	payload := []byte("cli payload\n")
-	out, stderr, code = framework.Run(t, bytes.NewReader(payload), "block", "put", "-placement", c.places[1])
+	out, stderr, code = framework.Run(t, bytes.NewReader(payload), "block", "put", "-placement", c.Places[1])
 	if code != 0 {
 		t.Fatalf("block put: %d %s", code, stderr)
 	}
@@ -231,27 +171,27 @@ func TestKillNineKeepsEveryBlock(t *testing.T) {
 	if addr != block.Sum(payload).String() {
 		t.Fatalf("block put printed %q", addr)
 	}
-	out, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.places[0], addr)
+	out, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.Places[0], addr)
 	if code != 0 || out != string(payload) {
 		t.Fatalf("block get: %d %q %s", code, out, stderr)
 	}
-	out, _, code = framework.Run(t, nil, "block", "stat", "-placement", c.places[0], addr)
+	out, _, code = framework.Run(t, nil, "block", "stat", "-placement", c.Places[0], addr)
 	if code != 0 || !strings.Contains(out, "copies   3") {
 		t.Fatalf("block stat: %d\n%s", code, out)
 	}
-	_, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.places[0], "not-hex")
+	_, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.Places[0], "not-hex")
 	if code != 2 || !strings.Contains(stderr, "malformed address") {
 		t.Fatalf("bad address: code %d %s", code, stderr)
 	}
-	_, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.places[0], block.Sum([]byte("nope")).String())
+	_, stderr, code = framework.Run(t, nil, "block", "get", "-placement", c.Places[0], block.Sum([]byte("nope")).String())
 	if code != 1 || !strings.Contains(stderr, "not found") {
 		t.Fatalf("unknown address: code %d %s", code, stderr)
 	}
 }
 
 func TestKillDuringWriteBurst(t *testing.T) {
-	c := startCluster(t, 4)
-	cl := c.client()
+	c := framework.StartProcCluster(t, 4)
+	cl := c.Client(3 * time.Second)
 	var mu sync.Mutex
 	var acked []written
 	stop := make(chan struct{})
@@ -282,7 +222,7 @@ func TestKillDuringWriteBurst(t *testing.T) {
 	}
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
 	framework.Eventually(t, 60*time.Second, "300 acknowledged writes", func() bool { return count() >= 300 })
-	c.nodes[2].Kill()
+	c.Nodes[2].Kill()
 	killedAt := count()
 	framework.Eventually(t, 60*time.Second, "300 more acknowledged writes", func() bool { return count() >= killedAt+300 })
 	close(stop)

@@ -327,8 +327,11 @@ func (x *GetResponse) GetKind() BlockKind {
 }
 
 type HasRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Addresses     [][]byte               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Addresses [][]byte               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// Refresh the touch time of each block found (see ListResponse): the
+	// caller is about to rely on it instead of writing it again.
+	Touch         bool `protobuf:"varint,2,opt,name=touch,proto3" json:"touch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -368,6 +371,13 @@ func (x *HasRequest) GetAddresses() [][]byte {
 		return x.Addresses
 	}
 	return nil
+}
+
+func (x *HasRequest) GetTouch() bool {
+	if x != nil {
+		return x.Touch
+	}
+	return false
 }
 
 type HasResponse struct {
@@ -416,10 +426,14 @@ func (x *HasResponse) GetPresent() []bool {
 }
 
 type DeleteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Address       []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// When non-zero, delete only if the block's touch time (node clock) is
+	// before this instant, checked atomically against concurrent touches:
+	// what space reclamation's sweep uses.
+	IfTouchedBeforeUnixMs int64 `protobuf:"varint,2,opt,name=if_touched_before_unix_ms,json=ifTouchedBeforeUnixMs,proto3" json:"if_touched_before_unix_ms,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
@@ -459,9 +473,18 @@ func (x *DeleteRequest) GetAddress() []byte {
 	return nil
 }
 
+func (x *DeleteRequest) GetIfTouchedBeforeUnixMs() int64 {
+	if x != nil {
+		return x.IfTouchedBeforeUnixMs
+	}
+	return 0
+}
+
 type DeleteResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Existed       bool                   `protobuf:"varint,1,opt,name=existed,proto3" json:"existed,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Existed bool                   `protobuf:"varint,1,opt,name=existed,proto3" json:"existed,omitempty"`
+	// Set when if_touched_before_unix_ms kept a block that was touched since.
+	Kept          bool `protobuf:"varint,2,opt,name=kept,proto3" json:"kept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -499,6 +522,13 @@ func (*DeleteResponse) Descriptor() ([]byte, []int) {
 func (x *DeleteResponse) GetExisted() bool {
 	if x != nil {
 		return x.Existed
+	}
+	return false
+}
+
+func (x *DeleteResponse) GetKept() bool {
+	if x != nil {
+		return x.Kept
 	}
 	return false
 }
@@ -765,9 +795,17 @@ func (x *ListRequest) GetLimit() uint32 {
 }
 
 type ListResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Addresses     [][]byte               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
-	Sizes         []uint64               `protobuf:"varint,2,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Addresses [][]byte               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Sizes     []uint64               `protobuf:"varint,2,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
+	// touched_unix_ms[i] is when addresses[i] was last written, found present
+	// by a Put, or touched by a Has (node clock; 0 = before touch times were
+	// kept).
+	TouchedUnixMs []int64 `protobuf:"varint,3,rep,packed,name=touched_unix_ms,json=touchedUnixMs,proto3" json:"touched_unix_ms,omitempty"`
+	// The node's clock when the listing started (first message only; a
+	// listing always sends at least one message), so a sweeper can compare
+	// touch times with its own instants without trusting clock sync.
+	NowUnixMs     int64 `protobuf:"varint,4,opt,name=now_unix_ms,json=nowUnixMs,proto3" json:"now_unix_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -814,6 +852,20 @@ func (x *ListResponse) GetSizes() []uint64 {
 		return x.Sizes
 	}
 	return nil
+}
+
+func (x *ListResponse) GetTouchedUnixMs() []int64 {
+	if x != nil {
+		return x.TouchedUnixMs
+	}
+	return nil
+}
+
+func (x *ListResponse) GetNowUnixMs() int64 {
+	if x != nil {
+		return x.NowUnixMs
+	}
+	return 0
 }
 
 // Ballot orders Paxos rounds: by round, then by proposer id.
@@ -890,7 +942,12 @@ type MutableState struct {
 	Signature []byte `protobuf:"bytes,10,opt,name=signature,proto3" json:"signature,omitempty"`
 	// Node ids of the block's acceptors. Not signed: any client may move a
 	// block's replicas, but only through a decision on the block.
-	Quorum        []string `protobuf:"bytes,11,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	Quorum []string `protobuf:"bytes,11,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	// Ids of the most recent operations folded into this state, newest last.
+	// A proposer retrying after an accept of uncertain fate finds its own id
+	// here when that accept was carried forward, so it never applies a
+	// non-idempotent change twice. Not signed: it guides retries only.
+	RecentOps     []uint64 `protobuf:"fixed64,12,rep,packed,name=recent_ops,json=recentOps,proto3" json:"recent_ops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -998,6 +1055,13 @@ func (x *MutableState) GetSignature() []byte {
 func (x *MutableState) GetQuorum() []string {
 	if x != nil {
 		return x.Quorum
+	}
+	return nil
+}
+
+func (x *MutableState) GetRecentOps() []uint64 {
+	if x != nil {
+		return x.RecentOps
 	}
 	return nil
 }
@@ -1525,16 +1589,19 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\aaddress\x18\x01 \x01(\fR\aaddress\"U\n" +
 	"\vGetResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x122\n" +
-	"\x04kind\x18\x02 \x01(\x0e2\x1e.shoal.blockstore.v1.BlockKindR\x04kind\"*\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1e.shoal.blockstore.v1.BlockKindR\x04kind\"@\n" +
 	"\n" +
 	"HasRequest\x12\x1c\n" +
-	"\taddresses\x18\x01 \x03(\fR\taddresses\"'\n" +
+	"\taddresses\x18\x01 \x03(\fR\taddresses\x12\x14\n" +
+	"\x05touch\x18\x02 \x01(\bR\x05touch\"'\n" +
 	"\vHasResponse\x12\x18\n" +
-	"\apresent\x18\x01 \x03(\bR\apresent\")\n" +
+	"\apresent\x18\x01 \x03(\bR\apresent\"c\n" +
 	"\rDeleteRequest\x12\x18\n" +
-	"\aaddress\x18\x01 \x01(\fR\aaddress\"*\n" +
+	"\aaddress\x18\x01 \x01(\fR\aaddress\x128\n" +
+	"\x19if_touched_before_unix_ms\x18\x02 \x01(\x03R\x15ifTouchedBeforeUnixMs\">\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
-	"\aexisted\x18\x01 \x01(\bR\aexisted\"'\n" +
+	"\aexisted\x18\x01 \x01(\bR\aexisted\x12\x12\n" +
+	"\x04kept\x18\x02 \x01(\bR\x04kept\"'\n" +
 	"\vStatRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\fR\aaddress\"V\n" +
 	"\fStatResponse\x12\x12\n" +
@@ -1550,13 +1617,15 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\x06blocks\x18\x05 \x01(\x04R\x06blocks\"9\n" +
 	"\vListRequest\x12\x14\n" +
 	"\x05after\x18\x01 \x01(\fR\x05after\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"B\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x8a\x01\n" +
 	"\fListResponse\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\fR\taddresses\x12\x14\n" +
-	"\x05sizes\x18\x02 \x03(\x04R\x05sizes\":\n" +
+	"\x05sizes\x18\x02 \x03(\x04R\x05sizes\x12&\n" +
+	"\x0ftouched_unix_ms\x18\x03 \x03(\x03R\rtouchedUnixMs\x12\x1e\n" +
+	"\vnow_unix_ms\x18\x04 \x01(\x03R\tnowUnixMs\":\n" +
 	"\x06Ballot\x12\x14\n" +
 	"\x05round\x18\x01 \x01(\x04R\x05round\x12\x1a\n" +
-	"\bproposer\x18\x02 \x01(\tR\bproposer\"\xae\x02\n" +
+	"\bproposer\x18\x02 \x01(\tR\bproposer\"\xcd\x02\n" +
 	"\fMutableState\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\fR\aaddress\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\fR\x05owner\x12\x1e\n" +
@@ -1571,7 +1640,9 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\x06writer\x18\t \x01(\fR\x06writer\x12\x1c\n" +
 	"\tsignature\x18\n" +
 	" \x01(\fR\tsignature\x12\x16\n" +
-	"\x06quorum\x18\v \x03(\tR\x06quorum\"w\n" +
+	"\x06quorum\x18\v \x03(\tR\x06quorum\x12\x1d\n" +
+	"\n" +
+	"recent_ops\x18\f \x03(\x06R\trecentOps\"w\n" +
 	"\x0ePrepareRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\fR\aaddress\x123\n" +
 	"\x06ballot\x18\x02 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\x06ballot\x12\x16\n" +

@@ -21,6 +21,10 @@ var (
 	ErrNoQuorum = errors.New("paxos: acceptor quorum not reached")
 	// ErrContended means the round limit was reached under contention.
 	ErrContended = errors.New("paxos: too much contention, gave up")
+	// ErrIndeterminate wraps an error returned after an earlier round of
+	// the same proposal reached some acceptors: that earlier value may
+	// still be chosen later, so the caller cannot assume nothing changed.
+	ErrIndeterminate = errors.New("paxos: outcome unknown, an earlier attempt may take effect")
 )
 
 // Transport reaches one acceptor by node id.
@@ -90,12 +94,18 @@ func (p *Proposer) remember(addr block.Address, q []string) {
 
 func majority(n int) int { return n/2 + 1 }
 
+// maxRecentOps bounds the op ids a state carries: enough to cover the
+// proposals that can race one retry.
+const maxRecentOps = 256
+
+func (p *Proposer) opID() uint64 { return rand.Uint64() | 1 }
+
 type backoff struct{ d time.Duration }
 
 func (b *backoff) wait(ctx context.Context) error {
 	if b.d == 0 {
 		b.d = time.Millisecond
-	} else if b.d < 100*time.Millisecond {
+	} else if b.d < 16*time.Millisecond {
 		b.d *= 2
 	}
 	t := time.NewTimer(time.Duration(rand.Int64N(int64(b.d))) + time.Millisecond)
@@ -115,15 +125,29 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 	quorum := p.Quorum(addr, guess)
 	var bo backoff
 	var seen uint64
+	opID := p.opID()
+	// lastVersion is the version our latest uncertain accept proposed; once
+	// the block has moved more than maxRecentOps versions past it, our id
+	// may have been trimmed away and a retry could apply the change twice.
+	var lastVersion uint64
+	// sent is set once an accept of ours may have reached an acceptor
+	// without being decided; from then on a failure is indeterminate.
+	sent := false
+	fail := func(err error) (*bpb.MutableState, error) {
+		if sent {
+			return nil, fmt.Errorf("%w: %w", ErrIndeterminate, err)
+		}
+		return nil, err
+	}
 	for attempt := 0; attempt < p.MaxRounds; attempt++ {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return fail(err)
 		}
 		p.Stats.Rounds.Add(1)
 		b := p.ballot(seen)
 		res, err := p.prepare(ctx, addr, b, quorum)
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		switch {
 		case res.moveTo != nil:
@@ -136,29 +160,85 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			p.Stats.Conflicts.Add(1)
 			seen = max(seen, res.stale)
 			if err := bo.wait(ctx); err != nil {
-				return nil, err
+				return fail(err)
 			}
 			continue
 		default:
-			return nil, fmt.Errorf("%w: %d of %d acceptors promised: %w", ErrNoQuorum, res.ok, len(quorum), errors.Join(res.errs...))
+			return fail(fmt.Errorf("%w: %d of %d acceptors promised: %w", ErrNoQuorum, res.ok, len(quorum), errors.Join(res.errs...)))
+		}
+		if res.cur != nil && slices.Contains(res.cur.RecentOps, opID) {
+			// An earlier attempt of ours was carried forward: the change
+			// is applied already. Make sure it is chosen, then report it.
+			if !res.unanimous {
+				ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum)
+				if aerr != nil {
+					return fail(aerr)
+				}
+				if !ok {
+					seen = max(seen, stale)
+					if err := bo.wait(ctx); err != nil {
+						return fail(err)
+					}
+					continue
+				}
+			}
+			return res.cur, nil
+		}
+		if sent && res.cur != nil && res.cur.Version >= lastVersion+maxRecentOps-1 {
+			return fail(ErrContended)
 		}
 		next, err := change(res.cur)
 		if err != nil {
-			return nil, err
+			// The caller decided on what it saw, so what it saw must be
+			// chosen before the answer is given: a value only some
+			// acceptors hold could otherwise still be replaced by an older
+			// one, and a later read would contradict this answer. Unless
+			// the whole majority already agrees on it, decide it again
+			// unchanged at this ballot (CASPaxos's identity function).
+			if res.cur != nil && !res.unanimous {
+				ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum)
+				if aerr != nil {
+					return fail(aerr)
+				}
+				if !ok {
+					p.Stats.Conflicts.Add(1)
+					seen = max(seen, stale)
+					if err := bo.wait(ctx); err != nil {
+						return fail(err)
+					}
+					continue
+				}
+				p.learn(ctx, b, res.cur, quorum, nil)
+			}
+			return fail(err)
 		}
 		next = proto.Clone(next).(*bpb.MutableState)
 		if len(next.Quorum) == 0 {
 			next.Quorum = quorum
 		}
-		ok, stale, err := p.accept(ctx, b, next, quorum)
+		if res.cur == nil || next.Version > res.cur.Version {
+			var prev []uint64
+			if res.cur != nil {
+				prev = res.cur.RecentOps
+			}
+			if len(prev) >= maxRecentOps {
+				prev = prev[len(prev)-maxRecentOps+1:]
+			}
+			next.RecentOps = append(slices.Clone(prev), opID)
+		}
+		lastVersion = next.Version
+		ok, stale, landed, err := p.accept(ctx, b, next, quorum)
+		if !ok && landed {
+			sent = true
+		}
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		if !ok {
 			p.Stats.Conflicts.Add(1)
 			seen = max(seen, stale)
 			if err := bo.wait(ctx); err != nil {
-				return nil, err
+				return fail(err)
 			}
 			continue
 		}
@@ -166,11 +246,14 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 		p.learn(ctx, b, next, union(quorum, next.Quorum), res.behind)
 		return next, nil
 	}
-	return nil, ErrContended
+	return fail(ErrContended)
 }
 
 type prepared struct {
 	ok, rejected int
+	// unanimous: every promise carried the same accepted ballot, so cur is
+	// already chosen.
+	unanimous bool
 	stale        uint64 // highest round seen in a rejection
 	cur          *bpb.MutableState
 	curBallot    *bpb.Ballot
@@ -236,9 +319,11 @@ func (p *Proposer) prepare(ctx context.Context, addr block.Address, b *bpb.Ballo
 			return res, nil
 		}
 	}
+	res.unanimous = true
 	for n, a := range accepted {
 		if Compare(a, res.curBallot) < 0 {
 			res.behind[n] = true
+			res.unanimous = false
 		}
 	}
 	return res, nil
@@ -257,7 +342,10 @@ func union(a, b []string) []string {
 // accept sends state to the old and new acceptor sets; it is decided once a
 // majority of each accepted (the joint quorum that makes a change of
 // acceptor set safe).
-func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, quorum []string) (bool, uint64, error) {
+//
+// landed reports whether the state may have been accepted anywhere (an
+// acceptor said yes, or a reply was lost), which makes a failure uncertain.
+func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, quorum []string) (ok bool, stale uint64, landed bool, err error) {
 	targets := union(quorum, st.Quorum)
 	req := &bpb.AcceptRequest{Ballot: b, State: st, Quorum: quorum}
 	type reply struct {
@@ -273,17 +361,18 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 		}()
 	}
 	oldOK, newOK := 0, 0
-	var stale uint64
 	var errs []error
 	var hard error
 	for range targets {
 		r := <-replies
 		if r.err != nil {
+			landed = true
 			errs = append(errs, fmt.Errorf("%s: %w", r.node, r.err))
 			if errors.Is(r.err, block.ErrBadSignature) || errors.Is(r.err, block.ErrBadDerivation) || errors.Is(r.err, ErrStaleVersion) || errors.Is(r.err, block.ErrTooLarge) {
 				hard = r.err
 			}
 		} else if r.resp.Outcome == bpb.Outcome_OUTCOME_OK {
+			landed = true
 			if slices.Contains(quorum, r.node) {
 				oldOK++
 			}
@@ -294,16 +383,16 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 			stale = max(stale, r.resp.Promised.Round)
 		}
 		if oldOK >= majority(len(quorum)) && newOK >= majority(len(st.Quorum)) {
-			return true, 0, nil
+			return true, 0, true, nil
 		}
 	}
 	if hard != nil {
-		return false, 0, hard
+		return false, 0, landed, hard
 	}
 	if stale == 0 && len(errs) > 0 {
-		return false, 0, fmt.Errorf("%w: accept: %w", ErrNoQuorum, errors.Join(errs...))
+		return false, 0, landed, fmt.Errorf("%w: accept: %w", ErrNoQuorum, errors.Join(errs...))
 	}
-	return false, stale, nil
+	return false, stale, landed, nil
 }
 
 // learn tells every acceptor of the block the decision, in the background:
