@@ -230,3 +230,52 @@ func TestKillDuringWriteBurst(t *testing.T) {
 	t.Logf("%d writes acknowledged (%d before the kill), %d failed", len(acked), killedAt, failures)
 	readAll(t, cl, acked, "acknowledged before/during/after kill -9")
 }
+
+func TestMutableCLI(t *testing.T) {
+	c := framework.StartProcCluster(t, 3)
+	c.Client(3 * time.Second) // all nodes up
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	p := "-placement=" + strings.Join(c.Places, ",")
+	out, stderr, code := framework.Run(t, nil, "user", "create", "alice")
+	if code != 0 || !strings.HasPrefix(out, "alice ") {
+		t.Fatalf("user create: %d %q %s", code, out, stderr)
+	}
+	pub := strings.Fields(out)[1]
+	if out, _, _ := framework.Run(t, nil, "user", "export", "alice"); strings.TrimSpace(out) != pub {
+		t.Fatalf("user export: %q", out)
+	}
+	if _, stderr, code := framework.Run(t, nil, "user", "create", "alice"); code != 1 || !strings.Contains(stderr, "exists") {
+		t.Fatalf("duplicate user: %d %s", code, stderr)
+	}
+	out, stderr, code = framework.Run(t, strings.NewReader("first"), "block", "create-mutable", p, "-user=alice")
+	if code != 0 {
+		t.Fatalf("create-mutable: %s", stderr)
+	}
+	addr := strings.TrimSpace(out)
+	out, stderr, code = framework.Run(t, strings.NewReader("second"), "block", "update", p, "-user=alice", addr, "-")
+	if code != 0 || strings.TrimSpace(out) != "version 2" {
+		t.Fatalf("update: %d %q %s", code, out, stderr)
+	}
+	if out, stderr, code = framework.Run(t, nil, "block", "get", p, addr); code != 0 || out != "second" {
+		t.Fatalf("get mutable: %d %q %s", code, out, stderr)
+	}
+	// Another user may not write alice's block.
+	if _, stderr, code = framework.Run(t, strings.NewReader("evil"), "block", "update", p, "-user=mallory", addr, "-"); code != 1 || !strings.Contains(stderr, "signature") {
+		t.Fatalf("foreign update: %d %s", code, stderr)
+	}
+	if _, stderr, code = framework.Run(t, nil, "name", "set", p, "-user=alice", "root", addr); code != 0 {
+		t.Fatalf("name set: %s", stderr)
+	}
+	if out, stderr, code = framework.Run(t, nil, "name", "get", p, "-owner", pub, "root"); code != 0 || strings.TrimSpace(out) != addr {
+		t.Fatalf("name get: %d %q %s", code, out, stderr)
+	}
+	if _, _, code = framework.Run(t, nil, "name", "rm", p, "-user=alice", "root"); code != 0 {
+		t.Fatal("name rm failed")
+	}
+	if _, stderr, code = framework.Run(t, nil, "name", "get", p, "-user=alice", "root"); code != 1 || !strings.Contains(stderr, "not found") {
+		t.Fatalf("name get after rm: %d %s", code, stderr)
+	}
+	if _, stderr, code = framework.Run(t, nil, "name", "set", p, "root", "nothex"); code != 2 {
+		t.Fatalf("bad address: %d %s", code, stderr)
+	}
+}

@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	pb "shoal/proto/blockstorepb"
 	"shoal/services/blockstore/silo"
 	"shoal/shared/block"
-	"shoal/shared/paxos"
 )
 
 // siloRecords stores acceptor records in the node's silo.
@@ -37,15 +34,9 @@ func (r siloRecords) Store(a block.Address, rec *pb.AcceptorRecord) error {
 	return r.s.StoreRecord(a, b)
 }
 
+// paxosStatus maps acceptor errors through the shared table, so the
+// proposer matches them with errors.Is on its side.
 func paxosStatus(err error) error {
-	switch {
-	case errors.Is(err, block.ErrBadSignature), errors.Is(err, block.ErrBadDerivation):
-		return status.Error(codes.PermissionDenied, err.Error())
-	case errors.Is(err, paxos.ErrStaleVersion):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, paxos.ErrBadRequest):
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
 	return toStatus(err)
 }
 

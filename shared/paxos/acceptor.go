@@ -9,7 +9,6 @@
 package paxos
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -18,14 +17,14 @@ import (
 
 	bpb "shoal/proto/blockstorepb"
 	"shoal/shared/block"
+	"shoal/shared/rpc"
 )
 
+// Rejections an acceptor sends back; defined in shared/rpc so they keep
+// their identity across gRPC.
 var (
-	// ErrStaleVersion means a proposed version is older than one already
-	// accepted: a replayed write.
-	ErrStaleVersion = errors.New("paxos: version older than the accepted one")
-	// ErrBadRequest means a malformed protocol message.
-	ErrBadRequest = errors.New("paxos: malformed request")
+	ErrStaleVersion = rpc.ErrStaleVersion
+	ErrBadRequest   = rpc.ErrBadRequest
 )
 
 // Storage keeps acceptor records durably: Store returns only once the record

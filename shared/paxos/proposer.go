@@ -254,12 +254,12 @@ type prepared struct {
 	// unanimous: every promise carried the same accepted ballot, so cur is
 	// already chosen.
 	unanimous bool
-	stale        uint64 // highest round seen in a rejection
-	cur          *bpb.MutableState
-	curBallot    *bpb.Ballot
-	moveTo       []string
-	behind       map[string]bool // acceptors whose state is older than cur
-	errs         []error
+	stale     uint64 // highest round seen in a rejection
+	cur       *bpb.MutableState
+	curBallot *bpb.Ballot
+	moveTo    []string
+	behind    map[string]bool // acceptors whose state is older than cur
+	errs      []error
 }
 
 func (p *Proposer) prepare(ctx context.Context, addr block.Address, b *bpb.Ballot, quorum []string) (*prepared, error) {
@@ -366,10 +366,12 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 	for range targets {
 		r := <-replies
 		if r.err != nil {
-			landed = true
 			errs = append(errs, fmt.Errorf("%s: %w", r.node, r.err))
-			if errors.Is(r.err, block.ErrBadSignature) || errors.Is(r.err, block.ErrBadDerivation) || errors.Is(r.err, ErrStaleVersion) || errors.Is(r.err, block.ErrTooLarge) {
+			if errors.Is(r.err, block.ErrBadSignature) || errors.Is(r.err, block.ErrBadDerivation) || errors.Is(r.err, ErrStaleVersion) || errors.Is(r.err, block.ErrTooLarge) || errors.Is(r.err, ErrBadRequest) {
+				// A definite refusal: nothing was accepted there.
 				hard = r.err
+			} else {
+				landed = true
 			}
 		} else if r.resp.Outcome == bpb.Outcome_OUTCOME_OK {
 			landed = true

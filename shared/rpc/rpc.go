@@ -24,6 +24,15 @@ const MaxMessage = 64 << 20
 // ErrFull means a storage node has no room left for the block.
 var ErrFull = errors.New("blockstore: capacity exhausted")
 
+// Paxos acceptor rejections that cross the wire; shared/paxos uses these.
+var (
+	// ErrStaleVersion means a proposed version is older than one already
+	// accepted: a replayed write.
+	ErrStaleVersion = errors.New("paxos: version older than the accepted one")
+	// ErrBadRequest means a malformed protocol message.
+	ErrBadRequest = errors.New("paxos: malformed request")
+)
+
 // ServerOptions are the options every Shoal gRPC server uses.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
@@ -69,6 +78,10 @@ var table = []struct {
 	{block.ErrBadAddress, codes.InvalidArgument},
 	{block.ErrBadKind, codes.InvalidArgument},
 	{ErrFull, codes.ResourceExhausted},
+	{block.ErrBadSignature, codes.PermissionDenied},
+	{block.ErrBadDerivation, codes.PermissionDenied},
+	{ErrStaleVersion, codes.FailedPrecondition},
+	{ErrBadRequest, codes.InvalidArgument},
 }
 
 // ToStatus converts a server-side error into a gRPC status error.
