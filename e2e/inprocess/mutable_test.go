@@ -9,8 +9,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	bpb "shoal/proto/blockstorepb"
 	"shoal/e2e/framework"
+	bpb "shoal/proto/blockstorepb"
 	"shoal/shared/block"
 	"shoal/shared/dht"
 	"shoal/shared/rpc"
