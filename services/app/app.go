@@ -17,8 +17,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"shoal/services/blockstore"
+	"shoal/services/dedup"
 	"shoal/services/natsd"
 	"shoal/services/placement"
+	"shoal/services/s3"
 	"shoal/shared/dht"
 )
 
@@ -36,6 +38,9 @@ type Config struct {
 	Placement  placement.Config  `yaml:"placement"`
 	Blockstore blockstore.Config `yaml:"blockstore"`
 	DHT        dht.Config        `yaml:"dht"`
+	S3         s3.Config         `yaml:"s3"`
+
+	Dedup dedup.Config `yaml:"dedup"`
 }
 
 // RegisterFlags registers every flag of the process; each is registered here
@@ -49,6 +54,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Placement.RegisterFlags("placement.", fs)
 	c.Blockstore.RegisterFlags("blockstore.", fs)
 	c.DHT.RegisterFlags("dht.", fs)
+	c.S3.RegisterFlags("s3.", fs)
+
+	c.Dedup.RegisterFlags("dedup.", fs)
 }
 
 func envOr(k, def string) string {
@@ -98,6 +106,8 @@ type Process struct {
 	nc       *nats.Conn
 	Place    *placement.Service
 	Nodes    []*blockstore.Node
+	s3       *s3Service
+	Dedup    *dedup.Service
 	stoppers []func() error
 }
 
@@ -199,6 +209,11 @@ func (p *Process) start(ctx context.Context, t string) error {
 			p.Nodes = append(p.Nodes, node)
 			p.stoppers = append(p.stoppers, func() error { return node.Stop(false) })
 		}
+	case S3:
+		return p.startS3(ctx)
+
+	case Dedup:
+		return p.startDedup(ctx)
 	}
 	return nil
 }
@@ -245,6 +260,8 @@ func (p *Process) Endpoints() []string {
 	for _, n := range p.Nodes {
 		out = append(out, fmt.Sprintf("blockstore  %s   id=%s", n.Addr(), n.ID()))
 	}
+	out = append(out, p.s3Endpoints()...)
+	out = append(out, p.dedupEndpoints()...)
 	out = append(out, "data        "+p.cfg.DataDir)
 	return out
 }

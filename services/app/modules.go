@@ -15,8 +15,12 @@ const (
 	NATS       = "nats"
 	Placement  = "placement"
 	Blockstore = "blockstore"
+	S3         = "s3"
 	All        = "all"
 )
+
+// Dedup is the dedup tier (services/dedup).
+const Dedup = "dedup"
 
 // deps declares, for each service, the services that must be running before
 // it starts when they are in the same process. A dependency outside the
@@ -25,10 +29,17 @@ var deps = map[string][]string{
 	NATS:       nil,
 	Placement:  {NATS},
 	Blockstore: {NATS, Placement},
+	// S3 needs storage nodes up before the all-in-one writes its first key.
+	S3: {Placement, Blockstore, Dedup},
+
+	// The dedup tier reaches storage nodes through placement's view.
+	Dedup: {Placement},
 }
 
 // allTargets is what -target=all runs.
-var allTargets = []string{NATS, Placement, Blockstore}
+var allTargets = []string{NATS, Placement, Blockstore, S3,
+	Dedup,
+}
 
 // ParseTargets expands a -target value into services in start order.
 func ParseTargets(s string) ([]string, error) {

@@ -317,12 +317,24 @@ func (n *Node) Has(_ context.Context, req *pb.HasRequest) (*pb.HasResponse, erro
 	if len(req.Addresses) > maxHasBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "blockstore: at most %d addresses per Has", maxHasBatch)
 	}
-	out := make([]bool, len(req.Addresses))
+	addrs := make([]block.Address, len(req.Addresses))
 	for i, b := range req.Addresses {
 		addr, err := block.FromBytes(b)
 		if err != nil {
 			return nil, toStatus(err)
 		}
+		addrs[i] = addr
+	}
+	if req.Touch {
+		out, err := n.silo.Touch(addrs)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &pb.HasResponse{Present: out}, nil
+	}
+	out := make([]bool, len(addrs))
+	for i, addr := range addrs {
+		var err error
 		if out[i], err = n.silo.Has(addr); err != nil {
 			return nil, toStatus(err)
 		}
@@ -335,6 +347,13 @@ func (n *Node) Delete(_ context.Context, req *pb.DeleteRequest) (*pb.DeleteRespo
 	addr, err := block.FromBytes(req.Address)
 	if err != nil {
 		return nil, toStatus(err)
+	}
+	if req.IfTouchedBeforeUnixMs != 0 {
+		deleted, kept, err := n.silo.DeleteIfUntouched(addr, req.IfTouchedBeforeUnixMs)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &pb.DeleteResponse{Existed: deleted || kept, Kept: kept}, nil
 	}
 	existed, err := n.silo.Delete(addr)
 	if err != nil {
@@ -374,12 +393,13 @@ func (n *Node) List(req *pb.ListRequest, stream pb.BlockStore_ListServer) error 
 	}
 	limit := int(req.Limit)
 	const page = 1024
-	batch := &pb.ListResponse{}
+	batch := &pb.ListResponse{NowUnixMs: time.Now().UnixMilli()}
 	sent := 0
 	var sendErr error
 	err := n.silo.Range(after, func(a block.Address, info silo.Info) bool {
 		batch.Addresses = append(batch.Addresses, append([]byte(nil), a[:]...))
 		batch.Sizes = append(batch.Sizes, uint64(info.Size))
+		batch.TouchedUnixMs = append(batch.TouchedUnixMs, info.Touched)
 		sent++
 		if len(batch.Addresses) == page {
 			if sendErr = stream.Send(batch); sendErr != nil {
@@ -395,7 +415,8 @@ func (n *Node) List(req *pb.ListRequest, stream pb.BlockStore_ListServer) error 
 	if err != nil {
 		return toStatus(err)
 	}
-	if len(batch.Addresses) > 0 {
+	if len(batch.Addresses) > 0 || sent == 0 {
+		// An empty listing still sends one message: it carries the clock.
 		return stream.Send(batch)
 	}
 	return nil

@@ -274,15 +274,14 @@ func (c *Client) Locate(ctx context.Context, addr block.Address) ([]*ppb.Node, e
 
 func up(n *ppb.Node) bool { return n.State == ppb.NodeState_NODE_STATE_UP }
 
-// writeTargets picks R nodes for a write: the placed replicas, with a node
+// writeTargetsN picks r nodes for a write: the placed replicas, with a node
 // known to be down replaced by the next ranked node, so a block written while
 // a node is away still gets R copies (reads look down the ranking too).
-func (c *Client) writeTargets(ctx context.Context, key []byte) ([]*ppb.Node, error) {
+func (c *Client) writeTargetsN(ctx context.Context, key []byte, r int) ([]*ppb.Node, error) {
 	ranked, err := c.ranked(ctx, key)
 	if err != nil {
 		return nil, err
 	}
-	r := c.cfg.Replicas
 	out := make([]*ppb.Node, 0, r)
 	for _, n := range ranked {
 		if len(out) == r {
@@ -302,14 +301,23 @@ func (c *Client) callCtx(ctx context.Context) (context.Context, context.CancelFu
 // Put stores data as an immutable block and returns its address once W
 // replicas hold it. The remaining replica writes finish in the background.
 func (c *Client) Put(ctx context.Context, data []byte) (block.Address, error) {
+	return c.PutReplicated(ctx, data, c.cfg.Replicas, c.cfg.WriteQuorum)
+}
+
+// PutReplicated is Put with its own R and W (a volume policy's rep:R/W)
+// instead of the client's defaults.
+func (c *Client) PutReplicated(ctx context.Context, data []byte, r, w int) (block.Address, error) {
 	addr := block.Sum(data)
+	if r <= 0 || w <= 0 || w > r {
+		return addr, fmt.Errorf("dht: bad replication %d/%d", r, w)
+	}
 	if len(data) > c.cfg.MaxBlockSize {
 		return addr, fmt.Errorf("%w: %d bytes, limit %d", block.ErrTooLarge, len(data), c.cfg.MaxBlockSize)
 	}
 	ctx, sp := telemetry.Tracer().Start(ctx, "dht.put", trace.WithAttributes(
 		attribute.String("block.address", addr.String()), attribute.Int("block.size", len(data))))
 	defer sp.End()
-	err := c.put(ctx, addr, data)
+	err := c.put(ctx, addr, data, r, w)
 	if err != nil {
 		sp.RecordError(err)
 		sp.SetStatus(codes.Error, err.Error())
@@ -317,12 +325,11 @@ func (c *Client) Put(ctx context.Context, data []byte) (block.Address, error) {
 	return addr, err
 }
 
-func (c *Client) put(ctx context.Context, addr block.Address, data []byte) error {
-	targets, err := c.writeTargets(ctx, addr[:])
+func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w int) error {
+	targets, err := c.writeTargetsN(ctx, addr[:], r)
 	if err != nil {
 		return err
 	}
-	w := c.cfg.WriteQuorum
 	if len(targets) < w {
 		return fmt.Errorf("%w: %d nodes up, need %d", ErrQuorum, len(targets), w)
 	}
@@ -478,12 +485,22 @@ func (c *Client) repair(ctx context.Context, addr block.Address, data []byte, no
 
 // Has reports, for each address, whether at least W of its placed replicas
 // hold it: enough to skip writing it again without weakening durability.
+//
+// Has is not a pure read: the nodes holding a block refresh its touch time
+// (HasRequest.touch), because the caller is about to rely on the block
+// instead of writing it, and space reclamation must not sweep it under
+// the caller (see shared/dedup's reclamation notes).
 func (c *Client) Has(ctx context.Context, addrs []block.Address) ([]bool, error) {
+	return c.HasReplicated(ctx, addrs, c.cfg.Replicas, c.cfg.WriteQuorum)
+}
+
+// HasReplicated is Has for blocks written with PutReplicated(r, w).
+func (c *Client) HasReplicated(ctx context.Context, addrs []block.Address, r, w int) ([]bool, error) {
 	counts := make([]int, len(addrs))
 	byNode := map[string][]int{}
 	nodes := map[string]*ppb.Node{}
 	for i, a := range addrs {
-		ts, err := c.writeTargets(ctx, a[:])
+		ts, err := c.writeTargetsN(ctx, a[:], r)
 		if err != nil {
 			return nil, err
 		}
@@ -502,7 +519,7 @@ func (c *Client) Has(ctx context.Context, addrs []block.Address) ([]bool, error)
 			if err != nil {
 				return
 			}
-			req := &bpb.HasRequest{Addresses: make([][]byte, len(idx))}
+			req := &bpb.HasRequest{Addresses: make([][]byte, len(idx)), Touch: true}
 			for j, i := range idx {
 				req.Addresses[j] = addrs[i][:]
 			}
@@ -527,7 +544,7 @@ func (c *Client) Has(ctx context.Context, addrs []block.Address) ([]bool, error)
 	}
 	out := make([]bool, len(addrs))
 	for i, n := range counts {
-		out[i] = n >= c.cfg.WriteQuorum
+		out[i] = n >= w
 	}
 	return out, nil
 }

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble"
 
@@ -66,7 +67,16 @@ func (o *Options) defaults() {
 type Info struct {
 	Size int
 	Kind block.Kind
+	// Touched is when the block was last written, found present by a Put,
+	// or touched by a caller about to rely on it (unix ms, this node's
+	// clock); 0 for blocks stored before touch times were kept.
+	Touched int64
 }
+
+// TouchResolution is how stale a touch time may get before a touch
+// rewrites it: hot blocks cost one small write per second, not one per
+// hit. Space reclamation's grace period must exceed it.
+const TouchResolution = time.Second
 
 // Silo is one node's block storage.
 type Silo struct {
@@ -83,14 +93,21 @@ type Silo struct {
 	segs    map[uint32]*segment
 	cur     *segment
 	segsDir string
+
+	// touchMu makes "is it present? then refresh its touch time" atomic
+	// against the sweep's "is it untouched? then delete it": touches hold
+	// it shared, DeleteIfUntouched exclusively.
+	touchMu sync.RWMutex
+	now     func() time.Time
 }
 
 // LOCKS: segMu is never held while waiting on a segment's sync or on pebble.
+// touchMu is taken before segMu and may be held across pebble writes.
 
 // Open opens (or creates) the silo in dir.
 func Open(dir string, opts Options) (*Silo, error) {
 	opts.defaults()
-	s := &Silo{opts: opts, dir: dir, segs: map[uint32]*segment{}, segsDir: filepath.Join(dir, "segments")}
+	s := &Silo{opts: opts, dir: dir, segs: map[uint32]*segment{}, segsDir: filepath.Join(dir, "segments"), now: time.Now}
 	if err := os.MkdirAll(s.segsDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -189,7 +206,25 @@ func (s *Silo) recount() error {
 	return it.Error()
 }
 
-const keyBlock = 'b'
+const (
+	keyBlock = 'b'
+	// keyTouch+address holds a block's touch time: 8 bytes, unix ms, LE.
+	// It lives apart from the entry so the entry format is unchanged and a
+	// touch rewrites 8 bytes, not the block.
+	keyTouch = 't'
+)
+
+func touchKey(a block.Address) []byte {
+	k := blockKey(a)
+	k[0] = keyTouch
+	return k
+}
+
+func touchVal(ms int64) []byte {
+	v := make([]byte, 8)
+	put64(v, uint64(ms))
+	return v
+}
 
 func blockKey(a block.Address) []byte {
 	k := make([]byte, 1+block.AddressSize)
@@ -242,8 +277,8 @@ func (s *Silo) Put(addr block.Address, kind block.Kind, data []byte) (existed bo
 		return false, ErrClosed
 	}
 	key := blockKey(addr)
-	if ok, err := s.has(key); err != nil || ok {
-		return ok, err
+	if ok, err := s.touchPresent([]block.Address{addr}); err != nil || ok[0] {
+		return ok[0], err
 	}
 	if c := s.opts.Capacity; c > 0 && uint64(s.used.Load())+uint64(len(data)) > c {
 		return false, fmt.Errorf("%w: %d of %d bytes used", ErrFull, s.used.Load(), c)
@@ -267,8 +302,11 @@ func (s *Silo) Put(addr block.Address, kind block.Kind, data []byte) (existed bo
 		put64(val[10:], uint64(off))
 		put32(val[18:], uint32(len(data)))
 	}
+	b := s.db.NewBatch()
+	_ = b.Set(key, val, nil)
+	_ = b.Set(touchKey(addr), touchVal(s.now().UnixMilli()), nil)
 	// pebble.Sync joins concurrent committers into one WAL fsync.
-	if err := s.db.Set(key, val, pebble.Sync); err != nil {
+	if err := b.Commit(pebble.Sync); err != nil {
 		return false, fmt.Errorf("silo: index write: %w", err)
 	}
 	s.used.Add(int64(len(data)))
@@ -311,6 +349,109 @@ func (s *Silo) Has(addr block.Address) (bool, error) {
 		return false, ErrClosed
 	}
 	return s.has(blockKey(addr))
+}
+
+// Touch reports, for each address, whether it is stored, and refreshes the
+// touch time of those that are (durably, before returning), so a sweep
+// that has not yet deleted them will not.
+func (s *Silo) Touch(addrs []block.Address) ([]bool, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	return s.touchPresent(addrs)
+}
+
+func (s *Silo) touchPresent(addrs []block.Address) ([]bool, error) {
+	s.touchMu.RLock()
+	defer s.touchMu.RUnlock()
+	out := make([]bool, len(addrs))
+	now := s.now().UnixMilli()
+	var b *pebble.Batch
+	for i, a := range addrs {
+		ok, err := s.has(blockKey(a))
+		if err != nil {
+			return nil, err
+		}
+		out[i] = ok
+		if !ok {
+			continue
+		}
+		t, err := s.touched(a)
+		if err != nil {
+			return nil, err
+		}
+		if now-t < TouchResolution.Milliseconds() {
+			continue
+		}
+		if b == nil {
+			b = s.db.NewBatch()
+		}
+		_ = b.Set(touchKey(a), touchVal(now), nil)
+	}
+	if b != nil {
+		if err := b.Commit(pebble.Sync); err != nil {
+			return nil, fmt.Errorf("silo: touch: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// touched returns a block's touch time (0 if none is recorded).
+func (s *Silo) touched(a block.Address) (int64, error) {
+	v, closer, err := s.db.Get(touchKey(a))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, nil
+	}
+	return int64(le64(v)), nil
+}
+
+// DeleteIfUntouched deletes a block only if its touch time is before
+// before (unix ms), atomically against concurrent touches: a block a
+// writer was told is present is never deleted under it. It reports whether
+// the block was deleted, and whether it was kept for being touched. The
+// delete is not fsync'd: a delete lost in a crash leaves garbage for the
+// next sweep, and any later synced write persists it.
+func (s *Silo) DeleteIfUntouched(addr block.Address, before int64) (deleted, kept bool, err error) {
+	if s.closed.Load() {
+		return false, false, ErrClosed
+	}
+	s.touchMu.Lock()
+	defer s.touchMu.Unlock()
+	key := blockKey(addr)
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	e, derr := decodeEntry(v)
+	closer.Close()
+	t, err := s.touched(addr)
+	if err != nil {
+		return false, false, err
+	}
+	if t >= before {
+		return false, true, nil
+	}
+	b := s.db.NewBatch()
+	_ = b.Delete(key, nil)
+	_ = b.Delete(touchKey(addr), nil)
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return false, false, err
+	}
+	if derr == nil {
+		s.used.Add(-int64(e.size))
+	}
+	s.blocks.Add(-1)
+	return true, false, nil
 }
 
 // Get returns the block's bytes after checking their checksum.
@@ -357,7 +498,12 @@ func (s *Silo) Get(addr block.Address) ([]byte, block.Kind, error) {
 // quarantine drops a corrupt entry so the block reads as missing and a
 // repair can store it again; it returns cause.
 func (s *Silo) quarantine(key []byte, e entry, cause error) error {
-	if err := s.db.Delete(key, pebble.Sync); err == nil {
+	tk := append([]byte(nil), key...)
+	tk[0] = keyTouch
+	b := s.db.NewBatch()
+	_ = b.Delete(key, nil)
+	_ = b.Delete(tk, nil)
+	if err := b.Commit(pebble.Sync); err == nil {
 		s.used.Add(-int64(e.size))
 		s.blocks.Add(-1)
 	}
@@ -381,7 +527,11 @@ func (s *Silo) Stat(addr block.Address) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	return Info{Size: e.size, Kind: e.kind}, nil
+	t, err := s.touched(addr)
+	if err != nil {
+		return Info{}, err
+	}
+	return Info{Size: e.size, Kind: e.kind, Touched: t}, nil
 }
 
 // Delete removes a block; it reports whether it was present. Space in a
@@ -400,7 +550,10 @@ func (s *Silo) Delete(addr block.Address) (bool, error) {
 	}
 	e, derr := decodeEntry(v)
 	closer.Close()
-	if err := s.db.Delete(key, pebble.Sync); err != nil {
+	b := s.db.NewBatch()
+	_ = b.Delete(key, nil)
+	_ = b.Delete(touchKey(addr), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
 		return false, err
 	}
 	if derr == nil {
@@ -426,6 +579,15 @@ func (s *Silo) Range(after *block.Address, fn func(block.Address, Info) bool) er
 		return err
 	}
 	defer it.Close()
+	// Touch keys sort like block keys: walk them alongside.
+	tlower := append([]byte(nil), lower...)
+	tlower[0] = keyTouch
+	tit, err := s.db.NewIter(&pebble.IterOptions{LowerBound: tlower, UpperBound: []byte{keyTouch + 1}})
+	if err != nil {
+		return err
+	}
+	defer tit.Close()
+	tit.First()
 	for it.First(); it.Valid(); it.Next() {
 		var a block.Address
 		copy(a[:], it.Key()[1:])
@@ -433,9 +595,19 @@ func (s *Silo) Range(after *block.Address, fn func(block.Address, Info) bool) er
 		if err != nil {
 			return err
 		}
-		if !fn(a, Info{Size: e.size, Kind: e.kind}) {
+		for tit.Valid() && string(tit.Key()[1:]) < string(a[:]) {
+			tit.Next()
+		}
+		var touched int64
+		if tit.Valid() && string(tit.Key()[1:]) == string(a[:]) && len(tit.Value()) == 8 {
+			touched = int64(le64(tit.Value()))
+		}
+		if !fn(a, Info{Size: e.size, Kind: e.kind, Touched: touched}) {
 			break
 		}
+	}
+	if err := tit.Error(); err != nil {
+		return err
 	}
 	return it.Error()
 }

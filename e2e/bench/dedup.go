@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"flag"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"shoal/services/dedup/client"
+)
+
+var dedupMiB = flag.Int("dedup-mib", 1024, "MiB streamed through the dedup tier per phase (0 skips the dedup section)")
+
+// dedupBench measures the dedup tier end to end (client → gRPC → dedup →
+// storage nodes): a unique put, a re-put of the same bytes (all chunks
+// deduplicated), and a sequential get, at R=3 on the 3-node all-in-one and
+// with EC 4+2 on a 6-node one (-nodes=6; 4+2 needs six nodes), each as a
+// ratio to the raw disk figure of the same run. Every node shares this
+// machine's one disk, so a put writes R (or (k+m)/k) times its size to it.
+func dedupBench(raw float64) {
+	if *dedupMiB <= 0 {
+		return
+	}
+	size := int64(*dedupMiB) << 20
+	for _, tc := range []struct {
+		name, policy string
+		nodes        int
+		amp          float64 // bytes written to the disk per logical byte
+	}{
+		{"R=3", "", 3, 3},
+		{"EC 4+2", "redundancy=ec:4+2", 6, 1.5},
+	} {
+		proc, addr := startDedupCluster(filepath.Join(*dir, "dedup-"+strings.ReplaceAll(tc.name, " ", "")), tc.nodes)
+		cl, err := client.Dial(addr)
+		check(err)
+		ctx := context.Background()
+		start := time.Now()
+		ref, n, _, err := cl.Write(ctx, tc.policy, "", keystream(1, size))
+		check(err)
+		put := float64(n) / time.Since(start).Seconds()
+		add(fmt.Sprintf("dedup put %d MiB unique, %s", *dedupMiB, tc.name), mbs(put),
+			fmt.Sprintf("%.0f%% of raw/%.1f (default chunking, zstd)", 100*put*tc.amp/raw, tc.amp))
+
+		start = time.Now()
+		_, _, _, err = cl.Write(ctx, tc.policy, "", keystream(1, size))
+		check(err)
+		reput := float64(size) / time.Since(start).Seconds()
+		add(fmt.Sprintf("dedup re-put same %d MiB, %s", *dedupMiB, tc.name), mbs(reput), fmt.Sprintf("%.2f× raw", reput/raw))
+
+		start = time.Now()
+		rc, err := cl.Read(ctx, ref, "", 0, -1)
+		check(err)
+		got, err := io.Copy(io.Discard, rc)
+		check(err)
+		rc.Close()
+		if got != size {
+			check(fmt.Errorf("dedup get returned %d of %d bytes", got, size))
+		}
+		get := float64(got) / time.Since(start).Seconds()
+		add(fmt.Sprintf("dedup get %d MiB sequential, %s", *dedupMiB, tc.name), mbs(get), fmt.Sprintf("%.2f× raw", get/raw))
+		add(fmt.Sprintf("all-in-one RSS after dedup, %s", tc.name), fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), fmt.Sprintf("%d storage nodes + placement + NATS + dedup", tc.nodes))
+		cl.Close()
+		_ = proc.Process.Kill()
+		_ = proc.Wait()
+	}
+}
+
+// keystream is n incompressible, unique bytes (AES-CTR), cheap to make.
+func keystream(seed byte, n int64) io.Reader {
+	key := make([]byte, 16)
+	key[0] = seed
+	b, err := aes.NewCipher(key)
+	check(err)
+	return io.LimitReader(cipher.StreamReader{S: cipher.NewCTR(b, make([]byte, 16)), R: zeroReader{}}, n)
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// startDedupCluster runs NATS, placement, nodes storage nodes and the dedup
+// tier in one process, every port chosen by the kernel, and returns the
+// dedup address from the banner.
+func startDedupCluster(data string, nodes int) (*exec.Cmd, string) {
+	cmd := exec.Command(*bin, "serve", "-target=nats,placement,blockstore,dedup", "-data="+data, fmt.Sprintf("-nodes=%d", nodes),
+		"-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0")
+	out, err := cmd.StdoutPipe()
+	check(err)
+	check(cmd.Start())
+	sc := bufio.NewScanner(out)
+	addr := ""
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && f[0] == "dedup" {
+			addr = f[1]
+		}
+		if len(f) >= 1 && strings.HasPrefix(sc.Text(), "stop with") {
+			break
+		}
+	}
+	if addr == "" {
+		check(fmt.Errorf("dedup cluster exited before printing its endpoints"))
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	// The banner is printed once every node is started, but placement
+	// learns of them from heartbeats: wait until a tiny write succeeds.
+	cl, err := client.Dial(addr)
+	check(err)
+	defer cl.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	pol := ""
+	if nodes >= 6 {
+		pol = "redundancy=ec:4+2"
+	}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ref, _, _, err := cl.Write(ctx, pol, "", strings.NewReader("warm-up"))
+		if err == nil {
+			err = cl.Release(ctx, ref, "")
+		}
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			check(fmt.Errorf("dedup cluster not ready: %w", err))
+		}
+		time.Sleep(100 * time.Millisecond) // retry interval while nodes join
+	}
+	return cmd, addr
+}

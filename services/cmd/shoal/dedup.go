@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"shoal/services/dedup/client"
+	"shoal/shared/dedup/manifest"
+	"shoal/shared/dedup/policy"
+)
+
+// dedupFlags are the flags every dedup-tier command takes.
+func dedupFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := newFlags(name, stderr)
+	addr := fs.String("dedup", "127.0.0.1:7300", "dedup service address")
+	return fs, addr
+}
+
+// parseInterleaved parses flags given before and after the positional
+// arguments (`shoal put FILE --policy P`), which flag.Parse alone stops at.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := parse(fs, args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func dialDedup(addr string) (*client.Client, error) {
+	return client.Dial(addr)
+}
+
+// parseRefArg reads a reference in its printed form; a malformed one is a
+// usage mistake.
+func parseRefArg(s string) ([]byte, error) {
+	ref, err := manifest.ParseRefString(s)
+	if err != nil {
+		return nil, usagef("malformed reference %q: %v", s, err)
+	}
+	return ref.MarshalBinary()
+}
+
+func cmdPut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs, addr := dedupFlags("put", stderr)
+	pol := fs.String("policy", "", "storage policy, e.g. chunk=cdc:16k/64k/256k,compress=zstd:3,encrypt=on,redundancy=ec:4+2 (default: the default policy)")
+	vol := fs.String("volume", "", "volume (its derived key encrypts the data when the policy says encrypt=on)")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("usage: shoal put FILE|- [--policy P] [--volume V]")
+	}
+	if *pol != "" {
+		if _, err := policy.Parse(*pol); err != nil {
+			return usagef("%v", err)
+		}
+	}
+	var r io.Reader = stdin
+	if pos[0] != "-" {
+		f, err := os.Open(pos[0])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		r = f
+	}
+	c, err := dialDedup(*addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	bin, _, _, err := c.Write(ctx, *pol, *vol, r)
+	if err != nil {
+		return err
+	}
+	ref, err := manifest.ParseRef(bin)
+	if err != nil {
+		return fmt.Errorf("dedup service returned a bad reference: %w", err)
+	}
+	fmt.Fprintln(stdout, ref.String())
+	return nil
+}
+
+func cmdGet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, addr := dedupFlags("get", stderr)
+	out := fs.String("o", "", "write to this file instead of stdout")
+	vol := fs.String("volume", "", "volume of an encrypted reference")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("usage: shoal get REF [-o FILE]")
+	}
+	ref, err := parseRefArg(pos[0])
+	if err != nil {
+		return err
+	}
+	c, err := dialDedup(*addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rc, err := c.Read(ctx, ref, *vol, 0, -1)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if *out == "" {
+		_, err = io.Copy(stdout, rc)
+		return err
+	}
+	// Write beside the target and rename, so a failed read leaves no
+	// partial file under the requested name.
+	tmp, err := os.CreateTemp(filepath.Dir(*out), ".shoal-get-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, rc); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), *out)
+}
+
+func cmdStat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, addr := dedupFlags("stat", stderr)
+	vol := fs.String("volume", "", "volume of an encrypted reference")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("usage: shoal stat REF")
+	}
+	ref, err := parseRefArg(pos[0])
+	if err != nil {
+		return err
+	}
+	c, err := dialDedup(*addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	st, err := c.Stat(ctx, ref, *vol)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "size              %d\n", st.Size)
+	fmt.Fprintf(stdout, "chunks            %d\n", st.Chunks)
+	fmt.Fprintf(stdout, "stored bytes      %d\n", st.Stored)
+	fmt.Fprintf(stdout, "physical bytes    %d   (with parity, one copy)\n", st.Physical)
+	fmt.Fprintf(stdout, "unique bytes      %d\n", st.Unique)
+	fmt.Fprintf(stdout, "compression ratio %.2f\n", st.CompressionRatio())
+	fmt.Fprintf(stdout, "dedup ratio       %.2f   (within this stream)\n", st.DedupRatio())
+	fmt.Fprintf(stdout, "policy            %s\n", st.Policy)
+	return nil
+}
+
+func cmdDF(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, addr := dedupFlags("df", stderr)
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("usage: shoal df")
+	}
+	c, err := dialDedup(*addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	u, err := c.Usage(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "logical bytes     %d   (live references, each use counted)\n", u.Logical)
+	fmt.Fprintf(stdout, "physical bytes    %d   (held by storage nodes, replicas and parity included)\n", u.Physical)
+	fmt.Fprintf(stdout, "blocks            %d\n", u.Blocks)
+	if u.Logical > 0 {
+		fmt.Fprintf(stdout, "physical/logical  %.2f\n", float64(u.Physical)/float64(u.Logical))
+	}
+	return nil
+}
+
+func cmdGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, addr := dedupFlags("gc", stderr)
+	grace := fs.Duration("grace", 6*time.Hour, "keep blocks touched more recently than this; must exceed the longest write in progress")
+	dry := fs.Bool("dry-run", false, "count what would be reclaimed, delete nothing")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("usage: shoal gc [--grace D] [--dry-run]")
+	}
+	if *grace < 0 {
+		return usagef("--grace must not be negative")
+	}
+	c, err := dialDedup(*addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	res, err := c.Collect(ctx, *grace, *dry)
+	if err != nil {
+		return err
+	}
+	verb := "swept"
+	if *dry {
+		verb = "would sweep"
+	}
+	fmt.Fprintf(stdout, "marked %d blocks reachable from live references; %s %d block copies, %d bytes\n", res.Marked, verb, res.Swept, res.FreedBytes)
+	return nil
+}

@@ -1,0 +1,467 @@
+// Package dedup is the dedup tier as a gRPC service (proto/dedupb): it
+// turns byte streams from the frontends into manifests of deduplicated,
+// compressed, optionally encrypted and erasure-coded immutable blocks (the
+// work is shared/dedup's), reads byte ranges back, keeps the set of live
+// root references, and reclaims the space of blocks no live root reaches
+// (see Collect). It is stateless: every replica serves every request, and
+// what must survive (the root set) lives in the cluster as mutable blocks.
+// It is not a frontend; services/dedup/client is how frontends call it.
+package dedup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	dpb "shoal/proto/dedupb"
+	"shoal/shared/block"
+	"shoal/shared/dedup"
+	"shoal/shared/dedup/manifest"
+	"shoal/shared/dedup/policy"
+	"shoal/shared/dht"
+	"shoal/shared/rpc"
+)
+
+// The tier talks to the cluster only through dedup.BlockStore.
+var _ dedup.BlockStore = (*dht.Client)(nil)
+
+// Service is one dedup server.
+type Service struct {
+	dpb.UnimplementedDedupServer
+
+	cfg   Config
+	log   *slog.Logger
+	dht   *dht.Client
+	keys  *keys
+	roots *rootSet
+
+	mu      sync.Mutex
+	writers map[string]*dedup.Writer
+	readers map[string]*dedup.Reader
+
+	// Damage counts erasure-coding shards found bad while reading, and
+	// Repaired those rebuilt (for tests and metrics).
+	Damage, Repaired atomic.Int64
+
+	srv  *grpc.Server
+	lis  net.Listener
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New creates a dedup server on a DHT client. The client must accept
+// sealed maximum-size chunks (MaxBlockSize >= block.MaxSealed).
+func New(cfg Config, dc *dht.Client, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if dc == nil {
+		return nil, errors.New("dedup: nil dht client")
+	}
+	if m := dc.Config().MaxBlockSize; m < block.MaxSealed {
+		return nil, fmt.Errorf("dedup: dht client max block size %d < %d: sealed 4 MiB chunks would not fit", m, block.MaxSealed)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	k, err := loadKeys(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, log: log, dht: dc, keys: k, roots: newRootSet(dc, k.sign),
+		writers: map[string]*dedup.Writer{}, readers: map[string]*dedup.Reader{}, done: make(chan struct{})}, nil
+}
+
+// Addr is the gRPC address (valid after Start).
+func (s *Service) Addr() string {
+	if s.lis != nil {
+		return s.lis.Addr().String()
+	}
+	return s.cfg.Listen
+}
+
+// Start listens and serves.
+func (s *Service) Start(context.Context) error {
+	lis, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("dedup: listen: %w", err)
+	}
+	s.lis = lis
+	s.srv = grpc.NewServer(rpc.ServerOptions()...)
+	dpb.RegisterDedupServer(s.srv, s)
+	healthpb.RegisterHealthServer(s.srv, health.NewServer())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("grpc serve", "err", err)
+		}
+	}()
+	if s.cfg.CollectInterval > 0 {
+		s.wg.Add(1)
+		go s.collectLoop()
+	}
+	s.log.Info("dedup up", "addr", s.Addr())
+	return nil
+}
+
+// Stop stops serving; calls in progress are cancelled.
+func (s *Service) Stop() error {
+	select {
+	case <-s.done:
+		return nil
+	default:
+	}
+	close(s.done)
+	if s.srv != nil {
+		s.srv.Stop()
+	}
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Service) collectLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.CollectInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-s.done:
+			case <-ctx.Done():
+			}
+			cancel()
+		}()
+		res, err := s.collect(ctx, s.cfg.CollectGrace, false)
+		cancel()
+		if err != nil {
+			s.log.Warn("periodic collection", "err", err)
+		} else {
+			s.log.Info("periodic collection", "marked", res.Marked, "swept", res.Swept, "freed", res.FreedBytes)
+		}
+	}
+}
+
+// errInvalid marks requests refused as malformed.
+var errInvalid = errors.New("dedup: invalid argument")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errInvalid, fmt.Sprintf(format, args...))
+}
+
+// statusTable maps errors to gRPC codes; services/dedup/client maps them
+// back to its sentinels. First match wins.
+var statusTable = []struct {
+	err  error
+	code codes.Code
+}{
+	{errInvalid, codes.InvalidArgument},
+	{manifest.ErrTruncated, codes.InvalidArgument},
+	{manifest.ErrVersion, codes.InvalidArgument},
+	{manifest.ErrCorrupt, codes.InvalidArgument},
+	{policy.ErrSyntax, codes.InvalidArgument},
+	{policy.ErrInvalid, codes.InvalidArgument},
+	{policy.ErrTruncated, codes.InvalidArgument},
+	{dedup.ErrConfig, codes.InvalidArgument},
+	{dedup.ErrKey, codes.InvalidArgument},
+	{dedup.ErrRange, codes.OutOfRange},
+	{dedup.ErrCorrupt, codes.DataLoss},
+	{block.ErrNotFound, codes.NotFound},
+	{dht.ErrQuorum, codes.Unavailable},
+	{dht.ErrNoNodes, codes.Unavailable},
+	{dht.ErrNoView, codes.Unavailable},
+	{rpc.ErrFull, codes.ResourceExhausted},
+	{context.Canceled, codes.Canceled},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+}
+
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, e := range statusTable {
+		if errors.Is(err, e.err) {
+			return status.Error(e.code, err.Error())
+		}
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Err()
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+const maxCached = 64
+
+// volumeKey returns the key for a policy and volume (nil when the policy
+// does not encrypt).
+func (s *Service) volumeKey(p policy.Policy, volume string) ([]byte, error) {
+	if !p.Encrypt {
+		return nil, nil
+	}
+	if volume == "" {
+		return nil, invalid("encrypt=on needs a volume")
+	}
+	return s.keys.volumeKey(volume), nil
+}
+
+func (s *Service) writer(p policy.Policy, volume string) (*dedup.Writer, error) {
+	key, err := s.volumeKey(p, volume)
+	if err != nil {
+		return nil, err
+	}
+	id := p.String()
+	if key != nil {
+		id += "\x00" + volume
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.writers[id]; w != nil {
+		return w, nil
+	}
+	var store dedup.BlockStore = s.dht
+	if r := p.Redundancy; r.Mode == policy.Replicate && r.Replicas > 0 {
+		store = replicated{s.dht, r.Replicas, r.WriteQuorum}
+	}
+	w, err := dedup.NewWriter(store, dedup.WriterConfig{Policy: p, VolumeKey: key, MaxInFlight: s.cfg.MaxInFlight})
+	if err != nil {
+		return nil, err
+	}
+	if len(s.writers) >= maxCached {
+		clear(s.writers)
+	}
+	s.writers[id] = w
+	return w, nil
+}
+
+// reader returns the reader for refs of policy p in volume.
+func (s *Service) reader(p policy.Policy, volume string) (*dedup.Reader, error) {
+	key, err := s.volumeKey(p, volume)
+	if err != nil {
+		return nil, err
+	}
+	id := ""
+	if key != nil {
+		id = "v:" + volume
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.readers[id]; r != nil {
+		return r, nil
+	}
+	r, err := dedup.NewReader(s.dht, dedup.ReaderConfig{VolumeKey: key, Readahead: s.cfg.Readahead, Repair: true, OnDamage: s.onDamage})
+	if err != nil {
+		return nil, err
+	}
+	if len(s.readers) >= maxCached {
+		clear(s.readers)
+	}
+	s.readers[id] = r
+	return r, nil
+}
+
+func (s *Service) onDamage(d dedup.Damage) {
+	s.Damage.Add(1)
+	if d.Repaired {
+		s.Repaired.Add(1)
+	}
+	s.log.Warn("erasure-coded shard damaged", "stripe", d.Stripe.String(), "rank", d.Rank, "err", d.Err, "repaired", d.Repaired, "repair_err", d.RepairErr)
+}
+
+// replicated is the cluster under a policy's own rep:R/W.
+type replicated struct {
+	*dht.Client
+	r, w int
+}
+
+func (x replicated) Put(ctx context.Context, data []byte) (block.Address, error) {
+	return x.Client.PutReplicated(ctx, data, x.r, x.w)
+}
+
+func (x replicated) Has(ctx context.Context, addrs []block.Address) ([]bool, error) {
+	return x.Client.HasReplicated(ctx, addrs, x.r, x.w)
+}
+
+// streamReader reads a Write call's bytes straight off the gRPC stream, so
+// the library's byte budget is the only buffer: when it is full the writer
+// stops reading, the stream's flow-control window fills and the client's
+// Send blocks (backpressure end to end).
+type streamReader struct {
+	stream dpb.Dedup_WriteServer
+	cur    []byte
+	eof    bool
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		if r.eof {
+			return 0, io.EOF
+		}
+		m, err := r.stream.Recv()
+		if errors.Is(err, io.EOF) {
+			r.eof = true
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		r.cur = m.Data
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+// Write stores a stream and registers its reference as a live root (one
+// retain), so a write publishes its reference before it returns: the rule
+// space reclamation's safety rests on.
+func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return toStatus(invalid("empty write stream: the first message carries the policy"))
+	}
+	if err != nil {
+		return toStatus(err)
+	}
+	p := policy.Default()
+	if first.Policy != "" {
+		if p, err = policy.Parse(first.Policy); err != nil {
+			return toStatus(err)
+		}
+	}
+	w, err := s.writer(p, first.Volume)
+	if err != nil {
+		return toStatus(err)
+	}
+	ref, err := w.Write(ctx, &streamReader{stream: stream, cur: first.Data})
+	if err != nil {
+		return toStatus(err)
+	}
+	bin, err := ref.MarshalBinary()
+	if err != nil {
+		return toStatus(err)
+	}
+	if err := s.roots.add(ctx, rootVolume(ref, first.Volume), bin, 1); err != nil {
+		return toStatus(fmt.Errorf("dedup: registering the reference: %w", err))
+	}
+	return stream.SendAndClose(&dpb.WriteResponse{Ref: bin, Size: ref.Size, Etag: ref.ETagHex()})
+}
+
+// open parses a reference from the network and checks that its root is a
+// manifest node matching it: a forged or mistyped reference (or one read
+// under the wrong volume) is an invalid argument, not corrupt data.
+func (s *Service) open(ctx context.Context, b []byte, volume string) (manifest.Ref, *dedup.Reader, dedup.Stat, error) {
+	ref, err := manifest.ParseRef(b)
+	if err != nil {
+		return ref, nil, dedup.Stat{}, fmt.Errorf("%w: reference: %w", errInvalid, err)
+	}
+	r, err := s.reader(ref.Policy, volume)
+	if err != nil {
+		return ref, nil, dedup.Stat{}, err
+	}
+	st, err := r.Stat(ctx, ref)
+	if errors.Is(err, dedup.ErrCorrupt) || errors.Is(err, dedup.ErrKey) {
+		// The root was fetched and verified against its address, so it is
+		// the block that was written: it is the reference that is wrong.
+		return ref, nil, st, fmt.Errorf("%w: reference does not match the stored manifest (wrong volume?): %w", errInvalid, err)
+	}
+	return ref, r, st, err
+}
+
+// rootVolume is the volume a root is registered under: its own for an
+// encrypted reference (marking needs the volume's key), none otherwise, so
+// Retain and Release of a plain reference pair up whatever volume the
+// caller names.
+func rootVolume(ref manifest.Ref, volume string) string {
+	if ref.Policy.Encrypt {
+		return volume
+	}
+	return ""
+}
+
+const readChunk = 1 << 20
+
+// Read streams a byte range. Errors about the request (bad reference, range)
+// come before any data.
+func (s *Service) Read(req *dpb.ReadRequest, stream dpb.Dedup_ReadServer) error {
+	ctx := stream.Context()
+	ref, r, _, err := s.open(ctx, req.Ref, req.Volume)
+	if err != nil {
+		return toStatus(err)
+	}
+	rc, err := r.Read(ctx, ref, req.Offset, req.Length)
+	if err != nil {
+		return toStatus(err)
+	}
+	defer rc.Close()
+	buf := make([]byte, readChunk)
+	for {
+		n, err := io.ReadFull(rc, buf)
+		if n > 0 {
+			if serr := stream.Send(&dpb.ReadResponse{Data: buf[:n]}); serr != nil {
+				return serr
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if err != nil {
+			return toStatus(err)
+		}
+	}
+}
+
+// Stat reports a stream's size and costs from its root.
+func (s *Service) Stat(ctx context.Context, req *dpb.StatRequest) (*dpb.StatResponse, error) {
+	ref, _, st, err := s.open(ctx, req.Ref, req.Volume)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &dpb.StatResponse{Size: st.Size, Chunks: st.Chunks, StoredBytes: st.Stored, PhysicalBytes: st.Physical,
+		UniqueBytes: st.Unique, Policy: ref.Policy.String()}, nil
+}
+
+// Retain adds one use of a reference to the root set. The reference must
+// open (a root that cannot be marked would stall every collection).
+func (s *Service) Retain(ctx context.Context, req *dpb.RefRequest) (*dpb.RefResponse, error) {
+	ref, _, _, err := s.open(ctx, req.Ref, req.Volume)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	bin, _ := ref.MarshalBinary()
+	if err := s.roots.add(ctx, rootVolume(ref, req.Volume), bin, 1); err != nil {
+		return nil, toStatus(err)
+	}
+	return &dpb.RefResponse{}, nil
+}
+
+// Release drops one use of a reference.
+func (s *Service) Release(ctx context.Context, req *dpb.RefRequest) (*dpb.RefResponse, error) {
+	ref, err := manifest.ParseRef(req.Ref)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("%w: reference: %w", errInvalid, err))
+	}
+	bin, _ := ref.MarshalBinary()
+	if err := s.roots.add(ctx, rootVolume(ref, req.Volume), bin, -1); err != nil {
+		return nil, toStatus(err)
+	}
+	return &dpb.RefResponse{}, nil
+}

@@ -1,0 +1,230 @@
+package dedup
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"shoal/shared/block"
+	"shoal/shared/dedup/manifest"
+	"shoal/shared/dht"
+)
+
+// rootShards is how many mutable blocks hold the root set. A root's shard
+// is fixed by its hash, so the count is part of the format: changing it
+// would hide roots from collection. 256 shards of at most a few MiB hold
+// millions of roots with no block written by everyone (Infinit's lesson).
+const rootShards = 256
+
+// rootSet is the set of live root references, with a use count each, kept
+// in rootShards named blocks owned by the tier's signing key (derived from
+// the master key, so every replica writes the same blocks). Every change
+// is a per-block Paxos read-modify-write; concurrent replicas never lose
+// an update.
+type rootSet struct {
+	dht *dht.Client
+	key ed25519.PrivateKey
+	pub ed25519.PublicKey
+}
+
+func newRootSet(dc *dht.Client, key ed25519.PrivateKey) *rootSet {
+	return &rootSet{dht: dc, key: key, pub: key.Public().(ed25519.PublicKey)}
+}
+
+func shardName(i int) string { return fmt.Sprintf("shoal/dedup/roots/%03d", i) }
+
+// rootKey is the set's key for a (volume, ref) pair: length-prefixed
+// volume, then the reference's binary form.
+func rootKey(volume string, ref []byte) string {
+	b := binary.AppendUvarint(nil, uint64(len(volume)))
+	b = append(b, volume...)
+	return string(append(b, ref...))
+}
+
+func splitKey(k string) (string, []byte, error) {
+	n, w := binary.Uvarint([]byte(k))
+	if w <= 0 || uint64(len(k)-w) < n {
+		return "", nil, errors.New("dedup: malformed root entry")
+	}
+	return k[w : w+int(n)], []byte(k[w+int(n):]), nil
+}
+
+func shardOf(key string) int {
+	h := sha256.Sum256([]byte(key))
+	return int(h[0]) % rootShards
+}
+
+const rootsVersion = 1
+
+func encodeRoots(m map[string]uint64) []byte {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	b := []byte{rootsVersion}
+	b = binary.AppendUvarint(b, uint64(len(keys)))
+	for _, k := range keys {
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
+		b = binary.AppendUvarint(b, m[k])
+	}
+	return b
+}
+
+var errRootsFormat = errors.New("dedup: malformed root-set block")
+
+func decodeRoots(b []byte) (map[string]uint64, error) {
+	m := map[string]uint64{}
+	if len(b) == 0 {
+		return m, nil
+	}
+	if b[0] != rootsVersion {
+		return nil, fmt.Errorf("%w: version %d", errRootsFormat, b[0])
+	}
+	b = b[1:]
+	next := func() (uint64, bool) {
+		v, w := binary.Uvarint(b)
+		if w <= 0 {
+			return 0, false
+		}
+		b = b[w:]
+		return v, true
+	}
+	n, ok := next()
+	if !ok || n > uint64(len(b)) {
+		return nil, errRootsFormat
+	}
+	for range n {
+		l, ok := next()
+		if !ok || l > uint64(len(b)) {
+			return nil, errRootsFormat
+		}
+		k := string(b[:l])
+		b = b[l:]
+		c, ok := next()
+		if !ok {
+			return nil, errRootsFormat
+		}
+		m[k] = c
+	}
+	return m, nil
+}
+
+// errNoChange aborts an update that would not change the set.
+var errNoChange = errors.New("dedup: root set unchanged")
+
+// add changes the use count of (volume, ref) by delta; an entry whose count
+// reaches zero is removed. Releasing an absent root is a no-op.
+func (rs *rootSet) add(ctx context.Context, volume string, ref []byte, delta int) error {
+	k := rootKey(volume, ref)
+	name := shardName(shardOf(k))
+	addr := block.NamedAddress(rs.pub, name)
+	apply := func(m map[string]uint64) bool {
+		c := m[k]
+		switch {
+		case delta > 0:
+			m[k] = c + uint64(delta)
+		case c == 0:
+			return false
+		case uint64(-delta) >= c:
+			delete(m, k)
+		default:
+			m[k] = c - uint64(-delta)
+		}
+		return true
+	}
+	for attempt := 0; ; attempt++ {
+		_, err := rs.dht.Update(ctx, rs.key, addr, func(cur []byte, _ uint64) ([]byte, error) {
+			m, err := decodeRoots(cur)
+			if err != nil {
+				return nil, err
+			}
+			if !apply(m) {
+				return nil, errNoChange
+			}
+			return encodeRoots(m), nil
+		})
+		switch {
+		case err == nil, errors.Is(err, errNoChange):
+			return nil
+		case errors.Is(err, block.ErrNotFound) && attempt < 3:
+			if delta < 0 {
+				return nil
+			}
+			m := map[string]uint64{}
+			apply(m)
+			err = rs.dht.CreateName(ctx, rs.key, name, encodeRoots(m))
+			if errors.Is(err, dht.ErrExists) {
+				continue // another replica created it first: update it
+			}
+			return err
+		default:
+			return err
+		}
+	}
+}
+
+// root is one live reference with its use count.
+type root struct {
+	volume string
+	ref    manifest.Ref
+	count  uint64
+}
+
+// all reads every shard (quorum reads, 16 at a time). Any error fails the
+// whole read: a collection must never run on a partial root set.
+func (rs *rootSet) all(ctx context.Context) ([]root, error) {
+	var (
+		mu   sync.Mutex
+		out  []root
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 16)
+	)
+	for i := range rootShards {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			m, err := rs.dht.GetMutable(ctx, block.NamedAddress(rs.pub, shardName(i)))
+			if errors.Is(err, block.ErrNotFound) {
+				return
+			}
+			var entries map[string]uint64
+			if err == nil && !m.Tombstone {
+				entries, err = decodeRoots(m.Payload)
+			}
+			var rs []root
+			for k, c := range entries {
+				vol, b, kerr := splitKey(k)
+				var ref manifest.Ref
+				if kerr == nil {
+					ref, kerr = manifest.ParseRef(b)
+				}
+				if kerr != nil {
+					err = fmt.Errorf("root-set shard %d: %w", i, kerr)
+					break
+				}
+				rs = append(rs, root{volume: vol, ref: ref, count: c})
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("dedup: root-set shard %d: %w", i, err))
+				return
+			}
+			out = append(out, rs...)
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
