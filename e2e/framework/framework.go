@@ -28,6 +28,9 @@ type Options struct {
 	DownAfter  time.Duration
 	EvictAfter time.Duration
 	Heartbeat  time.Duration
+	// MaxBlockSize is what nodes accept (0: 4 MiB; block.MaxSealed for
+	// clusters under the dedup tier).
+	MaxBlockSize int
 }
 
 // Cluster is an in-process cluster.
@@ -70,6 +73,9 @@ func Start(t testing.TB, o Options) *Cluster {
 	if o.Heartbeat == 0 {
 		o.Heartbeat = 200 * time.Millisecond
 	}
+	if o.MaxBlockSize == 0 {
+		o.MaxBlockSize = 4 << 20
+	}
 	c := &Cluster{t: t, opts: o, dir: t.TempDir(), log: Logger(t)}
 	ns, err := natsd.Start(natsd.Config{Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -97,7 +103,7 @@ func Start(t testing.TB, o Options) *Cluster {
 		}
 		cfg := blockstore.Config{
 			ID: fmt.Sprintf("node-%d", i+1), Listen: "127.0.0.1:0", Zone: zone,
-			Dir: filepath.Join(c.dir, fmt.Sprintf("node-%d", i+1)), MaxBlockSize: 4 << 20,
+			Dir: filepath.Join(c.dir, fmt.Sprintf("node-%d", i+1)), MaxBlockSize: o.MaxBlockSize,
 			SegmentThreshold: 32 << 10, HeartbeatInterval: o.Heartbeat,
 		}
 		c.cfgs = append(c.cfgs, cfg)

@@ -287,7 +287,7 @@ func TestAnonymousAndKeys(t *testing.T) {
 
 func TestVirtualHostAndPolicy(t *testing.T) {
 	e := newEnv(t, nil, nil, func(c *s3.Config) { c.Domain = "s3.test" })
-	mustCreateBucket(t, e, "vhost", map[string]string{"X-Shoal-Policy": "ec-4-2"})
+	mustCreateBucket(t, e, "vhost", map[string]string{"X-Shoal-Policy": "redundancy=ec:4+2"})
 	req := e.signed("PUT", "/obj", []byte("via vhost"), nil, "", time.Time{})
 	req.Host = "vhost.s3.test"
 	req.Header.Del("Authorization")
@@ -299,7 +299,7 @@ func TestVirtualHostAndPolicy(t *testing.T) {
 	if resp.StatusCode != 200 || string(rb) != "via vhost" {
 		t.Fatalf("path-style get: %d %s", resp.StatusCode, rb)
 	}
-	if e.data.PolicyCount("ec-4-2") != 1 {
+	if e.data.PolicyCount("redundancy=ec:4+2") != 1 {
 		t.Fatal("bucket policy not passed to DataStore.Write")
 	}
 	resp, rb = e.do(e.signed("PUT", "/badpolicy", nil, map[string]string{"X-Shoal-Policy": "no spaces"}, "", time.Time{}))

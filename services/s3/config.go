@@ -43,6 +43,13 @@ type Config struct {
 	ShardSplitBytes int `yaml:"shard_split_bytes"`
 	// ShutdownTimeout bounds graceful shutdown in Serve.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Dedup is the dedup tier's gRPC address (the DataStore) when it runs
+	// in another process.
+	Dedup string `yaml:"dedup"`
+	// KeyFile holds the ed25519 key (identity key file format) that signs
+	// every metadata block. All S3 servers of a cluster must share it (a
+	// swarm secret); empty means <data>/s3/signing.key, created on first use.
+	KeyFile string `yaml:"key_file"`
 	// MinPartSize is the smallest non-last multipart part (5 MiB in AWS;
 	// lowered only by tests).
 	MinPartSize int64 `yaml:"-"`
@@ -59,6 +66,7 @@ func DefaultConfig() Config {
 		ShardSplitBytes: 256 << 10,
 		ShutdownTimeout: 30 * time.Second,
 		MinPartSize:     minPartSize,
+		Dedup:           "127.0.0.1:7300",
 	}
 }
 
@@ -73,6 +81,8 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.ClockSkew, prefix+"clock-skew", d.ClockSkew, "Largest accepted difference between a signed request's time and ours.")
 	fs.IntVar(&c.ShardSplitBytes, prefix+"shard-split-bytes", d.ShardSplitBytes, "Bucket index shard size that triggers a split.")
 	fs.DurationVar(&c.ShutdownTimeout, prefix+"shutdown-timeout", d.ShutdownTimeout, "How long graceful shutdown waits for requests in flight.")
+	fs.StringVar(&c.Dedup, prefix+"dedup", d.Dedup, "Dedup service address, used when dedup is not in this process.")
+	fs.StringVar(&c.KeyFile, prefix+"key-file", d.KeyFile, "Key file signing S3 metadata, shared by all S3 servers of a cluster (default: <data>/s3/signing.key, created when missing).")
 	c.MinPartSize = d.MinPartSize
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"shoal/services/s3/s3err"
+	"shoal/shared/dedup/policy"
 )
 
 const (
@@ -145,17 +146,18 @@ func validBucketName(n string) error {
 	return nil
 }
 
+// validPolicyName accepts "" (the dedup tier's default) or a policy in
+// the dedup tier's compact syntax, e.g. "redundancy=ec:2+2,encrypt=on", so
+// a bad policy fails the bucket's creation rather than its first write.
 func validPolicyName(p string) bool {
-	if len(p) > 64 {
+	if p == "" {
+		return true
+	}
+	if len(p) > 256 {
 		return false
 	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return false
-		}
-	}
-	return true
+	_, err := policy.Parse(p)
+	return err == nil
 }
 
 func cannedACL(h string) (string, error) {
@@ -177,9 +179,9 @@ func (q *request) createBucket() error {
 	if err != nil {
 		return err
 	}
-	policy := q.r.Header.Get(policyHeader)
-	if !validPolicyName(policy) {
-		return s3err.Newf(s3err.InvalidArgument, "invalid %s %q", policyHeader, policy)
+	pol := q.r.Header.Get(policyHeader)
+	if !validPolicyName(pol) {
+		return s3err.Newf(s3err.InvalidArgument, "invalid %s %q", policyHeader, pol)
 	}
 	if q.r.ContentLength != 0 {
 		var cfg createBucketConfiguration
@@ -190,41 +192,64 @@ func (q *request) createBucket() error {
 			return s3err.Newf(s3err.InvalidLocationConstraint, "location constraint %q is not %q", lc, s.cfg.Region)
 		}
 	}
-	if b, err := s.loadBucket(q.ctx, q.bucket); err == nil {
-		return q.bucketExists(b)
+	existing, err := s.makeBucket(q.ctx, q.bucket, q.user, pol, acl)
+	if existing != nil {
+		return q.bucketExists(existing)
 	}
-	oi, err := createIndex(q.ctx, s.meta)
 	if err != nil {
-		return err
-	}
-	ui, err := createIndex(q.ctx, s.meta)
-	if err != nil {
-		s.newIndex(oi).destroy(q.ctx) //nolint:errcheck // best-effort cleanup
-		return err
-	}
-	now := s.now()
-	info := bucketInfo{Name: q.bucket, Created: now.UnixNano(), Owner: q.user, Policy: policy, ACL: acl,
-		Objects: hex.EncodeToString(oi[:]), Uploads: hex.EncodeToString(ui[:])}
-	raw, _ := json.Marshal(info)
-	_, err = s.meta.CreateNamed(q.ctx, bucketPrefix+q.bucket, raw)
-	if err != nil {
-		_ = s.newIndex(oi).destroy(q.ctx)
-		_ = s.newIndex(ui).destroy(q.ctx)
-		if errors.Is(err, ErrExists) {
-			b, lerr := s.loadBucket(q.ctx, q.bucket)
-			if lerr != nil {
-				return lerr
-			}
-			return q.bucketExists(b)
-		}
-		return err
-	}
-	if err := s.listBucket(q.ctx, q.bucket, info); err != nil {
 		return err
 	}
 	q.w.Header().Set("Location", "/"+q.bucket)
 	q.w.WriteHeader(http.StatusOK)
 	return nil
+}
+
+// makeBucket creates a bucket; when it exists already it returns it (and
+// no error) so the caller decides what that means.
+func (s *Server) makeBucket(ctx context.Context, name, user, pol, acl string) (*bucket, error) {
+	if b, err := s.loadBucket(ctx, name); err == nil {
+		return b, nil
+	}
+	oi, err := createIndex(ctx, s.meta)
+	if err != nil {
+		return nil, err
+	}
+	ui, err := createIndex(ctx, s.meta)
+	if err != nil {
+		s.newIndex(oi).destroy(ctx) //nolint:errcheck // best-effort cleanup
+		return nil, err
+	}
+	now := s.now()
+	info := bucketInfo{Name: name, Created: now.UnixNano(), Owner: user, Policy: pol, ACL: acl,
+		Objects: hex.EncodeToString(oi[:]), Uploads: hex.EncodeToString(ui[:])}
+	raw, _ := json.Marshal(info)
+	_, err = s.meta.CreateNamed(ctx, bucketPrefix+name, raw)
+	if err != nil {
+		_ = s.newIndex(oi).destroy(ctx)
+		_ = s.newIndex(ui).destroy(ctx)
+		if errors.Is(err, ErrExists) {
+			return s.loadBucket(ctx, name)
+		}
+		return nil, err
+	}
+	return nil, s.listBucket(ctx, name, info)
+}
+
+// CreateBucket creates a bucket owned by user with a storage policy, as an
+// operator does from the CLI. It fails with an error wrapping ErrExists
+// when the bucket exists.
+func (s *Server) CreateBucket(ctx context.Context, name, user, pol string) error {
+	if err := validBucketName(name); err != nil {
+		return err
+	}
+	if !validPolicyName(pol) {
+		return fmt.Errorf("%w: invalid policy %q", ErrConfig, pol)
+	}
+	existing, err := s.makeBucket(ctx, name, user, pol, aclPrivate)
+	if existing != nil {
+		return fmt.Errorf("s3: bucket %s: %w", name, ErrExists)
+	}
+	return err
 }
 
 // bucketExists answers a create for an existing bucket. AWS answers its own

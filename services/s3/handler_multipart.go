@@ -169,7 +169,7 @@ func (q *request) uploadPart() error {
 	if err != nil {
 		return err
 	}
-	ref, size, err := s.data.Write(q.ctx, b.info.Policy, body)
+	ref, size, err := s.data.Write(q.ctx, q.bucket, b.info.Policy, body)
 	q.in = body.n
 	if err != nil {
 		return err

@@ -104,7 +104,7 @@ func (q *request) putObject() error {
 	if err != nil {
 		return err
 	}
-	ref, size, err := s.data.Write(q.ctx, b.info.Policy, body)
+	ref, size, err := s.data.Write(q.ctx, q.bucket, b.info.Policy, body)
 	q.in = body.n
 	if err != nil {
 		return err
@@ -324,6 +324,12 @@ func (q *request) readObject(withBody bool) error {
 		}
 	}
 	for k, val := range v.Hdr {
+		if strings.HasPrefix(k, "x-amz-meta-") {
+			// As AWS sends them: lower case. Clients that keep the header's
+			// case (botocore) would otherwise report "Color" for "color".
+			h[k] = []string{val}
+			continue
+		}
 		h.Set(k, val)
 	}
 	if h.Get("Content-Type") == "" {

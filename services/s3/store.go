@@ -20,8 +20,10 @@ type DataStore interface {
 	// its size. If r returns an error, Write must fail with an error that
 	// wraps it and the reference must not be returned: that is how payload
 	// verification (signatures, digests) stops bad data being committed.
-	// policy is the bucket's storage policy name ("" = default).
-	Write(ctx context.Context, policy string, r io.Reader) (ref []byte, size int64, err error)
+	// volume is the bucket (the unit of encryption keys: a store that needs
+	// it to read must keep it in the reference); policy is the bucket's
+	// storage policy name ("" = default).
+	Write(ctx context.Context, volume, policy string, r io.Reader) (ref []byte, size int64, err error)
 	// Read streams [off, off+n) of the data behind ref; n < 0 reads to the end.
 	Read(ctx context.Context, ref []byte, off, n int64) (io.ReadCloser, error)
 	// Release says one use of ref by an object has ended. Space reclamation

@@ -88,18 +88,28 @@ func (s Store) Load(name string) (User, error) {
 	if !nameRE.MatchString(name) {
 		return User{}, ErrBadName
 	}
-	b, err := os.ReadFile(s.path(name))
+	k, err := LoadFile(s.path(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return User{}, fmt.Errorf("%w: %s (create it with 'shoal user create %s')", ErrNoUser, name, name)
 	}
 	if err != nil {
 		return User{}, err
 	}
+	return User{name, k}, nil
+}
+
+// LoadFile reads a key file (one line: the hex ed25519 seed) from any path,
+// e.g. a swarm secret shared by the replicas of a service.
+func LoadFile(path string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
 	seed, err := hex.DecodeString(strings.TrimSpace(string(b)))
 	if err != nil || len(seed) != ed25519.SeedSize {
-		return User{}, fmt.Errorf("identity: %s: malformed key file", s.path(name))
+		return nil, fmt.Errorf("identity: %s: malformed key file", path)
 	}
-	return User{name, ed25519.NewKeyFromSeed(seed)}, nil
+	return ed25519.NewKeyFromSeed(seed), nil
 }
 
 // LoadOrCreate loads name, creating it if absent.

@@ -41,6 +41,13 @@ commands:
   name rm NAME          remove a name (signed tombstone)
   user create|list|export [NAME]  manage local signing keys
   health ADDR           check a service's gRPC health (exit 0 when serving)
+  s3 key create|list|delete       manage S3 access keys (eval $(shoal s3 key create))
+  bucket create NAME [-policy P]  create an S3 bucket with a storage policy
+  put FILE|- [--policy P] [--volume V]   store a stream through the dedup tier, print its reference
+  get REF [-o FILE]     read a stream back (verified) to stdout or FILE
+  stat REF              size, chunks, stored bytes, dedup and compression ratios
+  df                    logical vs physical bytes, cluster-wide
+  gc [--grace D] [--dry-run]   reclaim blocks no live reference reaches
 
 Run 'shoal <command> -h' for a command's flags.
 `
@@ -71,6 +78,20 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdName(ctx, args[1:], stdout, stderr)
 	case "health":
 		err = cmdHealth(ctx, args[1:], stdout, stderr)
+	case "s3":
+		err = cmdS3(ctx, args[1:], stdout, stderr)
+	case "bucket":
+		err = cmdBucket(ctx, args[1:], stdout, stderr)
+	case "put":
+		err = cmdPut(ctx, args[1:], stdin, stdout, stderr)
+	case "get":
+		err = cmdGet(ctx, args[1:], stdout, stderr)
+	case "stat":
+		err = cmdStat(ctx, args[1:], stdout, stderr)
+	case "df":
+		err = cmdDF(ctx, args[1:], stdout, stderr)
+	case "gc":
+		err = cmdGC(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, topUsage)
 		return 0

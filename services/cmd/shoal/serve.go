@@ -32,6 +32,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer shutdown(context.Background())
+	defer startCPUProfile()()
 	p, err := app.Start(ctx, cfg, log)
 	if err != nil {
 		return err

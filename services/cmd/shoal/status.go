@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -80,11 +81,18 @@ func bytesHuman(b uint64) string {
 
 func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("health", stderr)
+	httpURL := fs.String("http", "", "check an HTTP service instead (the S3 frontend): healthy when URL answers with a status below 500")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *httpURL != "" {
+		if fs.NArg() != 0 {
+			return usagef("usage: shoal health HOST:PORT | shoal health -http URL")
+		}
+		return httpHealth(ctx, *httpURL, stdout)
+	}
 	if fs.NArg() != 1 {
-		return usagef("usage: shoal health HOST:PORT")
+		return usagef("usage: shoal health HOST:PORT | shoal health -http URL")
 	}
 	cc, err := rpc.Dial(fs.Arg(0))
 	if err != nil {
@@ -99,6 +107,29 @@ func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if resp.Status != healthpb.HealthCheckResponse_SERVING {
 		return fmt.Errorf("%s: %s", fs.Arg(0), resp.Status)
+	}
+	fmt.Fprintln(stdout, "SERVING")
+	return nil
+}
+
+// httpHealth is the health check of an HTTP frontend: any answer below 500
+// means it serves (the S3 frontend answers an anonymous request with an S3
+// error such as 403, which is still an answer).
+func httpHealth(ctx context.Context, url string, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return usagef("-http: %v", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	fmt.Fprintln(stdout, "SERVING")
 	return nil

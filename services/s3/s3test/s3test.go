@@ -199,7 +199,7 @@ func NewData() *Data {
 }
 
 // Write implements s3.DataStore.
-func (d *Data) Write(ctx context.Context, policy string, r io.Reader) ([]byte, int64, error) {
+func (d *Data) Write(ctx context.Context, _, policy string, r io.Reader) ([]byte, int64, error) {
 	var buf bytes.Buffer
 	if _, err := io.Copy(&buf, r); err != nil {
 		return nil, 0, fmt.Errorf("s3test: write: %w", err)

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go/middleware"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+)
+
+var (
+	s3Big     = flag.Int("s3-big", 8, "64 MiB objects per S3 big-object phase (0 skips the S3 section)")
+	s3BigConc = flag.Int("s3-big-clients", 4, "concurrent clients for 64 MiB objects")
+	s3Small   = flag.Int("s3-small", 2000, "4 KiB objects per S3 small-object phase (also the keys listed)")
+	s3Conc    = flag.Int("s3-clients", 32, "concurrent clients for 4 KiB objects")
+	s3Profile = flag.String("s3-cpuprofile", "", "write the all-in-one's CPU profile during the S3 section to this file")
+)
+
+// s3Bench measures the S3 frontend of an all-in-one with four storage
+// nodes (an EC 2+2 bucket needs four), through the Go SDK, against raw.
+func s3Bench(dataDir string, raw float64) {
+	if *s3Big <= 0 && *s3Small <= 0 {
+		return
+	}
+	cmd := exec.Command(*bin, "serve", "-data="+dataDir, "-nodes=4", "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
+		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0")
+	cmd.Env = os.Environ()
+	if *s3Profile != "" {
+		cmd.Env = append(cmd.Env, "SHOAL_CPU_PROFILE="+*s3Profile)
+	}
+	out, err := cmd.StdoutPipe()
+	check(err)
+	check(cmd.Start())
+	defer func() {
+		// SIGINT lets the process write its CPU profile.
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}()
+	var endpoint, id, secret string
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && f[0] == "s3" {
+			endpoint = f[1]
+		}
+		if len(f) >= 3 && f[0] == "s3-key" {
+			id, secret = strings.TrimPrefix(f[1], "AWS_ACCESS_KEY_ID="), strings.TrimPrefix(f[2], "AWS_SECRET_ACCESS_KEY=")
+		}
+		if len(f) >= 1 && f[0] == "data" {
+			break
+		}
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	if endpoint == "" || id == "" {
+		check(fmt.Errorf("all-in-one printed no S3 endpoint or key"))
+	}
+	c := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(id, secret, ""),
+		HTTPClient:  &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}})
+	ctx := context.Background()
+	mkBucket := func(name, policy string) {
+		_, err := c.CreateBucket(ctx, &awss3.CreateBucketInput{Bucket: aws.String(name)}, func(o *awss3.Options) {
+			o.APIOptions = append(o.APIOptions, addHeader("X-Shoal-Policy", policy))
+		})
+		check(err)
+	}
+	mkBucket("rep3", "redundancy=rep:3/2")
+	mkBucket("ec22", "redundancy=ec:2+2")
+
+	if n := *s3Big; n > 0 {
+		big := randBlock(64 << 20)
+		for _, b := range []struct{ bucket, label, ref string }{
+			{"rep3", "R=3 W=2", "raw/3"},
+			{"ec22", "EC 2+2", "raw/2"},
+		} {
+			div := 3.0
+			if b.bucket == "ec22" {
+				div = 2 // 4 shards of half size: twice the bytes
+			}
+			put := measure(n, *s3BigConc, func(i int) {
+				// A distinct first byte per object defeats dedup.
+				obj := append([]byte{byte(i)}, big[1:]...)
+				_, err := c.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(fmt.Sprintf("big/%d", i)),
+					Body: bytes.NewReader(obj), ContentLength: aws.Int64(int64(len(obj)))})
+				check(err)
+			})
+			rate := float64(n*64<<20) / put.total.Seconds()
+			add(fmt.Sprintf("S3 PUT 64 MiB, %s, %d clients", b.label, *s3BigConc), mbs(rate),
+				fmt.Sprintf("%.0f%% of %s", 100*rate/(raw/div), b.ref))
+			get := measure(n, *s3BigConc, func(i int) {
+				o, err := c.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(fmt.Sprintf("big/%d", i))})
+				check(err)
+				nr, err := io.Copy(io.Discard, o.Body)
+				o.Body.Close()
+				check(err)
+				if nr != 64<<20 {
+					check(fmt.Errorf("GET big/%d: %d bytes", i, nr))
+				}
+			})
+			grate := float64(n*64<<20) / get.total.Seconds()
+			add(fmt.Sprintf("S3 GET 64 MiB, %s, %d clients", b.label, *s3BigConc), mbs(grate), fmt.Sprintf("%.2f× raw", grate/raw))
+		}
+	}
+	if n := *s3Small; n > 0 {
+		put := measure(n, *s3Conc, func(i int) {
+			_, err := c.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("rep3"), Key: aws.String(fmt.Sprintf("small/%06d", i)),
+				Body: bytes.NewReader(randBlock(4096)), ContentLength: aws.Int64(4096)})
+			check(err)
+		})
+		add(fmt.Sprintf("S3 PUT 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", put.rate()), fmt.Sprintf("p50 %v p99 %v", put.pct(50), put.pct(99)))
+		get := measure(n, *s3Conc, func(i int) {
+			o, err := c.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("rep3"), Key: aws.String(fmt.Sprintf("small/%06d", i))})
+			check(err)
+			_, err = io.Copy(io.Discard, o.Body)
+			o.Body.Close()
+			check(err)
+		})
+		add(fmt.Sprintf("S3 GET 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", get.rate()), fmt.Sprintf("p50 %v p99 %v", get.pct(50), get.pct(99)))
+		start := time.Now()
+		keys := 0
+		p := awss3.NewListObjectsV2Paginator(c, &awss3.ListObjectsV2Input{Bucket: aws.String("rep3"), Prefix: aws.String("small/")})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			check(err)
+			keys += len(page.Contents)
+		}
+		if keys != n {
+			check(fmt.Errorf("ListObjectsV2 found %d keys, want %d", keys, n))
+		}
+		add(fmt.Sprintf("S3 ListObjectsV2, %d keys", n), fmt.Sprintf("%.0f keys/s", float64(n)/time.Since(start).Seconds()), "1000 keys per page")
+	}
+	if *s3Profile != "" {
+		fmt.Fprintf(os.Stderr, "  CPU profile: go tool pprof -top %s %s\n", *bin, filepath.Clean(*s3Profile))
+	}
+}
+
+// addHeader adds a header to a request before it is signed.
+func addHeader(k, v string) func(*middleware.Stack) error {
+	return func(st *middleware.Stack) error {
+		return st.Build.Add(middleware.BuildMiddlewareFunc("shoalHeader", func(ctx context.Context, in middleware.BuildInput,
+			next middleware.BuildHandler) (middleware.BuildOutput, middleware.Metadata, error) {
+			if r, ok := in.Request.(*smithyhttp.Request); ok {
+				r.Header.Set(k, v)
+			}
+			return next.HandleBuild(ctx, in)
+		}), middleware.After)
+	}
+}

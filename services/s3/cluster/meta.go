@@ -1,0 +1,203 @@
+// Package cluster implements the S3 frontend's storage interfaces on the
+// Shoal cluster: s3.MetaStore on mutable and named blocks (shared/dht, per-
+// block Paxos) and s3.DataStore on the dedup tier's gRPC API. It holds no
+// state beyond a cache of names known to exist, so any number of S3 servers
+// can share one cluster. It is not the S3 protocol (package s3) nor a dedup
+// client library (services/dedup/client).
+package cluster
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"shoal/services/s3"
+	"shoal/shared/block"
+	"shoal/shared/dht"
+)
+
+// Meta is an s3.MetaStore on the cluster's mutable blocks. Every block it
+// creates is owned and signed by one key, shared by all S3 servers of the
+// cluster, so any server may update any block and named roots ("s3/keys",
+// "s3/bucket/<name>") resolve to the same address everywhere.
+type Meta struct {
+	c   *dht.Client
+	key ed25519.PrivateKey
+	pub ed25519.PublicKey
+
+	// known holds names seen bound. A name's address is a pure function of
+	// (owner, name), so once a name exists ResolveName need not ask the
+	// cluster again: the caller's next Get reports a deletion since.
+	known sync.Map
+
+	// mu guards queues: the Updates waiting for each block (see Update).
+	mu     sync.Mutex
+	queues map[[32]byte]*updateQueue
+}
+
+// updateQueue holds a block's waiting updates while one round is running.
+type updateQueue struct {
+	ops []*updateOp
+}
+
+type updateOp struct {
+	fn   func(cur []byte) ([]byte, error)
+	err  error
+	ver  uint64
+	done chan struct{}
+}
+
+// NewMeta returns a MetaStore signing with key.
+func NewMeta(c *dht.Client, key ed25519.PrivateKey) *Meta {
+	return &Meta{c: c, key: key, pub: key.Public().(ed25519.PublicKey), queues: map[[32]byte]*updateQueue{}}
+}
+
+var _ s3.MetaStore = (*Meta)(nil)
+
+// metaErr maps the cluster's sentinels to the frontend's.
+func metaErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, block.ErrNotFound):
+		return fmt.Errorf("%w: %w", s3.ErrNotFound, err)
+	case errors.Is(err, dht.ErrExists):
+		return fmt.Errorf("%w: %w", s3.ErrExists, err)
+	}
+	return err
+}
+
+// ResolveName implements s3.MetaStore.
+func (m *Meta) ResolveName(ctx context.Context, name string) ([32]byte, error) {
+	addr := block.NamedAddress(m.pub, name)
+	if _, ok := m.known.Load(name); ok {
+		return addr, nil
+	}
+	if _, err := m.c.ResolveName(ctx, m.pub, name); err != nil {
+		return [32]byte{}, metaErr(err)
+	}
+	m.known.Store(name, struct{}{})
+	return addr, nil
+}
+
+// CreateNamed implements s3.MetaStore. A name deleted before is bound again
+// (its block's version keeps growing, so no old version can be replayed).
+func (m *Meta) CreateNamed(ctx context.Context, name string, initial []byte) ([32]byte, error) {
+	if err := m.c.CreateName(ctx, m.key, name, initial); err != nil {
+		return [32]byte{}, metaErr(err)
+	}
+	m.known.Store(name, struct{}{})
+	return block.NamedAddress(m.pub, name), nil
+}
+
+// DeleteName implements s3.MetaStore.
+func (m *Meta) DeleteName(ctx context.Context, name string) error {
+	m.known.Delete(name)
+	return metaErr(m.c.DeleteName(ctx, m.key, name))
+}
+
+// CreateMutable implements s3.MetaStore.
+func (m *Meta) CreateMutable(ctx context.Context, initial []byte) ([32]byte, error) {
+	a, err := m.c.CreateMutable(ctx, m.key, initial, nil)
+	return a, metaErr(err)
+}
+
+// Get implements s3.MetaStore: a quorum read; deleted blocks are not found.
+func (m *Meta) Get(ctx context.Context, addr [32]byte) ([]byte, uint64, error) {
+	mu, err := m.c.GetMutable(ctx, addr)
+	if err != nil {
+		return nil, 0, metaErr(err)
+	}
+	if mu.Tombstone {
+		return nil, 0, fmt.Errorf("%w: %s deleted", s3.ErrNotFound, block.Address(addr))
+	}
+	return mu.Payload, mu.Version, nil
+}
+
+// Update implements s3.MetaStore. Updates of one block from this process
+// are combined: while a Paxos round for the block runs, later updates
+// queue, and the next round applies all of them in order to the value it
+// read and decides the result once. A hot block (an index shard taking
+// every PUT of a bucket) then costs one round per batch instead of one per
+// PUT, and concurrent writers in one server never compete with each other
+// (leaderless Paxos under 64-way contention mostly retries). Each fn still
+// sees the current value including every update ordered before it; an fn
+// that fails only drops its own change.
+func (m *Meta) Update(ctx context.Context, addr [32]byte, fn func(cur []byte) ([]byte, error)) (uint64, error) {
+	op := &updateOp{fn: fn, done: make(chan struct{})}
+	m.mu.Lock()
+	q, running := m.queues[addr]
+	if !running {
+		q = &updateQueue{}
+		m.queues[addr] = q
+	}
+	q.ops = append(q.ops, op)
+	m.mu.Unlock()
+	if !running {
+		// The rounds outlive a caller that gives up: other callers' updates
+		// ride on them.
+		go m.drain(context.WithoutCancel(ctx), addr, q)
+	}
+	select {
+	case <-op.done:
+		return op.ver, op.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("s3 cluster: update %s: outcome unknown: %w", block.Address(addr), ctx.Err())
+	}
+}
+
+// errNoChange ends a round whose every update failed.
+var errNoChange = errors.New("s3 cluster: no update applies")
+
+// roundTimeout bounds one combined round.
+const roundTimeout = 2 * time.Minute
+
+func (m *Meta) drain(ctx context.Context, addr [32]byte, q *updateQueue) {
+	for {
+		m.mu.Lock()
+		ops := q.ops
+		q.ops = nil
+		if len(ops) == 0 {
+			delete(m.queues, addr)
+			m.mu.Unlock()
+			return
+		}
+		m.mu.Unlock()
+		errs := make([]error, len(ops))
+		rctx, cancel := context.WithTimeout(ctx, roundTimeout)
+		v, err := m.c.Update(rctx, m.key, addr, func(cur []byte, _ uint64) ([]byte, error) {
+			val, changed := cur, false
+			for i, o := range ops {
+				nv, err := o.fn(val)
+				errs[i] = err
+				if err == nil {
+					val, changed = nv, true
+				}
+			}
+			if !changed {
+				return nil, errNoChange
+			}
+			return val, nil
+		})
+		cancel()
+		for i, o := range ops {
+			switch {
+			case errs[i] != nil && (err == nil || errors.Is(err, errNoChange)):
+				o.err = errs[i]
+			case err != nil:
+				o.err = metaErr(err)
+			default:
+				o.ver = v
+			}
+			close(o.done)
+		}
+	}
+}
+
+// Delete implements s3.MetaStore.
+func (m *Meta) Delete(ctx context.Context, addr [32]byte) error {
+	return metaErr(m.c.DeleteMutable(ctx, m.key, addr))
+}
