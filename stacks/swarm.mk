@@ -21,7 +21,11 @@ STACK_FILES := -c $(STACK_FILE) $(if $(OBSERVABILITY),-c stacks/observability.ym
 STACK_ENV := SHOAL_IMAGE=$(IMAGE):$(VERSION) SHOAL_STACK=$(SWARM_STACK) SHOAL_SUBNET=$(SHOAL_SUBNET) \
   SHOAL_CONFIG_HASH=$$(sha256sum stacks/config/shoal.yaml | cut -c1-12)
 
-.PHONY: deps-docker images swarm-up swarm-down swarm-scale swarm-status test-swarm
+# Swarm secrets of a stack (stacks/shoal.yml: secrets), each 32 random bytes
+# in hex, created when absent and never stored in the image or the config.
+SWARM_SECRETS := dedup-master s3-signing
+
+.PHONY: deps-docker images swarm-up swarm-down swarm-scale swarm-status swarm-access-key test-swarm
 
 deps-docker: ## install docker.io and start dockerd when absent (idempotent)
 	@command -v dockerd >/dev/null || { echo "installing docker.io"; $(APT_GET) update && $(APT_GET) install docker.io; }
@@ -49,6 +53,11 @@ swarm-up: images ## single-node swarm (created if none), deploy $(SWARM_STACK), 
 	if [ "$$state" != active ]; then \
 	  docker swarm init --advertise-addr 127.0.0.1 >/dev/null && mkdir -p bin && touch $(SWARM_MARK) && echo "swarm initialised (swarm-down will leave it)"; \
 	fi
+	@for s in $(SWARM_SECRETS); do \
+	  docker secret inspect $(SWARM_STACK)_$$s >/dev/null 2>&1 || \
+	  { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | docker secret create $(SWARM_STACK)_$$s - >/dev/null && \
+	    echo "secret $(SWARM_STACK)_$$s created"; } || exit 1; \
+	done
 	$(STACK_ENV) docker stack deploy --resolve-image never $(STACK_FILES) $(SWARM_STACK)
 	@start=$$(date +%s); stacks/swarm-wait.sh healthy $(SWARM_TIMEOUT) $(SWARM_STACK) && \
 	  echo "stack $(SWARM_STACK) healthy after $$(( $$(date +%s) - start ))s; try: make swarm-status"
@@ -58,16 +67,25 @@ swarm-status: ## cluster view from a client container on the stack's network
 	@img=$$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' $(SWARM_STACK)_placement) && \
 	  docker run --rm --pull never --network $(SWARM_STACK)_net $$img status -placement placement:7100
 
+swarm-access-key: ## create an S3 access key (prints AWS_ACCESS_KEY_ID=/AWS_SECRET_ACCESS_KEY=)
+	@# Inside a running S3 task: the signing key is a swarm secret, which only
+	@# service tasks can read, not a `docker run` client.
+	@c=$$(docker ps -q --filter label=com.docker.swarm.service.name=$(SWARM_STACK)_s3 | head -1); \
+	  test -n "$$c" || { echo "no running $(SWARM_STACK)_s3 task on this node"; exit 1; }; \
+	  docker exec $$c /usr/local/bin/shoal s3 key create -placement placement:7100 -key-file /run/secrets/s3-signing $(if $(S3_USER),-user $(S3_USER))
+
 swarm-scale: ## scale one tier: make swarm-scale TIER=blockstore N=6
-	@test -n "$(TIER)" -a -n "$(N)" || { echo "usage: make swarm-scale TIER=blockstore|placement N=<replicas>"; exit 2; }
+	@test -n "$(TIER)" -a -n "$(N)" || { echo "usage: make swarm-scale TIER=blockstore|placement|dedup|s3 N=<replicas>"; exit 2; }
 	@case "$(TIER)" in nats*) echo "NATS is three fixed members (nats1..3); add a member to the stack file instead"; exit 2;; esac
 	docker service scale --detach $(SWARM_STACK)_$(TIER)=$(N)
 	@stacks/swarm-wait.sh healthy $(SWARM_TIMEOUT) $(SWARM_STACK)
 
-swarm-down: ## remove the stack and its volumes and network; leave the swarm if swarm-up created it
+swarm-down: ## remove the stack and its volumes, network and secrets; leave the swarm if swarm-up created it
 	@if docker info >/dev/null 2>&1; then \
 	  docker stack rm $(SWARM_STACK) >/dev/null 2>&1 || true; \
 	  stacks/swarm-wait.sh gone $(SWARM_TIMEOUT) $(SWARM_STACK); \
+	  : "the keys go with the volumes: data sealed with them is gone now"; \
+	  for s in $(SWARM_SECRETS); do docker secret rm $(SWARM_STACK)_$$s >/dev/null 2>&1 || true; done; \
 	  if [ -e $(SWARM_MARK) ]; then \
 	    docker swarm leave --force >/dev/null && rm -f $(SWARM_MARK) && echo "left the swarm swarm-up created"; \
 	    : "swarm init made docker_gwbridge; it stays unless removed (fails harmlessly if in use)"; \

@@ -97,10 +97,14 @@ func main() {
 		check(err)
 	})
 	add(fmt.Sprintf("get 4 KiB, %d clients", *clients), fmt.Sprintf("%.0f ops/s", sg.rate()), fmt.Sprintf("p50 %v p99 %v (target >= 20000/s)", sg.pct(50), sg.pct(99)))
+	mutableBench(cl, *clients, *smallOps/2)
 	add("all-in-one RSS after load", fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), "3 storage nodes + placement + NATS")
 	cl.Close()
 	_ = proc.Process.Kill()
 	_ = proc.Wait()
+
+	dedupBench(raw)
+	s3Bench(filepath.Join(*dir, "s3"), raw)
 
 	if *million > 0 {
 		rss, took := nodeWithBlocks(filepath.Join(*dir, "node"), *million)

@@ -1,8 +1,10 @@
 // Package swarm deploys stacks/shoal.yml on a single-node Docker swarm and
 // checks what only a real swarm shows: the image and stack files work, the
 // NATS members form one cluster, a client container on the overlay network
-// reads what it wrote, the storage tier scales under load, a killed storage
-// task comes back with its silo, and one trace spans several containers.
+// reads what it wrote, directly and through the S3 frontend (and through its
+// host-mode port), the S3 and storage tiers scale while a client writes
+// through S3, a killed storage task comes back with its silo, and traces span
+// several containers (client → storage; S3 → dedup → storage).
 //
 // Docker is required: without it the suite fails (make deps-docker installs
 // and starts it). The suite builds its images, creates a swarm when there is
@@ -42,23 +44,38 @@ const (
 	// Resolves to every placement task (the stack uses dnsrr endpoints).
 	placementAddr = "placement:7100"
 	shoal         = "/usr/local/bin/shoal"
+	probeBin      = "/usr/local/bin/probe"
+	// The s3-edge service's host-mode port; not 9000, so the suite runs
+	// beside a `make swarm-up` stack.
+	s3HostPort = "19000"
+	bucket     = "e2e"
 )
+
+// secrets are the stack's external swarm secrets (stacks/shoal.yml).
+var secrets = []string{stack + "_dedup-master", stack + "_s3-signing"}
 
 type env struct {
 	t    *testing.T
 	root string
+	// An S3 access key, created in an S3 task by S3PutGet.
+	s3ID, s3Secret string
 }
 
 // TestSwarm runs the scenarios in order on one deployment: deploying is the
 // expensive part, and the later scenarios build on the earlier ones' data.
 func TestSwarm(t *testing.T) {
 	e := setup(t)
-	var written []block
+	var written, objects []block
 	t.Run("PutGetFromClientContainer", func(t *testing.T) { written = append(written, e.putGet(t)...) })
+	t.Run("S3PutGet", func(t *testing.T) { objects = append(objects, e.s3PutGet(t)...) })
 	t.Run("NATSIsOneCluster", e.natsCluster)
 	t.Run("TraceSpansContainers", e.traceAcrossContainers)
-	t.Run("ScaleStorageWhileWriting", func(t *testing.T) { written = append(written, e.scaleWhileWriting(t)...) })
-	t.Run("KillStorageTask", func(t *testing.T) { e.killStorageTask(t, written) })
+	t.Run("S3TraceSpansTiers", e.s3Trace)
+	t.Run("ScaleWhileWritingThroughS3", func(t *testing.T) {
+		b, o := e.scaleWhileWriting(t)
+		written, objects = append(written, b...), append(objects, o...)
+	})
+	t.Run("KillStorageTask", func(t *testing.T) { e.killStorageTask(t, written, objects) })
 }
 
 // docker runs the docker CLI and returns its stdout; stderr goes into the
@@ -166,6 +183,26 @@ func setup(t *testing.T) *env {
 	return e
 }
 
+// createSecrets creates the stack's swarm secrets, 32 random bytes in hex
+// each, as make swarm-up does.
+func createSecrets(t *testing.T) {
+	for _, name := range secrets {
+		if _, err := docker(nil, 30*time.Second, "secret", "inspect", name); err == nil {
+			continue
+		}
+		mustDockerIn(t, []byte(hex.EncodeToString(randomBytes(32))), "secret", "create", name, "-")
+	}
+}
+
+func mustDockerIn(t testing.TB, stdin []byte, args ...string) string {
+	t.Helper()
+	out, err := docker(stdin, 2*time.Minute, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // buildProbe builds the helper image: the shoal image plus e2e/swarm/probe.
 func (e *env) buildProbe() {
 	t := e.t
@@ -196,6 +233,7 @@ func (e *env) deploy() {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(cfg)
+	createSecrets(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "docker", "stack", "deploy", "--resolve-image", "never",
@@ -203,6 +241,7 @@ func (e *env) deploy() {
 	cmd.Env = append(os.Environ(),
 		"SHOAL_IMAGE="+image, "SHOAL_STACK="+stack, "SHOAL_SUBNET="+subnet,
 		"SHOAL_CONFIG_HASH="+hex.EncodeToString(sum[:6]), "SHOAL_BLOCKSTORES=4",
+		"SHOAL_DEDUPS=2", "SHOAL_S3S=2", "SHOAL_S3_PORT="+s3HostPort,
 		"SHOAL_PROBE_IMAGE="+probe,
 		// Every task exports its spans to the suite's receiver.
 		"OTEL_EXPORTER_OTLP_ENDPOINT=http://otlp:4317")
@@ -297,6 +336,17 @@ func removeStack() error {
 			switch what[0] {
 			case "volume", "network", "config":
 				_, _ = docker(nil, 30*time.Second, append([]string{what[0], "rm"}, ids...)...)
+			}
+		}
+		if left == "" {
+			// External secrets: stack rm keeps them; they go once no
+			// service uses them.
+			for _, name := range secrets {
+				if _, err := docker(nil, 30*time.Second, "secret", "inspect", name); err == nil {
+					if _, err := docker(nil, 30*time.Second, "secret", "rm", name); err != nil {
+						left += " secret:" + name
+					}
+				}
 			}
 		}
 		if left == "" {
@@ -471,8 +521,8 @@ func (e *env) natsCluster(t *testing.T) {
 
 // span mirrors what the probe's OTLP receiver prints.
 type span struct {
-	Trace, Span, Parent, Name, Service, Instance, Peer string
-	Kind                                               int32
+	Trace, Span, Parent, Name, Service, Instance, Peer, Bucket string
+	Kind                                                       int32
 }
 
 const kindServer = 2
@@ -564,18 +614,19 @@ func keys(m map[string]bool) []string {
 	return out
 }
 
-// writer keeps writing random blocks through the client container, retrying
-// a failed write once; a write failing twice is an error.
+// writer keeps writing random data through the client container with put,
+// retrying a failed write once; a write failing twice is an error.
 type writer struct {
 	mu      sync.Mutex
 	blocks  []block
 	retries int
+	retried error // why the first retried write failed
 	errs    []error
 	stop    chan struct{}
 	done    chan struct{}
 }
 
-func startWriter() *writer {
+func startWriter(put func(i int, data []byte) (string, error)) *writer {
 	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
@@ -586,12 +637,15 @@ func startWriter() *writer {
 			default:
 			}
 			data := randomBytes(1024 + (i*7919)%(64<<10))
-			addr, err := putExec(data)
+			addr, err := put(i, data)
 			if err != nil {
 				w.mu.Lock()
 				w.retries++
+				if w.retried == nil {
+					w.retried = err
+				}
 				w.mu.Unlock()
-				addr, err = putExec(data)
+				addr, err = put(i, data)
 			}
 			w.mu.Lock()
 			if err != nil {
@@ -617,8 +671,10 @@ func (w *writer) finish() ([]block, int, []error) {
 	return w.blocks, w.retries, w.errs
 }
 
-// scaleWhileWriting scales the storage tier 4→6 while a client writes.
-func (e *env) scaleWhileWriting(t *testing.T) []block {
+// scaleWhileWriting scales the S3 tier 2→4 and the storage tier 4→6 while
+// one client writes blocks and another writes objects through S3. Every
+// S3 task, old and new, then serves what was written.
+func (e *env) scaleWhileWriting(t *testing.T) (blocks, objects []block) {
 	v, err := status()
 	if err != nil {
 		t.Fatal(err)
@@ -627,32 +683,43 @@ func (e *env) scaleWhileWriting(t *testing.T) []block {
 	if len(before) != 4 {
 		t.Fatalf("%d storage nodes up before scaling, want 4", len(before))
 	}
-	w := startWriter()
+	bw := startWriter(func(_ int, data []byte) (string, error) { return putExec(data) })
+	sw := startWriter(func(i int, data []byte) (string, error) {
+		key := fmt.Sprintf("scale/%04d", i)
+		return key, e.s3Put(bucket, key, data)
+	})
 	stopped := false
 	defer func() {
 		if !stopped {
-			w.finish()
+			bw.finish()
+			sw.finish()
 		}
 	}()
-	eventually(t, time.Minute, "writes before scaling", func() (bool, string) { return w.count() >= 3, "" })
-	mustDocker(t, "service", "scale", "--detach", stack+"_blockstore=6")
-	eventually(t, 2*time.Minute, "6 storage nodes up", func() (bool, string) {
-		v, err := status()
-		if err != nil {
-			return false, err.Error()
-		}
-		return len(v.up()) == 6, fmt.Sprintf("%d up", len(v.up()))
+	eventually(t, time.Minute, "writes before scaling", func() (bool, string) {
+		return bw.count() >= 3 && sw.count() >= 3, fmt.Sprintf("%d blocks, %d objects", bw.count(), sw.count())
 	})
-	// Some writes with the new nodes in the view, then stop.
-	n := w.count()
-	eventually(t, time.Minute, "writes after scaling", func() (bool, string) { return w.count() >= n+5, "" })
-	blocks, retries, errs := w.finish()
+	mustDocker(t, "service", "scale", "--detach", stack+"_s3=4", stack+"_blockstore=6")
+	e.waitHealthy(2*time.Minute, 6)
+	// Some writes with the new nodes and frontends in place, then stop.
+	nb, ns := bw.count(), sw.count()
+	eventually(t, time.Minute, "writes after scaling", func() (bool, string) {
+		return bw.count() >= nb+5 && sw.count() >= ns+10, fmt.Sprintf("%d blocks, %d objects", bw.count(), sw.count())
+	})
+	blocks, bRetries, bErrs := bw.finish()
+	objects, sRetries, sErrs := sw.finish()
 	stopped = true
-	t.Logf("%d blocks written during the scale-out, %d retried", len(blocks), retries)
-	if len(errs) > 0 {
-		t.Fatalf("%d writes failed even after a retry, first: %v", len(errs), errs[0])
+	t.Logf("during the scale-out: %d blocks (%d retried), %d S3 objects (%d retried)", len(blocks), bRetries, len(objects), sRetries)
+	for _, w := range []*writer{bw, sw} {
+		if w.retried != nil {
+			t.Logf("first retried write failed with: %v", w.retried)
+		}
 	}
-	e.waitHealthy(time.Minute, 6)
+	if len(bErrs) > 0 {
+		t.Fatalf("%d block writes failed even after a retry, first: %v", len(bErrs), bErrs[0])
+	}
+	if len(sErrs) > 0 {
+		t.Fatalf("%d S3 writes failed even after a retry, first: %v", len(sErrs), sErrs[0])
+	}
 	v, err = status()
 	if err != nil {
 		t.Fatal(err)
@@ -667,14 +734,37 @@ func (e *env) scaleWhileWriting(t *testing.T) []block {
 		t.Fatalf("new storage nodes in status: %v, want 2", added)
 	}
 	readBack(t, blocks, "after scaling to 6")
-	return blocks
+	e.s3ReadBack(t, objects, "", "after scaling")
+	// Each of the 4 S3 tasks, addressed by its own IP, serves an object
+	// written before the scale-out and one written after it.
+	tasks := e.s3Tasks(t)
+	if len(tasks) != 4 {
+		t.Fatalf("%d S3 tasks running, want 4: %v", len(tasks), tasks)
+	}
+	for name, ip := range tasks {
+		e.s3ReadBack(t, []block{objects[0], objects[len(objects)-1]}, "http://"+ip+":9000", "from "+name)
+	}
+	return blocks, objects
+}
+
+// s3Tasks maps the running S3 tasks to their addresses on the stack's network.
+func (e *env) s3Tasks(t *testing.T) map[string]string {
+	out := mustDocker(t, "ps", "-q", "--filter", "label=com.docker.swarm.service.name="+stack+"_s3")
+	tasks := map[string]string{}
+	for _, c := range strings.Fields(out) {
+		l := mustDocker(t, "inspect", "-f", `{{index .Config.Labels "com.docker.swarm.task.name"}} {{(index .NetworkSettings.Networks "`+network+`").IPAddress}}`, c)
+		if f := strings.Fields(l); len(f) == 2 {
+			tasks[f[0]] = f[1]
+		}
+	}
+	return tasks
 }
 
 // killStorageTask kills the container of the storage task holding the most
 // blocks. Reads and writes must go on; swarm must restart the task, and it
 // must come back as the same node (its id lives in its silo volume) with
 // its blocks.
-func (e *env) killStorageTask(t *testing.T, written []block) {
+func (e *env) killStorageTask(t *testing.T, written, objects []block) {
 	if len(written) == 0 {
 		t.Fatal("no blocks from the earlier scenarios to read back")
 	}
@@ -719,6 +809,7 @@ func (e *env) killStorageTask(t *testing.T, written []block) {
 		more = append(more, block{addr, data})
 	}
 	readBack(t, append(append([]block(nil), written...), more...), "with a storage task killed")
+	e.s3ReadBack(t, objects, "", "with a storage task killed")
 
 	var back string
 	eventually(t, 2*time.Minute, "killed task replaced and its node back", func() (bool, string) {

@@ -34,14 +34,16 @@ func TestPutSpanTree(t *testing.T) {
 	}
 	root.End()
 	// The third replica may still be writing after the quorum returned.
-	framework.Eventually(t, 10*time.Second, "3 silo.put spans", func() bool {
+	// Spans are recorded when they end, and the last client span ends after
+	// its server span and silo write: wait for all nine.
+	framework.Eventually(t, 10*time.Second, "3 silo.put spans and 6 Put RPC spans", func() bool {
 		n := 0
 		for _, s := range rec.Ended() {
-			if s.Name() == "silo.put" && s.SpanContext().TraceID() == root.SpanContext().TraceID() {
+			if (s.Name() == "silo.put" || s.Name() == "shoal.blockstore.v1.BlockStore/Put") && s.SpanContext().TraceID() == root.SpanContext().TraceID() {
 				n++
 			}
 		}
-		return n == 3
+		return n == 9
 	})
 	tid := root.SpanContext().TraceID()
 	byID := map[trace.SpanID]sdktrace.ReadOnlySpan{}

@@ -4,6 +4,7 @@
 //
 //	probe otlp [-listen :4317]     OTLP/gRPC trace receiver; prints one JSON line per span
 //	probe nats -url URL -want N    prints the storage node ids heard on one NATS server
+//	probe s3 mb|put|get ...        S3 client (see s3.go)
 //	probe idle                     keeps a client container alive for `docker exec`
 //
 // It is a test tool, not part of Shoal: nothing in services/ depends on it.
@@ -36,7 +37,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: probe otlp|nats|idle [flags]")
+		fmt.Fprintln(os.Stderr, "usage: probe otlp|nats|s3|idle [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -47,6 +48,8 @@ func main() {
 		err = runOTLP(ctx, os.Args[2:])
 	case "nats":
 		err = runNATS(ctx, os.Args[2:])
+	case "s3":
+		err = runS3(ctx, os.Args[2:])
 	case "idle":
 		<-ctx.Done()
 	default:
@@ -70,6 +73,8 @@ type Span struct {
 	// Peer is the IP the export came from: which container sent the span,
 	// whatever its resource attributes claim.
 	Peer string `json:"peer"`
+	// Bucket is the S3 frontend's s3.bucket attribute, if any.
+	Bucket string `json:"bucket,omitempty"`
 }
 
 type receiver struct {
@@ -104,6 +109,7 @@ func (r *receiver) Export(ctx context.Context, req *coltracepb.ExportTraceServic
 					Trace: hex.EncodeToString(s.GetTraceId()), Span: hex.EncodeToString(s.GetSpanId()),
 					Parent: hex.EncodeToString(s.GetParentSpanId()), Name: s.GetName(), Kind: int32(s.GetKind()),
 					Service: attr(res, "service.name"), Instance: attr(res, "service.instance.id"), Peer: from,
+					Bucket: attr(s.GetAttributes(), "s3.bucket"),
 				})
 			}
 		}
