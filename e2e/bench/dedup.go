@@ -89,7 +89,7 @@ func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 // tier in one process, every port chosen by the kernel, and returns the
 // dedup address from the banner.
 func startDedupCluster(data string, nodes int) (*exec.Cmd, string) {
-	cmd := exec.Command(*bin, "serve", "-target=nats,placement,blockstore,dedup", "-data="+data, fmt.Sprintf("-nodes=%d", nodes),
+	cmd := shoalCmd("serve", "-target=nats,placement,blockstore,dedup", "-data="+data, fmt.Sprintf("-nodes=%d", nodes),
 		"-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0")
 	out, err := cmd.StdoutPipe()
 	check(err)

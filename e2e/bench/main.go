@@ -14,11 +14,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	bpb "shoal/proto/blockstorepb"
@@ -35,6 +38,8 @@ var (
 	million  = flag.Int("node-blocks", 1_000_000, "blocks stored on one node for the RSS figure (0 skips)")
 	clients  = flag.Int("clients", 64, "concurrent clients for 4 KiB operations")
 	bigConc  = flag.Int("big-clients", 8, "concurrent clients for 4 MiB operations")
+	cpuProf  = flag.String("cpuprofile", "", "write the benchmark client's CPU profile here (the cluster's: SHOAL_CPU_PROFILE)")
+	only     = flag.String("only", "", "comma-separated phases to run: core,mutable,dedup,s3,node (default all)")
 )
 
 type row struct{ name, value, note string }
@@ -48,6 +53,12 @@ func add(name, value, note string) {
 
 func main() {
 	flag.Parse()
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		check(err)
+		check(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
 	if *dir == "" {
 		d, err := os.MkdirTemp("", "shoal-bench-")
 		check(err)
@@ -56,7 +67,33 @@ func main() {
 	}
 	raw := rawDisk(filepath.Join(*dir, "raw"), *bigMiB)
 	add("raw disk, 4 MiB writes + fdatasync", mbs(raw), "baseline")
+	if phase("core") || phase("mutable") {
+		coreBench(raw)
+	}
+	if phase("dedup") {
+		dedupBench(raw)
+	}
+	if phase("s3") {
+		s3Bench(filepath.Join(*dir, "s3"), raw)
+	}
+	if phase("node") && *million > 0 {
+		rss, took := nodeWithBlocks(filepath.Join(*dir, "node"), *million)
+		add(fmt.Sprintf("storage node RSS, %d blocks", *million), fmt.Sprintf("%.0f MiB", rss), fmt.Sprintf("filled in %v (target <= 512 MiB)", took.Round(time.Second)))
+	}
+	fmt.Println()
+	fmt.Println("| measurement | figure | note |")
+	fmt.Println("|---|---|---|")
+	for _, r := range rows {
+		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
+	}
+}
 
+func phase(name string) bool {
+	return *only == "" || slices.Contains(strings.Split(*only, ","), name)
+}
+
+// coreBench measures immutable and mutable blocks on the all-in-one.
+func coreBench(raw float64) {
 	proc, placementAddr := startAllInOne(filepath.Join(*dir, "cluster"))
 	defer func() { _ = proc.Process.Kill(); _ = proc.Wait() }()
 	add("all-in-one idle RSS", fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), "target <= 300 MiB")
@@ -68,6 +105,20 @@ func main() {
 	check(cl.WaitForNodes(ctx, 3))
 	cancel()
 
+	if phase("core") {
+		immutableBench(cl, raw)
+	}
+	if phase("mutable") {
+		mutableBench(cl, *clients, *smallOps/2)
+	}
+	add("all-in-one RSS after load", fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), "3 storage nodes + placement + NATS")
+	cl.Close()
+	// SIGTERM, so a SHOAL_CPU_PROFILE set for the run gets written.
+	_ = proc.Process.Signal(syscall.SIGTERM)
+	_ = proc.Wait()
+}
+
+func immutableBench(cl *dht.Client, raw float64) {
 	n := *bigMiB / 4
 	bigAddrs := make([]block.Address, n)
 	put := measure(n, *bigConc, func(i int) {
@@ -97,26 +148,6 @@ func main() {
 		check(err)
 	})
 	add(fmt.Sprintf("get 4 KiB, %d clients", *clients), fmt.Sprintf("%.0f ops/s", sg.rate()), fmt.Sprintf("p50 %v p99 %v (target >= 20000/s)", sg.pct(50), sg.pct(99)))
-	mutableBench(cl, *clients, *smallOps/2)
-	add("all-in-one RSS after load", fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), "3 storage nodes + placement + NATS")
-	cl.Close()
-	_ = proc.Process.Kill()
-	_ = proc.Wait()
-
-	dedupBench(raw)
-	s3Bench(filepath.Join(*dir, "s3"), raw)
-
-	if *million > 0 {
-		rss, took := nodeWithBlocks(filepath.Join(*dir, "node"), *million)
-		add(fmt.Sprintf("storage node RSS, %d blocks", *million), fmt.Sprintf("%.0f MiB", rss), fmt.Sprintf("filled in %v (target <= 512 MiB)", took.Round(time.Second)))
-	}
-
-	fmt.Println()
-	fmt.Println("| measurement | figure | note |")
-	fmt.Println("|---|---|---|")
-	for _, r := range rows {
-		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
-	}
 }
 
 func check(err error) {
@@ -166,11 +197,17 @@ func (r result) pct(p int) time.Duration {
 }
 
 func measure(n, conc int, op func(i int)) result {
+	return measureWorkers(n, conc, func(_, i int) { op(i) })
+}
+
+// measureWorkers is measure with the worker's index passed along, for
+// operations that must not overlap on one worker's own object.
+func measureWorkers(n, conc int, op func(w, i int)) result {
 	lat := make([]time.Duration, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range conc {
+	for w := range conc {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -180,7 +217,7 @@ func measure(n, conc int, op func(i int)) result {
 					return
 				}
 				t := time.Now()
-				op(i)
+				op(w, i)
 				lat[i] = time.Since(t)
 			}
 		}()
@@ -192,7 +229,8 @@ func measure(n, conc int, op func(i int)) result {
 }
 
 func startAllInOne(data string) (*exec.Cmd, string) {
-	cmd := exec.Command(*bin, "serve", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0")
+	cmd := shoalCmd("serve", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0",
+		"-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0")
 	out, err := cmd.StdoutPipe()
 	check(err)
 	cmd.Stderr = nil
@@ -229,7 +267,7 @@ func rssMiB(pid int) float64 {
 // a separate process, so the figure is the node's alone), stores n small
 // blocks on it and reports its RSS.
 func nodeWithBlocks(data string, n int) (float64, time.Duration) {
-	ns := exec.Command(*bin, "serve", "-target=nats,placement", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0")
+	ns := shoalCmd("serve", "-target=nats,placement", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0")
 	out, err := ns.StdoutPipe()
 	check(err)
 	check(ns.Start())
@@ -243,7 +281,7 @@ func nodeWithBlocks(data string, n int) (float64, time.Duration) {
 			break
 		}
 	}
-	node := exec.Command(*bin, "serve", "-target=blockstore", "-nats.url="+natsURL, "-blockstore.listen=127.0.0.1:0", "-blockstore.dir="+filepath.Join(data, "bs"))
+	node := shoalCmd("serve", "-target=blockstore", "-nats.url="+natsURL, "-blockstore.listen=127.0.0.1:0", "-blockstore.dir="+filepath.Join(data, "bs"))
 	nout, err := node.StdoutPipe()
 	check(err)
 	check(node.Start())
@@ -283,4 +321,12 @@ func nodeWithBlocks(data string, n int) (float64, time.Duration) {
 	}
 	wg.Wait()
 	return rssMiB(node.Process.Pid), time.Since(start)
+}
+
+// shoalCmd runs the shoal binary so that it dies with the benchmark: a
+// failed check exits at once, and must not leave a cluster holding ports.
+func shoalCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command(*bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }

@@ -23,8 +23,8 @@ func mutableBench(cl *dht.Client, clients, ops int) {
 		addrs[i] = a
 	}
 	per := ops / clients
-	up := measure(per*clients, clients, func(i int) {
-		_, err := cl.Update(ctx, key, addrs[i%clients], func(cur []byte, _ uint64) ([]byte, error) {
+	up := measureWorkers(per*clients, clients, func(w, i int) {
+		_, err := cl.Update(ctx, key, addrs[w], func(cur []byte, _ uint64) ([]byte, error) {
 			return strconv.AppendInt(nil, int64(i), 10), nil
 		})
 		check(err)
@@ -37,7 +37,8 @@ func mutableBench(cl *dht.Client, clients, ops int) {
 	add(fmt.Sprintf("mutable quorum read, %d clients", clients), fmt.Sprintf("%.0f ops/s", rd.rate()), fmt.Sprintf("p50 %v p99 %v (target >= 10000/s)", rd.pct(50), rd.pct(99)))
 
 	// Each hot-block writer is its own proposer, as separate clients are.
-	hot := addrs[0]
+	hot, err := cl.CreateMutable(ctx, key, []byte("0"), nil)
+	check(err)
 	writers := make([]*dht.Client, 8)
 	for i := range writers {
 		w, err := dht.New(cl.Config(), nil)
@@ -46,13 +47,19 @@ func mutableBench(cl *dht.Client, clients, ops int) {
 		writers[i] = w
 	}
 	const each = 50
-	hb := measure(8*each, 8, func(i int) {
-		_, err := writers[i%8].Update(ctx, key, hot, func(cur []byte, _ uint64) ([]byte, error) {
+	hb := measureWorkers(8*each, 8, func(w, _ int) {
+		_, err := writers[w].Update(ctx, key, hot, func(cur []byte, _ uint64) ([]byte, error) {
 			n, _ := strconv.Atoi(string(cur))
 			return strconv.AppendInt(nil, int64(n+1), 10), nil
 		})
 		check(err)
 	})
+	// Every increment must have landed exactly once.
+	final, err := cl.GetMutable(ctx, hot)
+	check(err)
+	if n, _ := strconv.Atoi(string(final.Payload)); n != 8*each {
+		check(fmt.Errorf("hot block counter is %d after %d increments", n, 8*each))
+	}
 	var rounds, conflicts int64
 	for _, w := range writers {
 		rounds += w.PaxosStats().Rounds.Load()

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -36,7 +35,7 @@ func s3Bench(dataDir string, raw float64) {
 	if *s3Big <= 0 && *s3Small <= 0 {
 		return
 	}
-	cmd := exec.Command(*bin, "serve", "-data="+dataDir, "-nodes=4", "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
+	cmd := shoalCmd("serve", "-data="+dataDir, "-nodes=4", "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
 		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0")
 	cmd.Env = os.Environ()
 	if *s3Profile != "" {

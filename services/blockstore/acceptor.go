@@ -34,6 +34,8 @@ func (r siloRecords) Store(a block.Address, rec *pb.AcceptorRecord) error {
 	return r.s.StoreRecord(a, b)
 }
 
+func (r siloRecords) Sync() error { return r.s.SyncRecords() }
+
 // paxosStatus maps acceptor errors through the shared table, so the
 // proposer matches them with errors.Is on its side.
 func paxosStatus(err error) error {

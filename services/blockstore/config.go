@@ -36,7 +36,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Dir, prefix+"dir", "", "silo directory (default: <data>/blockstore)")
 	fs.Uint64Var(&c.Capacity, prefix+"capacity", 0, "bytes of block data this node may hold (0 = unlimited)")
 	fs.IntVar(&c.MaxBlockSize, prefix+"max-block-size", block.MaxSealed, "largest block accepted, in bytes")
-	fs.IntVar(&c.SegmentThreshold, prefix+"segment-threshold", 32<<10, "blocks this large or larger are stored in segment files rather than the LSM")
+	fs.IntVar(&c.SegmentThreshold, prefix+"segment-threshold", 1<<10, "blocks this large or larger are stored in segment files rather than the LSM")
 	fs.DurationVar(&c.HeartbeatInterval, prefix+"heartbeat-interval", membership.DefaultHeartbeatInterval, "how often the node announces itself on NATS")
 }
 

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -27,18 +28,55 @@ var (
 	ErrBadRequest   = rpc.ErrBadRequest
 )
 
-// Storage keeps acceptor records durably: Store returns only once the record
-// would survive a crash.
+// Storage keeps acceptor records. Store need not be durable by itself;
+// Sync makes every Store that returned before it durable (a WAL sync), so
+// concurrent acceptor operations share one fsync.
 type Storage interface {
 	Load(addr block.Address) (*bpb.AcceptorRecord, error) // nil, nil when absent
 	Store(addr block.Address, rec *bpb.AcceptorRecord) error
+	Sync() error
 }
 
 // Acceptor is the acceptor side for every block of one node.
+//
+// A block's lock is held only while its record is read, checked and
+// written, never across the fsync: a hot block would otherwise be limited
+// to one operation per fsync. No answer leaves before the sync covering
+// every write it depends on (its own, and any other it may have read) has
+// finished, so nothing a proposer was told can be lost in a crash.
 type Acceptor struct {
 	store   Storage
 	maxSize int
 	locks   [256]sync.Mutex
+
+	stored atomic.Uint64 // Stores made
+	synced atomic.Uint64 // Stores known durable
+}
+
+// durable returns once the first upTo Stores are durable.
+func (a *Acceptor) durable(upTo uint64) error {
+	if a.synced.Load() >= upTo {
+		return nil
+	}
+	target := a.stored.Load()
+	if err := a.store.Sync(); err != nil {
+		return err
+	}
+	for {
+		cur := a.synced.Load()
+		if cur >= target || a.synced.CompareAndSwap(cur, target) {
+			return nil
+		}
+	}
+}
+
+// write stores rec under the block's lock (see after).
+func (a *Acceptor) write(addr block.Address, rec *bpb.AcceptorRecord) error {
+	if err := a.store.Store(addr, rec); err != nil {
+		return err
+	}
+	a.stored.Add(1)
+	return nil
 }
 
 // NewAcceptor returns an acceptor over store; payloads above maxSize are
@@ -113,11 +151,12 @@ func (a *Acceptor) Prepare(req *bpb.PrepareRequest) (*bpb.PrepareResponse, error
 	if req.Ballot == nil || len(req.Quorum) == 0 {
 		return nil, fmt.Errorf("%w: prepare needs a ballot and a quorum", ErrBadRequest)
 	}
-	defer a.lock(addr)()
-	rec, err := a.load(addr)
-	if err != nil {
-		return nil, err
-	}
+	return after(a, addr, func(rec *bpb.AcceptorRecord) (*bpb.PrepareResponse, error) {
+		return a.prepare(addr, req, rec)
+	})
+}
+
+func (a *Acceptor) prepare(addr block.Address, req *bpb.PrepareRequest, rec *bpb.AcceptorRecord) (*bpb.PrepareResponse, error) {
 	if wrongQuorum(rec, req.Quorum) {
 		return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_WRONG_QUORUM, Quorum: rec.State.Quorum, Accepted: rec.Accepted, State: rec.State}, nil
 	}
@@ -125,7 +164,7 @@ func (a *Acceptor) Prepare(req *bpb.PrepareRequest) (*bpb.PrepareResponse, error
 		return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_STALE_BALLOT, Promised: maxBallot(rec.Promised, rec.Accepted)}, nil
 	}
 	rec.Promised = req.Ballot
-	if err := a.store.Store(addr, rec); err != nil {
+	if err := a.write(addr, rec); err != nil {
 		return nil, err
 	}
 	return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_OK, Accepted: rec.Accepted, State: rec.State}, nil
@@ -174,11 +213,12 @@ func (a *Acceptor) Accept(req *bpb.AcceptRequest) (*bpb.AcceptResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer a.lock(addr)()
-	rec, err := a.load(addr)
-	if err != nil {
-		return nil, err
-	}
+	return after(a, addr, func(rec *bpb.AcceptorRecord) (*bpb.AcceptResponse, error) {
+		return a.accept(addr, req, rec)
+	})
+}
+
+func (a *Acceptor) accept(addr block.Address, req *bpb.AcceptRequest, rec *bpb.AcceptorRecord) (*bpb.AcceptResponse, error) {
 	if wrongQuorum(rec, req.Quorum) {
 		return &bpb.AcceptResponse{Outcome: bpb.Outcome_OUTCOME_WRONG_QUORUM, Quorum: rec.State.Quorum}, nil
 	}
@@ -197,7 +237,7 @@ func (a *Acceptor) Accept(req *bpb.AcceptRequest) (*bpb.AcceptResponse, error) {
 		return nil, err
 	}
 	rec.Promised, rec.Accepted, rec.State = req.Ballot, req.Ballot, req.State
-	if err := a.store.Store(addr, rec); err != nil {
+	if err := a.write(addr, rec); err != nil {
 		return nil, err
 	}
 	return &bpb.AcceptResponse{Outcome: bpb.Outcome_OUTCOME_OK}, nil
@@ -214,20 +254,18 @@ func (a *Acceptor) Learn(req *bpb.LearnRequest) error {
 	if err != nil {
 		return err
 	}
-	defer a.lock(addr)()
-	rec, err := a.load(addr)
-	if err != nil {
-		return err
-	}
-	if Compare(req.Ballot, rec.Accepted) <= 0 {
-		return nil
-	}
-	if err := a.validate(req.State, rec); err != nil {
-		return err
-	}
-	rec.Accepted, rec.State = req.Ballot, req.State
-	rec.Promised = maxBallot(rec.Promised, req.Ballot)
-	return a.store.Store(addr, rec)
+	_, err = after(a, addr, func(rec *bpb.AcceptorRecord) (struct{}, error) {
+		if Compare(req.Ballot, rec.Accepted) <= 0 {
+			return struct{}{}, nil
+		}
+		if err := a.validate(req.State, rec); err != nil {
+			return struct{}{}, err
+		}
+		rec.Accepted, rec.State = req.Ballot, req.State
+		rec.Promised = maxBallot(rec.Promised, req.Ballot)
+		return struct{}{}, a.write(addr, rec)
+	})
+	return err
 }
 
 // Peek returns the accepted state without promising.
@@ -236,10 +274,30 @@ func (a *Acceptor) Peek(req *bpb.PeekRequest) (*bpb.PeekResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer a.lock(addr)()
+	return after(a, addr, func(rec *bpb.AcceptorRecord) (*bpb.PeekResponse, error) {
+		return &bpb.PeekResponse{Accepted: rec.Accepted, State: rec.State}, nil
+	})
+}
+
+// after runs fn on addr's record under the block's lock, then waits, with
+// the lock released, until every write fn made or may have read is
+// durable, and only then lets fn's answer go out.
+func after[T any](a *Acceptor, addr block.Address, fn func(rec *bpb.AcceptorRecord) (T, error)) (T, error) {
+	unlock := a.lock(addr)
 	rec, err := a.load(addr)
-	if err != nil {
-		return nil, err
+	var out T
+	if err == nil {
+		out, err = fn(rec)
 	}
-	return &bpb.PeekResponse{Accepted: rec.Accepted, State: rec.State}, nil
+	seq := a.stored.Load()
+	unlock()
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	if err := a.durable(seq); err != nil {
+		var zero T
+		return zero, err
+	}
+	return out, nil
 }

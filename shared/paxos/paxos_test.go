@@ -31,6 +31,8 @@ func (m *memStore) Load(a block.Address) (*bpb.AcceptorRecord, error) {
 	return rec, proto.Unmarshal(b, rec)
 }
 
+func (m *memStore) Sync() error { return nil }
+
 func (m *memStore) Store(a block.Address, rec *bpb.AcceptorRecord) error {
 	b, err := proto.Marshal(rec)
 	if err != nil {
@@ -47,10 +49,11 @@ var errDown = errors.New("test: node down")
 // memNet routes proposer calls to in-memory acceptors; nodes can be taken
 // down, and a hook can intercept accepts.
 type memNet struct {
-	mu       sync.Mutex
-	acc      map[string]*Acceptor
-	down     map[string]bool
-	onAccept func(node string) error
+	mu        sync.Mutex
+	acc       map[string]*Acceptor
+	down      map[string]bool
+	onAccept  func(node string) error
+	onPrepare func(node string) error
 }
 
 func newNet(nodes ...string) *memNet {
@@ -86,6 +89,14 @@ func (n *memNet) Prepare(_ context.Context, node string, req *bpb.PrepareRequest
 	a, err := n.get(node)
 	if err != nil {
 		return nil, err
+	}
+	n.mu.Lock()
+	hook := n.onPrepare
+	n.mu.Unlock()
+	if hook != nil {
+		if err := hook(node); err != nil {
+			return nil, err
+		}
 	}
 	return a.Prepare(proto.Clone(req).(*bpb.PrepareRequest))
 }
@@ -389,5 +400,65 @@ func TestQuorumChange(t *testing.T) {
 	net.setDown("b", true)
 	if _, err := p.Propose(ctx, addr, newSet, next(k, []byte("v3"))); err != nil {
 		t.Fatalf("write on new set with b down: %v", err)
+	}
+}
+
+// An acceptor may hold a higher version accepted at a lower ballot that
+// was never chosen; a proposer whose prepare majority missed it must win at
+// a higher ballot instead of failing on the acceptor's version check.
+func TestUnchosenHigherVersionIsOvertaken(t *testing.T) {
+	net := newNet(nodes3...)
+	k := newKey(t)
+	ctx := context.Background()
+	g := genesis(k, "s", []byte("v1"))
+	addr, _ := block.FromBytes(g.Address)
+	p := NewProposer("p", net)
+	if _, err := p.Propose(ctx, addr, nodes3, create(g)); err != nil {
+		t.Fatal(err)
+	}
+	v2, err := p.Propose(ctx, addr, nodes3, next(k, []byte("v2")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// c alone accepts a v4 (built on a v3 that was never chosen) from
+	// proposer "0" at a ballot just above v2's.
+	v3, _ := next(k, []byte("lost"))(v2)
+	lone, _ := next(k, []byte("lone"))(v3)
+	b := &bpb.Ballot{Round: p.round.Load() + 1, Proposer: "0"}
+	if r, err := net.acc["c"].Prepare(&bpb.PrepareRequest{Address: addr[:], Ballot: b, Quorum: nodes3}); err != nil || r.Outcome != bpb.Outcome_OUTCOME_OK {
+		t.Fatalf("prepare at c: %v %v", r, err)
+	}
+	if r, err := net.acc["c"].Accept(&bpb.AcceptRequest{Ballot: b, State: lone, Quorum: nodes3}); err != nil || r.Outcome != bpb.Outcome_OUTCOME_OK {
+		t.Fatalf("accept at c: %v %v", r, err)
+	}
+	// p's next prepare misses c, and b loses the first accept: p's v3
+	// reaches a only, and c answers that it holds a newer version.
+	net.mu.Lock()
+	net.onPrepare = func(node string) error {
+		if node == "c" {
+			return errDown
+		}
+		return nil
+	}
+	net.mu.Unlock()
+	var once sync.Once
+	net.hook(func(node string) error {
+		var err error
+		if node == "b" {
+			once.Do(func() { err = errDown })
+		}
+		return err
+	})
+	st, err := p.Propose(ctx, addr, nodes3, next(k, []byte("v3")))
+	t.Logf("rounds %d conflicts %d err %v", p.Stats.Rounds.Load(), p.Stats.Conflicts.Load(), err)
+	if err != nil {
+		t.Fatalf("update with an unchosen newer version at c: %v", err)
+	}
+	if st.Version != 3 || string(st.Payload) != "v3" {
+		t.Fatalf("decided %d %q, want 3 \"v3\"", st.Version, st.Payload)
+	}
+	got, err := NewProposer("r", net).Read(ctx, addr, nodes3)
+	if err != nil || string(got.Payload) != "v3" {
+		t.Fatalf("read after: %v %v", got, err)
 	}
 }

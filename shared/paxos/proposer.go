@@ -100,12 +100,18 @@ const maxRecentOps = 256
 
 func (p *Proposer) opID() uint64 { return rand.Uint64() | 1 }
 
+// backoff spaces out retries after a conflict: randomized and exponential,
+// so duelling proposers of one hot block soon find one of them alone in a
+// round. The cap must exceed a round's latency under load (two fsync'd
+// round trips), or the duel goes on.
 type backoff struct{ d time.Duration }
+
+const maxBackoff = 128 * time.Millisecond
 
 func (b *backoff) wait(ctx context.Context) error {
 	if b.d == 0 {
-		b.d = time.Millisecond
-	} else if b.d < 16*time.Millisecond {
+		b.d = 2 * time.Millisecond
+	} else if b.d < maxBackoff {
 		b.d *= 2
 	}
 	t := time.NewTimer(time.Duration(rand.Int64N(int64(b.d))) + time.Millisecond)
@@ -185,7 +191,7 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			return res.cur, nil
 		}
 		if sent && res.cur != nil && res.cur.Version >= lastVersion+maxRecentOps-1 {
-			return fail(ErrContended)
+			return fail(fmt.Errorf("%w: the block moved %d versions past an uncertain attempt of ours", ErrContended, res.cur.Version-lastVersion))
 		}
 		next, err := change(res.cur)
 		if err != nil {
@@ -246,7 +252,7 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 		p.learn(ctx, b, next, union(quorum, next.Quorum), res.behind)
 		return next, nil
 	}
-	return fail(ErrContended)
+	return fail(fmt.Errorf("%w: %d rounds", ErrContended, p.MaxRounds))
 }
 
 type prepared struct {
@@ -363,11 +369,19 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 	oldOK, newOK := 0, 0
 	var errs []error
 	var hard error
+	newer := false
 	for range targets {
 		r := <-replies
-		if r.err != nil {
+		if errors.Is(r.err, ErrStaleVersion) {
+			// The acceptor holds a higher version accepted at a lower
+			// ballot that our prepare majority did not see, so it was not
+			// chosen. A retry at a higher ballot rebuilds on whichever
+			// value is chosen; it is a conflict, not a refusal of the
+			// change.
+			newer = true
+		} else if r.err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", r.node, r.err))
-			if errors.Is(r.err, block.ErrBadSignature) || errors.Is(r.err, block.ErrBadDerivation) || errors.Is(r.err, ErrStaleVersion) || errors.Is(r.err, block.ErrTooLarge) || errors.Is(r.err, ErrBadRequest) {
+			if errors.Is(r.err, block.ErrBadSignature) || errors.Is(r.err, block.ErrBadDerivation) || errors.Is(r.err, block.ErrTooLarge) || errors.Is(r.err, ErrBadRequest) {
 				// A definite refusal: nothing was accepted there.
 				hard = r.err
 			} else {
@@ -391,7 +405,7 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 	if hard != nil {
 		return false, 0, landed, hard
 	}
-	if stale == 0 && len(errs) > 0 {
+	if stale == 0 && !newer && len(errs) > 0 {
 		return false, 0, landed, fmt.Errorf("%w: accept: %w", ErrNoQuorum, errors.Join(errs...))
 	}
 	return false, stale, landed, nil

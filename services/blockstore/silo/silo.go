@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 
 	"shoal/shared/block"
 )
@@ -53,7 +54,11 @@ type Options struct {
 
 func (o *Options) defaults() {
 	if o.SegmentThreshold <= 0 {
-		o.SegmentThreshold = 32 << 10
+		// Block bodies in the LSM get rewritten by every compaction that
+		// moves them down a level; in segments they are written once. Only
+		// tiny blocks stay inline, where a separate pwrite would cost more
+		// than the rewrites.
+		o.SegmentThreshold = 1 << 10
 	}
 	if o.SegmentSize <= 0 {
 		o.SegmentSize = 256 << 20
@@ -112,11 +117,22 @@ func Open(dir string, opts Options) (*Silo, error) {
 		return nil, err
 	}
 	s.cache = pebble.NewCache(opts.CacheSize)
-	db, err := pebble.Open(filepath.Join(dir, "index"), &pebble.Options{
+	popts := &pebble.Options{
 		Cache:        s.cache,
 		MemTableSize: 16 << 20,
 		Logger:       quietLogger{},
-	})
+	}
+	popts.EnsureDefaults()
+	for i := range popts.Levels {
+		// Every Put first asks whether the block is already stored; for a
+		// new block the answer is no, and bloom filters give it without
+		// reading data blocks. Small blocks are content-addressed hashes
+		// and their (mostly incompressible) bytes: compression costs CPU
+		// for nothing.
+		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		popts.Levels[i].Compression = pebble.NoCompression
+	}
+	db, err := pebble.Open(filepath.Join(dir, "index"), popts)
 	if err != nil {
 		s.cache.Unref()
 		return nil, fmt.Errorf("silo: open index: %w", err)
@@ -668,13 +684,23 @@ func (s *Silo) LoadRecord(addr block.Address) ([]byte, error) {
 	return append([]byte(nil), v...), nil
 }
 
-// StoreRecord durably writes a mutable block's acceptor record: it returns
-// once the record is fsync'd, as Paxos requires before replying.
+// StoreRecord writes a mutable block's acceptor record, not yet durably:
+// the acceptor calls SyncRecords before it replies, as Paxos requires, and
+// concurrent acceptor writes share that fsync.
 func (s *Silo) StoreRecord(addr block.Address, rec []byte) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
 	k := blockKey(addr)
 	k[0] = keyPaxos
-	return s.db.Set(k, rec, pebble.Sync)
+	return s.db.Set(k, rec, pebble.NoSync)
+}
+
+// SyncRecords makes every StoreRecord that returned before it durable: the
+// WAL is sequential, so syncing an empty log record syncs all before it.
+func (s *Silo) SyncRecords() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.db.LogData(nil, pebble.Sync)
 }

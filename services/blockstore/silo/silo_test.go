@@ -272,3 +272,31 @@ func crashChild(dir string) {
 	wg.Wait()
 	os.Exit(1)
 }
+
+func TestRecordsSurviveReopen(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	a := block.Sum([]byte("mutable"))
+	if rec, err := s.LoadRecord(a); err != nil || rec != nil {
+		t.Fatalf("absent record: %q %v", rec, err)
+	}
+	if err := s.StoreRecord(a, []byte("r1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StoreRecord(a, []byte("r2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SyncRecords(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, dir, Options{})
+	if rec, err := s.LoadRecord(a); err != nil || string(rec) != "r2" {
+		t.Fatalf("after reopen: %q %v", rec, err)
+	}
+	if err := s.SyncRecords(); err != nil {
+		t.Fatalf("sync with nothing pending: %v", err)
+	}
+}
