@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -44,10 +45,22 @@ type Storage interface {
 // to one operation per fsync. No answer leaves before the sync covering
 // every write it depends on (its own, and any other it may have read) has
 // finished, so nothing a proposer was told can be lost in a crash.
+//
+// A promise also starts a short lease (RoundLease) during which a prepare
+// from another proposer is refused as if its ballot were stale: the round
+// in flight gets to finish its accept instead of being pre-empted, which is
+// what turns a duel on a hot block into a queue. Refusing a promise is
+// always safe in Paxos; the lease is in memory only and ends early once
+// the promised ballot's accept arrives, so a proposer that dies mid-round
+// delays the block by at most one lease.
 type Acceptor struct {
 	store   Storage
 	maxSize int
 	locks   [256]sync.Mutex
+	// RoundLease is how long a promise shields its round; 0 disables it.
+	RoundLease time.Duration
+	now        func() time.Time
+	leases     [256]map[block.Address]lease // guarded by locks[i]
 
 	stored atomic.Uint64 // Stores made
 	synced atomic.Uint64 // Stores known durable
@@ -82,7 +95,49 @@ func (a *Acceptor) write(addr block.Address, rec *bpb.AcceptorRecord) error {
 // NewAcceptor returns an acceptor over store; payloads above maxSize are
 // refused.
 func NewAcceptor(store Storage, maxSize int) *Acceptor {
-	return &Acceptor{store: store, maxSize: maxSize}
+	return &Acceptor{store: store, maxSize: maxSize, RoundLease: DefaultRoundLease, now: time.Now}
+}
+
+// DefaultRoundLease covers a round's accept under load (a round trip and an
+// fsync at each acceptor) with room to spare.
+const DefaultRoundLease = 30 * time.Millisecond
+
+type lease struct {
+	ballot *bpb.Ballot
+	until  time.Time
+}
+
+// leased reports whether another proposer's round holds addr; the caller
+// holds addr's lock.
+func (a *Acceptor) leased(addr block.Address, b *bpb.Ballot) (*bpb.Ballot, bool) {
+	l, ok := a.leases[addr[0]][addr]
+	if !ok {
+		return nil, false
+	}
+	if a.now().After(l.until) {
+		delete(a.leases[addr[0]], addr)
+		return nil, false
+	}
+	return l.ballot, l.ballot.Proposer != b.Proposer
+}
+
+func (a *Acceptor) grantLease(addr block.Address, b *bpb.Ballot) {
+	if a.RoundLease <= 0 {
+		return
+	}
+	m := a.leases[addr[0]]
+	if m == nil || len(m) > 4096 {
+		m = map[block.Address]lease{}
+		a.leases[addr[0]] = m
+	}
+	m[addr] = lease{b, a.now().Add(a.RoundLease)}
+}
+
+// endLease ends the lease of ballot b once its accept arrived.
+func (a *Acceptor) endLease(addr block.Address, b *bpb.Ballot) {
+	if l, ok := a.leases[addr[0]][addr]; ok && Compare(l.ballot, b) <= 0 {
+		delete(a.leases[addr[0]], addr)
+	}
 }
 
 // Compare orders ballots: by round, then proposer id. nil is the lowest.
@@ -163,10 +218,14 @@ func (a *Acceptor) prepare(addr block.Address, req *bpb.PrepareRequest, rec *bpb
 	if Compare(req.Ballot, rec.Promised) <= 0 || Compare(req.Ballot, rec.Accepted) <= 0 {
 		return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_STALE_BALLOT, Promised: maxBallot(rec.Promised, rec.Accepted)}, nil
 	}
+	if holder, ok := a.leased(addr, req.Ballot); ok {
+		return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_STALE_BALLOT, Promised: holder}, nil
+	}
 	rec.Promised = req.Ballot
 	if err := a.write(addr, rec); err != nil {
 		return nil, err
 	}
+	a.grantLease(addr, req.Ballot)
 	return &bpb.PrepareResponse{Outcome: bpb.Outcome_OUTCOME_OK, Accepted: rec.Accepted, State: rec.State}, nil
 }
 
@@ -240,6 +299,7 @@ func (a *Acceptor) accept(addr block.Address, req *bpb.AcceptRequest, rec *bpb.A
 	if err := a.write(addr, rec); err != nil {
 		return nil, err
 	}
+	a.endLease(addr, req.Ballot)
 	return &bpb.AcceptResponse{Outcome: bpb.Outcome_OUTCOME_OK}, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -54,6 +55,7 @@ type memNet struct {
 	down      map[string]bool
 	onAccept  func(node string) error
 	onPrepare func(node string) error
+	hung      map[string]bool // Peek never answers
 }
 
 func newNet(nodes ...string) *memNet {
@@ -125,10 +127,18 @@ func (n *memNet) Learn(_ context.Context, node string, req *bpb.LearnRequest) er
 	return a.Learn(proto.Clone(req).(*bpb.LearnRequest))
 }
 
-func (n *memNet) Peek(_ context.Context, node string, req *bpb.PeekRequest) (*bpb.PeekResponse, error) {
+func (n *memNet) Peek(ctx context.Context, node string, req *bpb.PeekRequest) (*bpb.PeekResponse, error) {
 	a, err := n.get(node)
 	if err != nil {
 		return nil, err
+	}
+	n.mu.Lock()
+	hung := n.hung[node]
+	n.mu.Unlock()
+	if hung {
+		// A paused process: no answer until the caller gives up.
+		<-ctx.Done()
+		return nil, ctx.Err()
 	}
 	return a.Peek(req)
 }
@@ -460,5 +470,30 @@ func TestUnchosenHigherVersionIsOvertaken(t *testing.T) {
 	got, err := NewProposer("r", net).Read(ctx, addr, nodes3)
 	if err != nil || string(got.Payload) != "v3" {
 		t.Fatalf("read after: %v %v", got, err)
+	}
+}
+
+// A read asks a bare majority first; when one of those acceptors hangs
+// (a paused process), the read still completes by asking the others.
+func TestReadAroundHungAcceptor(t *testing.T) {
+	net := newNet(nodes3...)
+	k := newKey(t)
+	ctx := context.Background()
+	g := genesis(k, "h", []byte("v1"))
+	addr, _ := block.FromBytes(g.Address)
+	p := NewProposer("p", net)
+	if _, err := p.Propose(ctx, addr, nodes3, create(g)); err != nil {
+		t.Fatal(err)
+	}
+	for _, hung := range nodes3 {
+		net.mu.Lock()
+		net.hung = map[string]bool{hung: true}
+		net.mu.Unlock()
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := NewProposer("r", net).Read(rctx, addr, nodes3)
+		cancel()
+		if err != nil || string(st.Payload) != "v1" {
+			t.Fatalf("read with %s hung: %v %v", hung, st, err)
+		}
 	}
 }

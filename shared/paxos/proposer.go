@@ -102,11 +102,13 @@ func (p *Proposer) opID() uint64 { return rand.Uint64() | 1 }
 
 // backoff spaces out retries after a conflict: randomized and exponential,
 // so duelling proposers of one hot block soon find one of them alone in a
-// round. The cap must exceed a round's latency under load (two fsync'd
-// round trips), or the duel goes on.
+// round. Acceptors hold a short lease for the round in flight (see
+// Acceptor), so a retry that comes too early is refused cheaply instead
+// of breaking that round; waits can therefore stay short, which keeps a
+// writer that lost from falling far behind.
 type backoff struct{ d time.Duration }
 
-const maxBackoff = 128 * time.Millisecond
+const maxBackoff = 32 * time.Millisecond
 
 func (b *backoff) wait(ctx context.Context) error {
 	if b.d == 0 {
@@ -214,7 +216,6 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 					}
 					continue
 				}
-				p.learn(ctx, b, res.cur, quorum, nil)
 			}
 			return fail(err)
 		}
@@ -249,7 +250,6 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			continue
 		}
 		p.remember(addr, next.Quorum)
-		p.learn(ctx, b, next, union(quorum, next.Quorum), res.behind)
 		return next, nil
 	}
 	return fail(fmt.Errorf("%w: %d rounds", ErrContended, p.MaxRounds))
@@ -354,23 +354,18 @@ func union(a, b []string) []string {
 func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, quorum []string) (ok bool, stale uint64, landed bool, err error) {
 	targets := union(quorum, st.Quorum)
 	req := &bpb.AcceptRequest{Ballot: b, State: st, Quorum: quorum}
-	type reply struct {
-		node string
-		resp *bpb.AcceptResponse
-		err  error
-	}
-	replies := make(chan reply, len(targets))
+	replies := make(chan acceptReply, len(targets))
 	for _, n := range targets {
 		go func() {
 			r, err := p.t.Accept(ctx, n, req)
-			replies <- reply{n, r, err}
+			replies <- acceptReply{n, r, err}
 		}()
 	}
 	oldOK, newOK := 0, 0
 	var errs []error
 	var hard error
 	newer := false
-	for range targets {
+	for got := 1; got <= len(targets); got++ {
 		r := <-replies
 		if errors.Is(r.err, ErrStaleVersion) {
 			// The acceptor holds a higher version accepted at a lower
@@ -399,6 +394,10 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 			stale = max(stale, r.resp.Promised.Round)
 		}
 		if oldOK >= majority(len(quorum)) && newOK >= majority(len(st.Quorum)) {
+			// Decided. Acceptors still to answer are told the decision
+			// only if their accept fails, so the usual update costs no
+			// extra round trip.
+			go p.learnStragglers(ctx, b, st, replies, len(targets)-got)
 			return true, 0, true, nil
 		}
 	}
@@ -409,6 +408,27 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 		return false, 0, landed, fmt.Errorf("%w: accept: %w", ErrNoQuorum, errors.Join(errs...))
 	}
 	return false, stale, landed, nil
+}
+
+type acceptReply struct {
+	node string
+	resp *bpb.AcceptResponse
+	err  error
+}
+
+// learnStragglers waits for the n outstanding accept replies of a decided
+// state and sends the decision to each acceptor that did not accept it.
+func (p *Proposer) learnStragglers(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, replies <-chan acceptReply, n int) {
+	var behind []string
+	for range n {
+		r := <-replies
+		if r.err != nil || r.resp.Outcome != bpb.Outcome_OUTCOME_OK {
+			behind = append(behind, r.node)
+		}
+	}
+	if len(behind) > 0 {
+		p.learn(ctx, b, st, behind, nil)
+	}
 }
 
 // learn tells every acceptor of the block the decision, in the background:
@@ -465,19 +485,40 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 		err  error
 	}
 	replies := make(chan reply, len(quorum))
-	for _, n := range quorum {
-		go func() {
-			r, err := p.t.Peek(ctx, n, req)
-			replies <- reply{n, r, err}
-		}()
+	send := func(nodes []string) {
+		for _, n := range nodes {
+			go func() {
+				r, err := p.t.Peek(ctx, n, req)
+				replies <- reply{n, r, err}
+			}()
+		}
 	}
 	need := majority(len(quorum))
+	// A bare majority usually agrees: ask it first, and the others only
+	// when its answers do not settle the read. A read then costs two
+	// round trips' worth of work instead of three.
+	send(quorum[:need])
+	asked := need
 	var groups []*peekGroup
 	var stale []string
 	empty, answered := 0, 0
 	var errs []error
-	for range quorum {
-		r := <-replies
+	// A paused or dead acceptor never answers: if the majority has not
+	// settled the read by hedgeAfter, the others are asked too.
+	hedge := time.NewTimer(hedgeAfter)
+	defer hedge.Stop()
+	for got := 1; got <= asked; got++ {
+		var r reply
+		select {
+		case r = <-replies:
+		case <-hedge.C:
+			if asked < len(quorum) {
+				send(quorum[asked:])
+				asked = len(quorum)
+			}
+			got--
+			continue
+		}
 		if r.err != nil {
 			errs = append(errs, r.err)
 		} else {
@@ -512,12 +553,20 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 		if empty >= need {
 			return nil, nil, block.ErrNotFound
 		}
+		if got == asked && asked < len(quorum) {
+			send(quorum[asked:])
+			asked = len(quorum)
+		}
 	}
 	if answered < need {
 		return nil, nil, fmt.Errorf("%w: %d of %d acceptors answered: %w", ErrNoQuorum, answered, len(quorum), errors.Join(errs...))
 	}
 	return nil, nil, nil
 }
+
+// hedgeAfter is how long a read waits on a bare majority before asking
+// the block's other acceptors: well above a healthy round trip.
+const hedgeAfter = 20 * time.Millisecond
 
 type peekGroup struct {
 	ballot *bpb.Ballot
