@@ -50,6 +50,14 @@ type Config struct {
 	// every metadata block. All S3 servers of a cluster must share it (a
 	// swarm secret); empty means <data>/s3/signing.key, created on first use.
 	KeyFile string `yaml:"key_file"`
+	// MetaCacheTTL is how long a server reuses an access-key table or a
+	// bucket record it read, instead of a quorum read per request. Unknown
+	// keys and buckets are always read afresh; a key deleted or a bucket
+	// setting changed through another server (or the CLI) takes effect
+	// here within this time, as with AWS's eventually
+	// consistent IAM and bucket configuration; a change made through this
+	// server drops its own cached copy. 0 reads on every request.
+	MetaCacheTTL time.Duration `yaml:"meta_cache_ttl"`
 	// MinPartSize is the smallest non-last multipart part (5 MiB in AWS;
 	// lowered only by tests).
 	MinPartSize int64 `yaml:"-"`
@@ -67,6 +75,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout: 30 * time.Second,
 		MinPartSize:     minPartSize,
 		Dedup:           "127.0.0.1:7300",
+		MetaCacheTTL:    time.Second,
 	}
 }
 
@@ -83,6 +92,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownTimeout, prefix+"shutdown-timeout", d.ShutdownTimeout, "How long graceful shutdown waits for requests in flight.")
 	fs.StringVar(&c.Dedup, prefix+"dedup", d.Dedup, "Dedup service address, used when dedup is not in this process.")
 	fs.StringVar(&c.KeyFile, prefix+"key-file", d.KeyFile, "Key file signing S3 metadata, shared by all S3 servers of a cluster (default: <data>/s3/signing.key, created when missing).")
+	fs.DurationVar(&c.MetaCacheTTL, prefix+"meta-cache-ttl", d.MetaCacheTTL, "How long an access-key table or bucket record read is reused; changes made through other servers apply here within this time (0: read per request).")
 	c.MinPartSize = d.MinPartSize
 }
 

@@ -101,9 +101,13 @@ func (q *request) loadBucket() (*bucket, error) {
 	if q.bkt != nil {
 		return q.bkt, nil
 	}
-	b, err := q.s.loadBucket(q.ctx, q.bucket)
-	if err != nil {
-		return nil, err
+	b := q.s.cache.getBucket(q.bucket)
+	if b == nil {
+		var err error
+		if b, err = q.s.loadBucket(q.ctx, q.bucket); err != nil {
+			return nil, err
+		}
+		q.s.cache.putBucket(q.bucket, b)
 	}
 	q.bkt = b
 	return b, nil
@@ -341,6 +345,7 @@ func (q *request) getBucketLocation() error {
 }
 
 func (q *request) deleteBucket() error {
+	defer q.s.cache.dropBucket(q.bucket)
 	s := q.s
 	b, err := q.loadBucket()
 	if err != nil {
@@ -405,6 +410,7 @@ func unsealAll(ctx context.Context, ix *index) error {
 
 // updateInfo changes the bucket root through read-modify-write.
 func (q *request) updateInfo(fn func(*bucketInfo) error) error {
+	defer q.s.cache.dropBucket(q.bucket)
 	b, err := q.loadBucket()
 	if err != nil {
 		return err

@@ -86,6 +86,7 @@ func (s *Server) named(ctx context.Context, name string, initial []byte) ([32]by
 
 // CreateKey makes a new access key for user and returns its id and secret.
 func (s *Server) CreateKey(ctx context.Context, user string) (id, secret string, err error) {
+	defer s.cache.dropKeys()
 	if user == "" || len(user) > 64 || strings.ContainsAny(user, "\x00/") {
 		return "", "", ErrInvalidUser
 	}
@@ -131,6 +132,7 @@ func (s *Server) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 
 // DeleteKey removes an access key; requests signed with it fail at once.
 func (s *Server) DeleteKey(ctx context.Context, id string) error {
+	defer s.cache.dropKeys()
 	a, err := s.keysAddr(ctx)
 	if err != nil {
 		return err
@@ -164,16 +166,30 @@ func (s *Server) loadKeys(ctx context.Context) (*keyTable, error) {
 	return decodeKeys(b)
 }
 
-// lookupKey returns the secret and user of an access key. Keys are read on
-// every request (a quorum read) so a deleted key stops working everywhere.
+// lookupKey returns the secret and user of an access key. The key table is
+// reused for Config.MetaCacheTTL, so a key deleted through another server
+// stops working here within that time (at once through this one).
 func (s *Server) lookupKey(ctx context.Context, id string) (secret, user string, err error) {
-	t, err := s.loadKeys(ctx)
-	if err != nil {
-		return "", "", err
+	t := s.cache.getKeys()
+	if _, ok := t.lookup(id); !ok {
+		// Unknown ids are never answered from the cache: a key created
+		// through another server or the CLI works at once.
+		if t, err = s.loadKeys(ctx); err != nil {
+			return "", "", err
+		}
+		s.cache.putKeys(t)
 	}
 	k, ok := t.Keys[id]
 	if !ok {
 		return "", "", sigv4.ErrInvalidAccessKey
 	}
 	return k.Secret, k.User, nil
+}
+
+func (t *keyTable) lookup(id string) (storedKey, bool) {
+	if t == nil {
+		return storedKey{}, false
+	}
+	k, ok := t.Keys[id]
+	return k, ok
 }

@@ -38,6 +38,8 @@ type Server struct {
 
 	namesMu sync.Mutex
 	names   map[string][32]byte
+
+	cache *metaCache
 }
 
 // New builds a server. It does not touch the stores until requests arrive.
@@ -55,8 +57,10 @@ func New(cfg Config, data DataStore, meta MetaStore, logger *slog.Logger) (*Serv
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, data: data, meta: meta, log: logger, tel: tel,
-		dirs: newDirCache(), now: time.Now, names: map[string][32]byte{}}, nil
+	s := &Server{cfg: cfg, data: data, meta: meta, log: logger, tel: tel,
+		dirs: newDirCache(), now: time.Now, names: map[string][32]byte{}}
+	s.cache = newMetaCache(cfg.MetaCacheTTL, func() time.Time { return s.now() })
+	return s, nil
 }
 
 // Handler returns the HTTP handler serving the S3 API.

@@ -42,6 +42,8 @@ type Change func(cur *bpb.MutableState) (*bpb.MutableState, error)
 // Stats counts what proposals cost, for benchmarks and tests.
 type Stats struct {
 	Rounds, Conflicts, QuorumMoves atomic.Int64
+	// PrepareNanos and AcceptNanos add up the time spent in each phase.
+	PrepareNanos, AcceptNanos atomic.Int64
 }
 
 // Proposer proposes changes to blocks.
@@ -153,7 +155,9 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 		}
 		p.Stats.Rounds.Add(1)
 		b := p.ballot(seen)
+		t0 := time.Now()
 		res, err := p.prepare(ctx, addr, b, quorum)
+		p.Stats.PrepareNanos.Add(int64(time.Since(t0)))
 		if err != nil {
 			return fail(err)
 		}
@@ -234,7 +238,9 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			next.RecentOps = append(slices.Clone(prev), opID)
 		}
 		lastVersion = next.Version
+		t0 = time.Now()
 		ok, stale, landed, err := p.accept(ctx, b, next, quorum)
+		p.Stats.AcceptNanos.Add(int64(time.Since(t0)))
 		if !ok && landed {
 			sent = true
 		}
