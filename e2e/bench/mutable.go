@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"strconv"
-	"time"
 
 	"shoal/shared/block"
 	"shoal/shared/dht"
@@ -30,9 +29,6 @@ func mutableBench(cl *dht.Client, clients, ops int) {
 		})
 		check(err)
 	})
-	st := cl.PaxosStats()
-	fmt.Printf("  (phases: prepare %v, accept %v per round)\n",
-		time.Duration(st.PrepareNanos.Load()/max(1, st.Rounds.Load())), time.Duration(st.AcceptNanos.Load()/max(1, st.Rounds.Load())))
 	add(fmt.Sprintf("mutable update, %d clients, own blocks", clients), fmt.Sprintf("%.0f ops/s", up.rate()), fmt.Sprintf("p50 %v p99 %v (target >= 2000/s)", up.pct(50), up.pct(99)))
 	rd := measure(per*clients, clients, func(i int) {
 		_, err := cl.GetMutable(ctx, addrs[i%clients])

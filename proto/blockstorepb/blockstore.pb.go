@@ -1210,7 +1210,11 @@ type AcceptRequest struct {
 	Ballot *Ballot                `protobuf:"bytes,1,opt,name=ballot,proto3" json:"ballot,omitempty"`
 	State  *MutableState          `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
 	// The acceptor set the proposer works with (the old one, during a change).
-	Quorum        []string `protobuf:"bytes,3,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	Quorum []string `protobuf:"bytes,3,rep,name=quorum,proto3" json:"quorum,omitempty"`
+	// If set (a later ballot of the same proposer), accepting also promises
+	// it, so the proposer's next change to this block can skip the prepare
+	// phase (one round trip instead of two).
+	PromiseNext   *Ballot `protobuf:"bytes,4,opt,name=promise_next,json=promiseNext,proto3" json:"promise_next,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1262,6 +1266,13 @@ func (x *AcceptRequest) GetState() *MutableState {
 func (x *AcceptRequest) GetQuorum() []string {
 	if x != nil {
 		return x.Quorum
+	}
+	return nil
+}
+
+func (x *AcceptRequest) GetPromiseNext() *Ballot {
+	if x != nil {
+		return x.PromiseNext
 	}
 	return nil
 }
@@ -1652,11 +1663,12 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\bpromised\x18\x02 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\bpromised\x127\n" +
 	"\baccepted\x18\x03 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\baccepted\x127\n" +
 	"\x05state\x18\x04 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\x12\x16\n" +
-	"\x06quorum\x18\x05 \x03(\tR\x06quorum\"\x95\x01\n" +
+	"\x06quorum\x18\x05 \x03(\tR\x06quorum\"\xd5\x01\n" +
 	"\rAcceptRequest\x123\n" +
 	"\x06ballot\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\x06ballot\x127\n" +
 	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\x12\x16\n" +
-	"\x06quorum\x18\x03 \x03(\tR\x06quorum\"\x99\x01\n" +
+	"\x06quorum\x18\x03 \x03(\tR\x06quorum\x12>\n" +
+	"\fpromise_next\x18\x04 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\vpromiseNext\"\x99\x01\n" +
 	"\x0eAcceptResponse\x126\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x1c.shoal.blockstore.v1.OutcomeR\aoutcome\x127\n" +
 	"\bpromised\x18\x02 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\bpromised\x12\x16\n" +
@@ -1751,42 +1763,43 @@ var file_blockstorepb_blockstore_proto_depIdxs = []int32{
 	17, // 7: shoal.blockstore.v1.PrepareResponse.state:type_name -> shoal.blockstore.v1.MutableState
 	16, // 8: shoal.blockstore.v1.AcceptRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
 	17, // 9: shoal.blockstore.v1.AcceptRequest.state:type_name -> shoal.blockstore.v1.MutableState
-	1,  // 10: shoal.blockstore.v1.AcceptResponse.outcome:type_name -> shoal.blockstore.v1.Outcome
-	16, // 11: shoal.blockstore.v1.AcceptResponse.promised:type_name -> shoal.blockstore.v1.Ballot
-	16, // 12: shoal.blockstore.v1.LearnRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
-	17, // 13: shoal.blockstore.v1.LearnRequest.state:type_name -> shoal.blockstore.v1.MutableState
-	16, // 14: shoal.blockstore.v1.PeekResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
-	17, // 15: shoal.blockstore.v1.PeekResponse.state:type_name -> shoal.blockstore.v1.MutableState
-	16, // 16: shoal.blockstore.v1.AcceptorRecord.promised:type_name -> shoal.blockstore.v1.Ballot
-	16, // 17: shoal.blockstore.v1.AcceptorRecord.accepted:type_name -> shoal.blockstore.v1.Ballot
-	17, // 18: shoal.blockstore.v1.AcceptorRecord.state:type_name -> shoal.blockstore.v1.MutableState
-	2,  // 19: shoal.blockstore.v1.BlockStore.Put:input_type -> shoal.blockstore.v1.PutRequest
-	4,  // 20: shoal.blockstore.v1.BlockStore.Get:input_type -> shoal.blockstore.v1.GetRequest
-	6,  // 21: shoal.blockstore.v1.BlockStore.Has:input_type -> shoal.blockstore.v1.HasRequest
-	8,  // 22: shoal.blockstore.v1.BlockStore.Delete:input_type -> shoal.blockstore.v1.DeleteRequest
-	10, // 23: shoal.blockstore.v1.BlockStore.Stat:input_type -> shoal.blockstore.v1.StatRequest
-	12, // 24: shoal.blockstore.v1.BlockStore.NodeStats:input_type -> shoal.blockstore.v1.NodeStatsRequest
-	14, // 25: shoal.blockstore.v1.BlockStore.List:input_type -> shoal.blockstore.v1.ListRequest
-	18, // 26: shoal.blockstore.v1.BlockStore.Prepare:input_type -> shoal.blockstore.v1.PrepareRequest
-	20, // 27: shoal.blockstore.v1.BlockStore.Accept:input_type -> shoal.blockstore.v1.AcceptRequest
-	22, // 28: shoal.blockstore.v1.BlockStore.Learn:input_type -> shoal.blockstore.v1.LearnRequest
-	24, // 29: shoal.blockstore.v1.BlockStore.Peek:input_type -> shoal.blockstore.v1.PeekRequest
-	3,  // 30: shoal.blockstore.v1.BlockStore.Put:output_type -> shoal.blockstore.v1.PutResponse
-	5,  // 31: shoal.blockstore.v1.BlockStore.Get:output_type -> shoal.blockstore.v1.GetResponse
-	7,  // 32: shoal.blockstore.v1.BlockStore.Has:output_type -> shoal.blockstore.v1.HasResponse
-	9,  // 33: shoal.blockstore.v1.BlockStore.Delete:output_type -> shoal.blockstore.v1.DeleteResponse
-	11, // 34: shoal.blockstore.v1.BlockStore.Stat:output_type -> shoal.blockstore.v1.StatResponse
-	13, // 35: shoal.blockstore.v1.BlockStore.NodeStats:output_type -> shoal.blockstore.v1.NodeStatsResponse
-	15, // 36: shoal.blockstore.v1.BlockStore.List:output_type -> shoal.blockstore.v1.ListResponse
-	19, // 37: shoal.blockstore.v1.BlockStore.Prepare:output_type -> shoal.blockstore.v1.PrepareResponse
-	21, // 38: shoal.blockstore.v1.BlockStore.Accept:output_type -> shoal.blockstore.v1.AcceptResponse
-	23, // 39: shoal.blockstore.v1.BlockStore.Learn:output_type -> shoal.blockstore.v1.LearnResponse
-	25, // 40: shoal.blockstore.v1.BlockStore.Peek:output_type -> shoal.blockstore.v1.PeekResponse
-	30, // [30:41] is the sub-list for method output_type
-	19, // [19:30] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	16, // 10: shoal.blockstore.v1.AcceptRequest.promise_next:type_name -> shoal.blockstore.v1.Ballot
+	1,  // 11: shoal.blockstore.v1.AcceptResponse.outcome:type_name -> shoal.blockstore.v1.Outcome
+	16, // 12: shoal.blockstore.v1.AcceptResponse.promised:type_name -> shoal.blockstore.v1.Ballot
+	16, // 13: shoal.blockstore.v1.LearnRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
+	17, // 14: shoal.blockstore.v1.LearnRequest.state:type_name -> shoal.blockstore.v1.MutableState
+	16, // 15: shoal.blockstore.v1.PeekResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
+	17, // 16: shoal.blockstore.v1.PeekResponse.state:type_name -> shoal.blockstore.v1.MutableState
+	16, // 17: shoal.blockstore.v1.AcceptorRecord.promised:type_name -> shoal.blockstore.v1.Ballot
+	16, // 18: shoal.blockstore.v1.AcceptorRecord.accepted:type_name -> shoal.blockstore.v1.Ballot
+	17, // 19: shoal.blockstore.v1.AcceptorRecord.state:type_name -> shoal.blockstore.v1.MutableState
+	2,  // 20: shoal.blockstore.v1.BlockStore.Put:input_type -> shoal.blockstore.v1.PutRequest
+	4,  // 21: shoal.blockstore.v1.BlockStore.Get:input_type -> shoal.blockstore.v1.GetRequest
+	6,  // 22: shoal.blockstore.v1.BlockStore.Has:input_type -> shoal.blockstore.v1.HasRequest
+	8,  // 23: shoal.blockstore.v1.BlockStore.Delete:input_type -> shoal.blockstore.v1.DeleteRequest
+	10, // 24: shoal.blockstore.v1.BlockStore.Stat:input_type -> shoal.blockstore.v1.StatRequest
+	12, // 25: shoal.blockstore.v1.BlockStore.NodeStats:input_type -> shoal.blockstore.v1.NodeStatsRequest
+	14, // 26: shoal.blockstore.v1.BlockStore.List:input_type -> shoal.blockstore.v1.ListRequest
+	18, // 27: shoal.blockstore.v1.BlockStore.Prepare:input_type -> shoal.blockstore.v1.PrepareRequest
+	20, // 28: shoal.blockstore.v1.BlockStore.Accept:input_type -> shoal.blockstore.v1.AcceptRequest
+	22, // 29: shoal.blockstore.v1.BlockStore.Learn:input_type -> shoal.blockstore.v1.LearnRequest
+	24, // 30: shoal.blockstore.v1.BlockStore.Peek:input_type -> shoal.blockstore.v1.PeekRequest
+	3,  // 31: shoal.blockstore.v1.BlockStore.Put:output_type -> shoal.blockstore.v1.PutResponse
+	5,  // 32: shoal.blockstore.v1.BlockStore.Get:output_type -> shoal.blockstore.v1.GetResponse
+	7,  // 33: shoal.blockstore.v1.BlockStore.Has:output_type -> shoal.blockstore.v1.HasResponse
+	9,  // 34: shoal.blockstore.v1.BlockStore.Delete:output_type -> shoal.blockstore.v1.DeleteResponse
+	11, // 35: shoal.blockstore.v1.BlockStore.Stat:output_type -> shoal.blockstore.v1.StatResponse
+	13, // 36: shoal.blockstore.v1.BlockStore.NodeStats:output_type -> shoal.blockstore.v1.NodeStatsResponse
+	15, // 37: shoal.blockstore.v1.BlockStore.List:output_type -> shoal.blockstore.v1.ListResponse
+	19, // 38: shoal.blockstore.v1.BlockStore.Prepare:output_type -> shoal.blockstore.v1.PrepareResponse
+	21, // 39: shoal.blockstore.v1.BlockStore.Accept:output_type -> shoal.blockstore.v1.AcceptResponse
+	23, // 40: shoal.blockstore.v1.BlockStore.Learn:output_type -> shoal.blockstore.v1.LearnResponse
+	25, // 41: shoal.blockstore.v1.BlockStore.Peek:output_type -> shoal.blockstore.v1.PeekResponse
+	31, // [31:42] is the sub-list for method output_type
+	20, // [20:31] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_blockstorepb_blockstore_proto_init() }

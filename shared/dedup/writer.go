@@ -108,7 +108,7 @@ type job struct {
 
 // recentSize bounds the per-Write set of addresses already stored or being
 // stored, so repeats (runs of zeros, say) are neither asked about nor sent
-// twice. It is a FIFO, so memory stays fixed (~5 MiB) however long the
+// twice. It is a FIFO, so memory stays bounded (~5 MiB) however long the
 // stream; Stats.Unique is exact for streams of up to this many chunks.
 const recentSize = 1 << 16
 
@@ -120,8 +120,9 @@ type recent struct {
 
 func (r *recent) add(a block.Address) {
 	if r.set == nil {
-		r.set = make(map[block.Address]struct{}, recentSize)
-		r.fifo = make([]block.Address, 0, recentSize)
+		// Grown as chunks come, not sized for the bound up front: a small
+		// object (most S3 PUTs) must not pay for zeroing ~5 MiB.
+		r.set = map[block.Address]struct{}{}
 	}
 	if len(r.fifo) < recentSize {
 		r.fifo = append(r.fifo, a)

@@ -296,6 +296,11 @@ func (a *Acceptor) accept(addr block.Address, req *bpb.AcceptRequest, rec *bpb.A
 		return nil, err
 	}
 	rec.Promised, rec.Accepted, rec.State = req.Ballot, req.Ballot, req.State
+	if n := req.PromiseNext; n != nil && n.Proposer == req.Ballot.Proposer && Compare(n, req.Ballot) > 0 {
+		// Phase 1 of the proposer's next ballot, done now: what it would
+		// learn is exactly the state it is sending.
+		rec.Promised = n
+	}
 	if err := a.write(addr, rec); err != nil {
 		return nil, err
 	}

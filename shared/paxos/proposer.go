@@ -44,6 +44,8 @@ type Stats struct {
 	Rounds, Conflicts, QuorumMoves atomic.Int64
 	// PrepareNanos and AcceptNanos add up the time spent in each phase.
 	PrepareNanos, AcceptNanos atomic.Int64
+	// FastRounds counts proposals that skipped the prepare phase.
+	FastRounds atomic.Int64
 }
 
 // Proposer proposes changes to blocks.
@@ -57,11 +59,38 @@ type Proposer struct {
 
 	mu      sync.Mutex
 	quorums map[block.Address][]string // last known acceptor set per block
+	// fast holds, per block this proposer last decided, a ballot a
+	// majority has already promised and the state they hold: the next
+	// change can go straight to the accept phase. An entry is taken by one
+	// proposal only, so a reserved ballot never carries two values.
+	fast map[block.Address]*fastEntry
+}
+
+type fastEntry struct {
+	ballot *bpb.Ballot
+	state  *bpb.MutableState
+}
+
+func (p *Proposer) takeFast(addr block.Address) *fastEntry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.fast[addr]
+	delete(p.fast, addr)
+	return e
+}
+
+func (p *Proposer) putFast(addr block.Address, e *fastEntry) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.fast) > 100_000 {
+		clear(p.fast)
+	}
+	p.fast[addr] = e
 }
 
 // NewProposer returns a proposer with a unique id.
 func NewProposer(id string, t Transport) *Proposer {
-	return &Proposer{id: id, t: t, MaxRounds: 200, quorums: map[block.Address][]string{}}
+	return &Proposer{id: id, t: t, MaxRounds: 200, quorums: map[block.Address][]string{}, fast: map[block.Address]*fastEntry{}}
 }
 
 func (p *Proposer) ballot(atLeast uint64) *bpb.Ballot {
@@ -149,6 +178,32 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 		}
 		return nil, err
 	}
+	if e := p.takeFast(addr); e != nil && SameSet(e.state.Quorum, quorum) {
+		// One round trip: the ballot is promised and e.state is what the
+		// promising majority holds. If anyone prepared since, the accept
+		// is refused and the full rounds below take over. A change that
+		// fails on this possibly stale state is not reported: the full
+		// round decides it on the state it reads.
+		if next, err := change(e.state); err == nil {
+			p.Stats.Rounds.Add(1)
+			p.Stats.FastRounds.Add(1)
+			next = stamp(next, e.state, opID, quorum)
+			lastVersion = next.Version
+			ok, stale, landed, err := p.acceptNext(ctx, addr, e.ballot, next, quorum)
+			if !ok && landed {
+				sent = true
+			}
+			if err != nil {
+				return fail(err)
+			}
+			if ok {
+				p.remember(addr, next.Quorum)
+				return next, nil
+			}
+			p.Stats.Conflicts.Add(1)
+			seen = max(seen, stale)
+		}
+	}
 	for attempt := 0; attempt < p.MaxRounds; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
@@ -182,7 +237,7 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			// An earlier attempt of ours was carried forward: the change
 			// is applied already. Make sure it is chosen, then report it.
 			if !res.unanimous {
-				ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum)
+				ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum, nil)
 				if aerr != nil {
 					return fail(aerr)
 				}
@@ -208,7 +263,7 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			// the whole majority already agrees on it, decide it again
 			// unchanged at this ballot (CASPaxos's identity function).
 			if res.cur != nil && !res.unanimous {
-				ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum)
+				ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum, nil)
 				if aerr != nil {
 					return fail(aerr)
 				}
@@ -223,23 +278,10 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			}
 			return fail(err)
 		}
-		next = proto.Clone(next).(*bpb.MutableState)
-		if len(next.Quorum) == 0 {
-			next.Quorum = quorum
-		}
-		if res.cur == nil || next.Version > res.cur.Version {
-			var prev []uint64
-			if res.cur != nil {
-				prev = res.cur.RecentOps
-			}
-			if len(prev) >= maxRecentOps {
-				prev = prev[len(prev)-maxRecentOps+1:]
-			}
-			next.RecentOps = append(slices.Clone(prev), opID)
-		}
+		next = stamp(next, res.cur, opID, quorum)
 		lastVersion = next.Version
 		t0 = time.Now()
-		ok, stale, landed, err := p.accept(ctx, b, next, quorum)
+		ok, stale, landed, err := p.acceptNext(ctx, addr, b, next, quorum)
 		p.Stats.AcceptNanos.Add(int64(time.Since(t0)))
 		if !ok && landed {
 			sent = true
@@ -259,6 +301,38 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 		return next, nil
 	}
 	return fail(fmt.Errorf("%w: %d rounds", ErrContended, p.MaxRounds))
+}
+
+// stamp completes a proposed state: the acceptor set, and this proposal's
+// op id among the recent ones when it makes a new version.
+func stamp(next, cur *bpb.MutableState, opID uint64, quorum []string) *bpb.MutableState {
+	next = proto.Clone(next).(*bpb.MutableState)
+	if len(next.Quorum) == 0 {
+		next.Quorum = quorum
+	}
+	if cur == nil || next.Version > cur.Version {
+		var prev []uint64
+		if cur != nil {
+			prev = cur.RecentOps
+		}
+		if len(prev) >= maxRecentOps {
+			prev = prev[len(prev)-maxRecentOps+1:]
+		}
+		next.RecentOps = append(slices.Clone(prev), opID)
+	}
+	return next
+}
+
+// acceptNext is accept for a new state, asking the acceptors to promise
+// this proposer's next ballot too; once decided, that ballot and the state
+// are kept for the block's next change (see fast).
+func (p *Proposer) acceptNext(ctx context.Context, addr block.Address, b *bpb.Ballot, st *bpb.MutableState, quorum []string) (ok bool, stale uint64, landed bool, err error) {
+	nb := p.ballot(b.Round) // reserved: no other proposal of ours gets it
+	ok, stale, landed, err = p.accept(ctx, b, st, quorum, nb)
+	if ok {
+		p.putFast(addr, &fastEntry{ballot: nb, state: st})
+	}
+	return ok, stale, landed, err
 }
 
 type prepared struct {
@@ -357,9 +431,9 @@ func union(a, b []string) []string {
 //
 // landed reports whether the state may have been accepted anywhere (an
 // acceptor said yes, or a reply was lost), which makes a failure uncertain.
-func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, quorum []string) (ok bool, stale uint64, landed bool, err error) {
+func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, quorum []string, promiseNext *bpb.Ballot) (ok bool, stale uint64, landed bool, err error) {
 	targets := union(quorum, st.Quorum)
-	req := &bpb.AcceptRequest{Ballot: b, State: st, Quorum: quorum}
+	req := &bpb.AcceptRequest{Ballot: b, State: st, Quorum: quorum, PromiseNext: promiseNext}
 	replies := make(chan acceptReply, len(targets))
 	for _, n := range targets {
 		go func() {
