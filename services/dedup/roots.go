@@ -30,6 +30,10 @@ type rootSet struct {
 	dht *dht.Client
 	key ed25519.PrivateKey
 	pub ed25519.PublicKey
+	// shardMu queues this replica's changes to one shard: concurrent
+	// proposals from one process would only pre-empt each other, while
+	// queued ones each take a single round trip (the proposer's fast path).
+	shardMu [rootShards]sync.Mutex
 }
 
 func newRootSet(dc *dht.Client, key ed25519.PrivateKey) *rootSet {
@@ -123,7 +127,10 @@ var errNoChange = errors.New("dedup: root set unchanged")
 // reaches zero is removed. Releasing an absent root is a no-op.
 func (rs *rootSet) add(ctx context.Context, volume string, ref []byte, delta int) error {
 	k := rootKey(volume, ref)
-	name := shardName(shardOf(k))
+	shard := shardOf(k)
+	rs.shardMu[shard].Lock()
+	defer rs.shardMu[shard].Unlock()
+	name := shardName(shard)
 	addr := block.NamedAddress(rs.pub, name)
 	apply := func(m map[string]uint64) bool {
 		c := m[k]

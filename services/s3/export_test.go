@@ -2,6 +2,7 @@ package s3
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -17,13 +18,13 @@ func NewTestIndex(ctx context.Context, meta MetaStore, splitBytes int) (*Index, 
 	if err != nil {
 		return nil, err
 	}
-	return &index{meta: meta, dir: dir, splitBytes: splitBytes, cache: newDirCache()}, nil
+	return &index{meta: meta, dir: dir, splitBytes: splitBytes, cache: newDirCache(), splitting: &sync.Map{}}, nil
 }
 
 // Reopen returns a second handle with its own directory cache, as another
 // server would have.
 func (ix *index) Reopen() *Index {
-	return &index{meta: ix.meta, dir: ix.dir, splitBytes: ix.splitBytes, cache: newDirCache()}
+	return &index{meta: ix.meta, dir: ix.dir, splitBytes: ix.splitBytes, cache: newDirCache(), splitting: &sync.Map{}}
 }
 
 func (ix *index) Put(ctx context.Context, k string, v []byte) error {

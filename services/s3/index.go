@@ -234,6 +234,10 @@ type index struct {
 	dir        [32]byte
 	splitBytes int
 	cache      *dirCache
+	// splitting holds the shards this server is splitting: every PUT that
+	// finds its shard over the limit would otherwise start its own split of
+	// the same shard, and all but one would fail after doing the work.
+	splitting *sync.Map
 }
 
 // createIndex makes an empty index: one shard covering everything and a
@@ -400,7 +404,10 @@ func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found
 		if size > ix.splitBytes {
 			// Best effort: a failed split leaves a large but valid shard and
 			// the next write retries.
-			_ = ix.split(ctx, addr)
+			if _, busy := ix.splitting.LoadOrStore(addr, true); !busy {
+				_ = ix.split(ctx, addr)
+				ix.splitting.Delete(addr)
+			}
 		}
 		return nil
 	}

@@ -39,7 +39,8 @@ type Server struct {
 	namesMu sync.Mutex
 	names   map[string][32]byte
 
-	cache *metaCache
+	cache     *metaCache
+	splitting sync.Map // index shards being split (see index.splitting)
 }
 
 // New builds a server. It does not touch the stores until requests arrive.

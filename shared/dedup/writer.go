@@ -106,6 +106,10 @@ type job struct {
 	err    error
 }
 
+// askMin: a write whose first chunk is stored smaller than this, and
+// comes alone, sends it without asking whether it is stored.
+const askMin = 16 << 10
+
 // recentSize bounds the per-Write set of addresses already stored or being
 // stored, so repeats (runs of zeros, say) are neither asked about nor sent
 // twice. It is a FIFO, so memory stays bounded (~5 MiB) however long the
@@ -335,6 +339,7 @@ func (p *pipeline) seal(j *job) {
 // hands the rest to the putters and builds the manifest.
 func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBuilder) error {
 	var seen recent
+	firstBatch := true
 	batch := make([]*job, 0, p.w.cfg.HasBatch)
 	ask := make([]block.Address, 0, p.w.cfg.HasBatch)
 	for {
@@ -377,8 +382,14 @@ func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBui
 		present := map[block.Address]bool{}
 		if p.w.ec == nil {
 			ask = ask[:0]
+			// A write that starts with one small chunk (a small object,
+			// most likely) sends it rather than asking first: the Put
+			// costs about what the question does and saves a round trip.
+			// A Put of a block already stored touches it just as Has
+			// does, so reclamation is unchanged.
+			sendSmall := firstBatch && len(batch) == 1 && int64(batch[0].entry.Stored) < askMin
 			for _, j := range batch {
-				if !seen.has(j.entry.Addr) {
+				if !seen.has(j.entry.Addr) && !sendSmall {
 					ask = append(ask, j.entry.Addr)
 				}
 			}
@@ -397,6 +408,7 @@ func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBui
 				}
 			}
 		}
+		firstBatch = false
 		for _, j := range batch {
 			a := j.entry.Addr
 			var unique int64

@@ -531,7 +531,13 @@ func (p *Proposer) learn(ctx context.Context, b *bpb.Ballot, st *bpb.MutableStat
 // the newest state, which also repairs stale acceptors.
 func (p *Proposer) Read(ctx context.Context, addr block.Address, guess []string) (*bpb.MutableState, error) {
 	quorum := p.Quorum(addr, guess)
-	for range 3 {
+	// Acceptors of a block under constant updates often disagree for a
+	// moment (an accept still on its way to one of them). A read that
+	// ran a full round then would pre-empt the writers, so it looks again
+	// a few times first; only a block whose acceptors stay split (a
+	// writer died mid-round) gets its value re-decided by the reader.
+	const maxPeeks, maxMoves = 5, 3
+	for peeks, moves := 0, 0; peeks < maxPeeks && moves < maxMoves; {
 		st, moved, err := p.peek(ctx, addr, quorum)
 		if err != nil {
 			return nil, err
@@ -539,12 +545,21 @@ func (p *Proposer) Read(ctx context.Context, addr block.Address, guess []string)
 		if moved != nil {
 			quorum = moved
 			p.remember(addr, quorum)
+			moves++
 			continue
 		}
 		if st != nil {
 			return st, nil
 		}
-		break
+		if peeks++; peeks < maxPeeks {
+			t := time.NewTimer(time.Millisecond + time.Duration(rand.Int64N(int64(3*time.Millisecond))))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			case <-t.C:
+			}
+		}
 	}
 	st, err := p.Propose(ctx, addr, quorum, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
 		if cur == nil {
