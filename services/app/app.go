@@ -121,7 +121,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Process, error)
 	p := &Process{cfg: cfg, log: log, targets: targets}
 	for _, t := range targets {
 		if err := p.start(ctx, t); err != nil {
-			p.Stop()
+			// The start error is the one to report; Stop's is a
+			// consequence of it.
+			_ = p.Stop()
 			return nil, fmt.Errorf("start %s: %w", t, err)
 		}
 	}

@@ -292,11 +292,11 @@ type replicated struct {
 }
 
 func (x replicated) Put(ctx context.Context, data []byte) (block.Address, error) {
-	return x.Client.PutReplicated(ctx, data, x.r, x.w)
+	return x.PutReplicated(ctx, data, x.r, x.w)
 }
 
 func (x replicated) Has(ctx context.Context, addrs []block.Address) ([]bool, error) {
-	return x.Client.HasReplicated(ctx, addrs, x.r, x.w)
+	return x.HasReplicated(ctx, addrs, x.r, x.w)
 }
 
 // streamReader reads a Write call's bytes straight off the gRPC stream, so

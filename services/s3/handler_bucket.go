@@ -123,7 +123,7 @@ func validBucketName(n string) error {
 	}
 	for i := 0; i < len(n); i++ {
 		c := n[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '.' && c != '-' {
 			return bad("only lowercase letters, digits, '.' and '-'")
 		}
 	}

@@ -166,7 +166,7 @@ func TestTwoServersConcurrentPuts(t *testing.T) {
 					errs <- err.Error()
 					return
 				}
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 {
 					errs <- fmt.Sprintf("put %s: %d", key, resp.StatusCode)

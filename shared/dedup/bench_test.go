@@ -5,11 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go/build"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -59,7 +59,7 @@ func BenchmarkChunkHashOneCore(b *testing.B) {
 // up to n bytes if the tree is small.
 func goSource(b *testing.B, n int) []byte {
 	var out []byte
-	root := filepath.Join(runtime.GOROOT(), "src")
+	root := filepath.Join(build.Default.GOROOT, "src")
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || len(out) >= n {
 			return fs.SkipDir

@@ -436,7 +436,9 @@ func TestReachable(t *testing.T) {
 		swept := 0
 		for a := range held {
 			if _, ok := onlyB[a]; !ok {
-				store.Delete(context.Background(), a)
+				if err := store.Delete(context.Background(), a); err != nil {
+					t.Fatal(err)
+				}
 				swept++
 			}
 		}

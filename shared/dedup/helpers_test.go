@@ -103,7 +103,7 @@ func readRange(t testing.TB, r *dedup.Reader, ref manifest.Ref, off, n int64) ([
 	if err != nil {
 		return nil, err
 	}
-	defer rc.Close()
+	defer func() { _ = rc.Close() }()
 	return io.ReadAll(rc)
 }
 

@@ -90,7 +90,7 @@ func (g *genReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	p = p[:min(int64(len(p)), g.left)]
-	g.rng.Read(p)
+	_, _ = g.rng.Read(p)
 	g.md5.Write(p)
 	g.left -= int64(len(p))
 	if g.sinceMem += int64(len(p)); g.sinceMem >= 64<<20 {

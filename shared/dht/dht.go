@@ -76,7 +76,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	for _, a := range cfg.Placement {
 		cc, err := rpc.Dial(a)
 		if err != nil {
-			c.Close()
+			_ = c.Close()
 			return nil, err
 		}
 		c.pconns = append(c.pconns, cc)
@@ -100,11 +100,11 @@ func (c *Client) Close() error {
 	c.wg.Wait()
 	c.bg.Wait()
 	for _, cc := range c.pconns {
-		cc.Close()
+		_ = cc.Close()
 	}
 	c.connMu.Lock()
 	for _, cc := range c.conns {
-		cc.Close()
+		_ = cc.Close()
 	}
 	c.conns = map[string]*grpc.ClientConn{}
 	c.connMu.Unlock()
@@ -118,12 +118,12 @@ func (c *Client) follow(ctx context.Context) {
 	backoff := 50 * time.Millisecond
 	for i := 0; ; i++ {
 		cl := ppb.NewPlacementClient(c.pconns[i%len(c.pconns)])
-		stream, err := cl.Watch(ctx, &ppb.WatchRequest{})
-		if err == nil {
+		// A failed Watch or a broken stream both mean: try the next
+		// placement replica after a backoff.
+		if stream, err := cl.Watch(ctx, &ppb.WatchRequest{}); err == nil {
 			for {
 				v, rerr := stream.Recv()
 				if rerr != nil {
-					err = rerr
 					break
 				}
 				c.setView(v)
@@ -206,12 +206,6 @@ func (c *Client) WaitForNodes(ctx context.Context, n int) error {
 		case <-ch:
 		}
 	}
-}
-
-// target is one node a block may live on, with its client.
-type target struct {
-	node *ppb.Node
-	bs   bpb.BlockStoreClient
 }
 
 func (c *Client) client(n *ppb.Node) (bpb.BlockStoreClient, error) {

@@ -227,7 +227,7 @@ func TestCreateUpdateRead(t *testing.T) {
 	net.setDown("b", false)
 	net.setDown("c", false)
 	st, err = NewProposer("p3", net).Read(ctx, addr, nodes3)
-	if err != nil || !(string(st.Payload) == "v6" || uncertain && string(st.Payload) == "v7") {
+	if err != nil || string(st.Payload) != "v6" && (!uncertain || string(st.Payload) != "v7") {
 		t.Fatalf("read after recovery (uncertain=%v): %v %v", uncertain, st, err)
 	}
 	if _, err := p.Read(ctx, block.Sum([]byte("none")), nodes3); !errors.Is(err, block.ErrNotFound) {
@@ -257,7 +257,7 @@ func TestDuellingProposers(t *testing.T) {
 			for range each {
 				_, err := p.Propose(ctx, addr, nodes3, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
 					var n int
-					fmt.Sscan(string(cur.Payload), &n)
+					_, _ = fmt.Sscan(string(cur.Payload), &n)
 					return next(k, fmt.Append(nil, n+1))(cur)
 				})
 				if err != nil {

@@ -89,7 +89,7 @@ func cmdBlock(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return err
 	}
-	defer shutdown(context.Background())
+	defer func() { _ = shutdown(context.Background()) }()
 	ctx, sp := telemetry.Tracer().Start(ctx, "cli.block."+sub)
 	defer sp.End()
 	c, err := dht.New(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
@@ -113,7 +113,7 @@ func cmdBlock(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 // readInput reads a whole block, refusing more than limit bytes without
 // reading the rest of the input.
 func readInput(name string, stdin io.Reader, limit int) ([]byte, error) {
-	var r io.Reader = stdin
+	r := stdin
 	if name != "" && name != "-" {
 		f, err := os.Open(name)
 		if err != nil {

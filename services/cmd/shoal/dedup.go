@@ -71,7 +71,7 @@ func cmdPut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 			return usagef("%v", err)
 		}
 	}
-	var r io.Reader = stdin
+	r := stdin
 	if pos[0] != "-" {
 		f, err := os.Open(pos[0])
 		if err != nil {

@@ -31,7 +31,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	defer shutdown(context.Background())
+	defer func() { _ = shutdown(context.Background()) }()
 	defer startCPUProfile()()
 	p, err := app.Start(ctx, cfg, log)
 	if err != nil {

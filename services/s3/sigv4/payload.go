@@ -144,7 +144,7 @@ func (c *chunkReader) Read(b []byte) (int, error) {
 			}
 			c.left -= int64(n)
 			c.decoded += int64(n)
-			if err != nil && !(errors.Is(err, io.EOF) && c.left == 0) {
+			if err != nil && (!errors.Is(err, io.EOF) || c.left != 0) {
 				if errors.Is(err, io.EOF) {
 					err = io.ErrUnexpectedEOF
 				}
