@@ -412,7 +412,13 @@ func (s *Service) Read(req *dpb.ReadRequest, stream dpb.Dedup_ReadServer) error 
 		return toStatus(err)
 	}
 	defer rc.Close()
-	buf := make([]byte, readChunk)
+	// Sized to what the read can return: a small object's read must not
+	// allocate (and zero) a full readChunk.
+	want := ref.Size - req.Offset
+	if req.Length >= 0 && req.Length < want {
+		want = req.Length
+	}
+	buf := make([]byte, max(1, min(int64(readChunk), want)))
 	for {
 		n, err := io.ReadFull(rc, buf)
 		if n > 0 {

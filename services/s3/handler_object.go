@@ -366,7 +366,7 @@ func (q *request) readObject(withBody bool) error {
 	}
 	defer rd.Close()
 	q.w.WriteHeader(status)
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, max(1, min(256<<10, length)))
 	if _, err := io.CopyBuffer(q.w, rd, buf); err != nil {
 		// Headers are out; the short body tells the client. Log for us.
 		s.log.WarnContext(q.ctx, "s3: get: stream aborted", "bucket", q.bucket, "key", q.key, "err", err)

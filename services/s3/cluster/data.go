@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,6 +19,10 @@ import (
 // writeChunk is the payload of one Write message: large enough to keep the
 // per-message overhead low, small enough to keep a stream's memory bounded.
 const writeChunk = 1 << 20
+
+// writeBufs reuses Write's chunk buffers: a fresh 1 MiB buffer per PUT,
+// zeroed by the runtime, was a tenth of a small PUT's CPU.
+var writeBufs = sync.Pool{New: func() any { b := make([]byte, writeChunk); return &b }}
 
 // refFormat leads every reference Data returns.
 const refFormat = 1
@@ -95,7 +100,9 @@ func (d *Data) Write(ctx context.Context, volume, policy string, r io.Reader) ([
 	if err != nil {
 		return nil, 0, dataErr("write", err)
 	}
-	buf := make([]byte, writeChunk)
+	bp := writeBufs.Get().(*[]byte)
+	defer writeBufs.Put(bp)
+	buf := *bp
 	first := true
 	for {
 		// Not io.ReadFull: it reports a short final chunk and a body cut
