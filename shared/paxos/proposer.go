@@ -366,8 +366,15 @@ func (p *Proposer) prepare(ctx context.Context, addr block.Address, b *bpb.Ballo
 	var wrong []*bpb.PrepareResponse
 	accepted := map[string]*bpb.Ballot{}
 	need := majority(len(quorum))
+	var absent <-chan time.Time
+collect:
 	for range quorum {
-		r := <-replies
+		var r reply
+		select {
+		case r = <-replies:
+		case <-absent:
+			break collect
+		}
 		switch {
 		case r.err != nil:
 			res.errs = append(res.errs, fmt.Errorf("%s: %w", r.node, r.err))
@@ -387,9 +394,19 @@ func (p *Proposer) prepare(ctx context.Context, addr block.Address, b *bpb.Ballo
 			}
 		}
 		// A majority is enough; stragglers are not waited for, so one slow
-		// or paused acceptor does not stall the block.
+		// or paused acceptor does not stall the block. A majority that
+		// knows nothing of the block is not enough: an acceptor still to
+		// answer may hold it under another set (placement moved since it
+		// was made) and must get the chance to say so.
 		if res.ok >= need && len(wrong) == 0 {
-			break
+			if res.cur != nil {
+				break
+			}
+			if absent == nil {
+				t := time.NewTimer(absentWait)
+				defer t.Stop()
+				absent = t.C
+			}
 		}
 	}
 	if len(wrong) > 0 {
@@ -602,6 +619,9 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 	// settled the read by hedgeAfter, the others are asked too.
 	hedge := time.NewTimer(hedgeAfter)
 	defer hedge.Stop()
+	// Once a majority reported the block absent, the others get a short
+	// while to contradict that (see below), not the caller's whole deadline.
+	var absent <-chan time.Time
 	for got := 1; got <= asked; got++ {
 		var r reply
 		select {
@@ -613,6 +633,8 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 			}
 			got--
 			continue
+		case <-absent:
+			return nil, nil, block.ErrNotFound
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
@@ -645,19 +667,32 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 				return g.state, nil, nil
 			}
 		}
-		if empty >= need {
-			return nil, nil, block.ErrNotFound
-		}
-		if got == asked && asked < len(quorum) {
+		// "Not found" is only believed once every acceptor asked has
+		// answered: when placement has moved since the block was made,
+		// the asked set may be mostly new nodes, and only an old one can
+		// say where the block lives.
+		if (got == asked || empty >= need) && asked < len(quorum) {
 			send(quorum[asked:])
 			asked = len(quorum)
 		}
+		if empty >= need && absent == nil {
+			t := time.NewTimer(absentWait)
+			defer t.Stop()
+			absent = t.C
+		}
+	}
+	if empty >= need {
+		return nil, nil, block.ErrNotFound
 	}
 	if answered < need {
 		return nil, nil, fmt.Errorf("%w: %d of %d acceptors answered: %w", ErrNoQuorum, answered, len(quorum), errors.Join(errs...))
 	}
 	return nil, nil, nil
 }
+
+// absentWait is how long a read that a majority found absent waits for the
+// block's other acceptors: enough for a healthy one to answer.
+const absentWait = 200 * time.Millisecond
 
 // hedgeAfter is how long a read waits on a bare majority before asking
 // the block's other acceptors: well above a healthy round trip.
