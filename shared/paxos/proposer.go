@@ -344,7 +344,6 @@ type prepared struct {
 	cur       *bpb.MutableState
 	curBallot *bpb.Ballot
 	moveTo    []string
-	behind    map[string]bool // acceptors whose state is older than cur
 	errs      []error
 }
 
@@ -362,7 +361,7 @@ func (p *Proposer) prepare(ctx context.Context, addr block.Address, b *bpb.Ballo
 			replies <- reply{n, r, err}
 		}()
 	}
-	res := &prepared{behind: map[string]bool{}}
+	res := &prepared{}
 	var wrong []*bpb.PrepareResponse
 	accepted := map[string]*bpb.Ballot{}
 	need := majority(len(quorum))
@@ -423,9 +422,8 @@ collect:
 		}
 	}
 	res.unanimous = true
-	for n, a := range accepted {
+	for _, a := range accepted {
 		if Compare(a, res.curBallot) < 0 {
-			res.behind[n] = true
 			res.unanimous = false
 		}
 	}
@@ -524,13 +522,13 @@ func (p *Proposer) learnStragglers(ctx context.Context, b *bpb.Ballot, st *bpb.M
 		}
 	}
 	if len(behind) > 0 {
-		p.learn(ctx, b, st, behind, nil)
+		p.learn(ctx, b, st, behind)
 	}
 }
 
 // learn tells every acceptor of the block the decision, in the background:
 // it brings stragglers up to date so later quorum reads agree at once.
-func (p *Proposer) learn(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, nodes []string, _ map[string]bool) {
+func (p *Proposer) learn(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, nodes []string) {
 	bg := context.WithoutCancel(ctx)
 	req := &bpb.LearnRequest{Ballot: b, State: st}
 	for _, n := range nodes {
@@ -713,6 +711,6 @@ func (p *Proposer) repair(ctx context.Context, chosen *peekGroup, empty []string
 		}
 	}
 	if len(nodes) > 0 {
-		p.learn(ctx, chosen.ballot, chosen.state, nodes, nil)
+		p.learn(ctx, chosen.ballot, chosen.state, nodes)
 	}
 }

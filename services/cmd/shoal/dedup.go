@@ -101,18 +101,7 @@ func cmdGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs, addr := dedupFlags("get", stderr)
 	out := fs.String("o", "", "write to this file instead of stdout")
 	vol := fs.String("volume", "", "volume of an encrypted reference")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("usage: shoal get REF [-o FILE]")
-	}
-	ref, err := parseRefArg(pos[0])
-	if err != nil {
-		return err
-	}
-	c, err := dialDedup(*addr)
+	ref, c, err := refCommand(fs, args, addr, "usage: shoal get REF [-o FILE]")
 	if err != nil {
 		return err
 	}
@@ -146,18 +135,7 @@ func cmdGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 func cmdStat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, addr := dedupFlags("stat", stderr)
 	vol := fs.String("volume", "", "volume of an encrypted reference")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("usage: shoal stat REF")
-	}
-	ref, err := parseRefArg(pos[0])
-	if err != nil {
-		return err
-	}
-	c, err := dialDedup(*addr)
+	ref, c, err := refCommand(fs, args, addr, "usage: shoal stat REF")
 	if err != nil {
 		return err
 	}
@@ -233,4 +211,26 @@ func cmdGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "marked %d blocks reachable from live references; %s %d block copies, %d bytes\n", res.Marked, verb, res.Swept, res.FreedBytes)
 	return nil
+}
+
+// refCommand parses the flags and the single REF argument of a command
+// that reads a reference, and dials the dedup tier (addr is read after
+// parsing, so -dedup on the command line counts).
+func refCommand(fs *flag.FlagSet, args []string, addr *string, usage string) ([]byte, *client.Client, error) {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(pos) != 1 {
+		return nil, nil, usagef("%s", usage)
+	}
+	ref, err := parseRefArg(pos[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := dialDedup(*addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ref, c, nil
 }
