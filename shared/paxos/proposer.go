@@ -632,7 +632,13 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 			got--
 			continue
 		case <-absent:
-			return nil, nil, block.ErrNotFound
+			if empty >= need {
+				return nil, nil, block.ErrNotFound
+			}
+			// Every acceptor was asked and those that answered do not
+			// settle it; the silent one may be paused. Undecided: Read
+			// looks again or runs a round, which needs no answer from it.
+			return nil, nil, nil
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
@@ -673,7 +679,7 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 			send(quorum[asked:])
 			asked = len(quorum)
 		}
-		if empty >= need && absent == nil {
+		if absent == nil && asked == len(quorum) && answered >= need {
 			t := time.NewTimer(absentWait)
 			defer t.Stop()
 			absent = t.C
@@ -688,8 +694,9 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 	return nil, nil, nil
 }
 
-// absentWait is how long a read that a majority found absent waits for the
-// block's other acceptors: enough for a healthy one to answer.
+// absentWait is how long a read that has asked every acceptor and heard a
+// majority waits for the rest when those answers settle nothing (or say
+// "absent"): enough for a healthy acceptor to answer.
 const absentWait = 200 * time.Millisecond
 
 // hedgeAfter is how long a read waits on a bare majority before asking
