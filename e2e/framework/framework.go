@@ -112,7 +112,9 @@ func Start(t testing.TB, o Options) *Cluster {
 	}
 	t.Cleanup(c.Stop)
 	cl := c.Client(dht.Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Nodes join within a heartbeat or two; the deadline is generous
+	// because make test runs every suite at once on a small machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := cl.WaitForNodes(ctx, o.Nodes); err != nil {
 		t.Fatal(err)
