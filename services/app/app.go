@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -119,6 +120,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Process, error)
 		return nil, err
 	}
 	p := &Process{cfg: cfg, log: log, targets: targets}
+	if p.has(Blockstore) {
+		raiseProcs()
+	}
 	for _, t := range targets {
 		if err := p.start(ctx, t); err != nil {
 			// The start error is the one to report; Stop's is a
@@ -128,6 +132,22 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Process, error)
 		}
 	}
 	return p, nil
+}
+
+// raiseProcs gives a process that hosts storage nodes more Ps than CPUs.
+// fsync and pwrite are blocking syscalls: each holds its P until the
+// runtime's sysmon takes it back, which can be milliseconds once sysmon has
+// backed off. With GOMAXPROCS = CPUs, two nodes syncing at once leave no P
+// to run the gRPC handlers that would fill the next group commit; measured
+// on 2 cores, 4 KiB puts went from ~730/s to ~1,600/s with 4× the Ps. An
+// explicit GOMAXPROCS in the environment wins.
+func raiseProcs() {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return
+	}
+	if n := runtime.GOMAXPROCS(0); n < 4*runtime.NumCPU() {
+		runtime.GOMAXPROCS(max(4*n, 8))
+	}
 }
 
 func (p *Process) has(t string) bool {
