@@ -578,8 +578,9 @@ func (e *env) traceAcrossContainers(t *testing.T) {
 				byID[s.Span] = s
 			}
 		}
-		// Storage containers with a server-side Put whose parent is a span
-		// of the client container, and a silo.put beneath it.
+		// Storage containers with a server-side Put (PutBatch for small
+		// blocks) whose parent is a span of the client container, and a
+		// silo.put beneath it.
 		storage := map[string]bool{}
 		peers := map[string]bool{}
 		for _, s := range byID {
@@ -587,7 +588,7 @@ func (e *env) traceAcrossContainers(t *testing.T) {
 				continue
 			}
 			srv, ok := byID[s.Parent]
-			if !ok || srv.Kind != kindServer || !strings.HasSuffix(srv.Name, "/Put") || srv.Instance != s.Instance {
+			if !ok || srv.Kind != kindServer || !strings.HasSuffix(srv.Name, "/Put") && !strings.HasSuffix(srv.Name, "/PutBatch") || srv.Instance != s.Instance {
 				continue
 			}
 			cl, ok := byID[srv.Parent]

@@ -39,7 +39,7 @@ func TestPutSpanTree(t *testing.T) {
 	framework.Eventually(t, 10*time.Second, "3 silo.put spans and 6 Put RPC spans", func() bool {
 		n := 0
 		for _, s := range rec.Ended() {
-			if (s.Name() == "silo.put" || s.Name() == "shoal.blockstore.v1.BlockStore/Put") && s.SpanContext().TraceID() == root.SpanContext().TraceID() {
+			if (s.Name() == "silo.put" || s.Name() == "shoal.blockstore.v1.BlockStore/PutBatch") && s.SpanContext().TraceID() == root.SpanContext().TraceID() {
 				n++
 			}
 		}
@@ -58,7 +58,7 @@ func TestPutSpanTree(t *testing.T) {
 		}
 		return ""
 	}
-	const rpcName = "shoal.blockstore.v1.BlockStore/Put"
+	const rpcName = "shoal.blockstore.v1.BlockStore/PutBatch"
 	counts := map[string]int{}
 	for _, s := range byID {
 		switch s.Name() {

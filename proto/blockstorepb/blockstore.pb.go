@@ -230,6 +230,269 @@ func (x *PutResponse) GetExisted() bool {
 	return false
 }
 
+// PutBatchRequest carries several blocks bound for one node in one call: a
+// client coalesces the small puts that queue up while its earlier calls to
+// the node are in flight, so one RPC and one group commit serve them all.
+type PutBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Puts          []*PutRequest          `protobuf:"bytes,1,rep,name=puts,proto3" json:"puts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutBatchRequest) Reset() {
+	*x = PutBatchRequest{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutBatchRequest) ProtoMessage() {}
+
+func (x *PutBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutBatchRequest.ProtoReflect.Descriptor instead.
+func (*PutBatchRequest) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PutBatchRequest) GetPuts() []*PutRequest {
+	if x != nil {
+		return x.Puts
+	}
+	return nil
+}
+
+type PutBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// results[i] answers puts[i].
+	Results       []*BatchResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutBatchResponse) Reset() {
+	*x = PutBatchResponse{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutBatchResponse) ProtoMessage() {}
+
+func (x *PutBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutBatchResponse.ProtoReflect.Descriptor instead.
+func (*PutBatchResponse) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PutBatchResponse) GetResults() []*BatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// BatchResult is one item's outcome, as its own unary call would have
+// returned it: a gRPC status code (0 = OK) and message.
+type BatchResult struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Put: the node already held the block.
+	Existed bool `protobuf:"varint,3,opt,name=existed,proto3" json:"existed,omitempty"`
+	// Get: the block's bytes and kind.
+	Data          []byte    `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	Kind          BlockKind `protobuf:"varint,5,opt,name=kind,proto3,enum=shoal.blockstore.v1.BlockKind" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResult) Reset() {
+	*x = BatchResult{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResult) ProtoMessage() {}
+
+func (x *BatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
+func (*BatchResult) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *BatchResult) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *BatchResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *BatchResult) GetExisted() bool {
+	if x != nil {
+		return x.Existed
+	}
+	return false
+}
+
+func (x *BatchResult) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *BatchResult) GetKind() BlockKind {
+	if x != nil {
+		return x.Kind
+	}
+	return BlockKind_BLOCK_KIND_UNSPECIFIED
+}
+
+type GetBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addresses     [][]byte               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBatchRequest) Reset() {
+	*x = GetBatchRequest{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBatchRequest) ProtoMessage() {}
+
+func (x *GetBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBatchRequest.ProtoReflect.Descriptor instead.
+func (*GetBatchRequest) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetBatchRequest) GetAddresses() [][]byte {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+type GetBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// results[i] answers addresses[i]. Once the response holds
+	// GetBatchMaxBytes of data, the remaining items answer RESOURCE_EXHAUSTED
+	// with no data: the client asks for those again.
+	Results       []*BatchResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBatchResponse) Reset() {
+	*x = GetBatchResponse{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBatchResponse) ProtoMessage() {}
+
+func (x *GetBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBatchResponse.ProtoReflect.Descriptor instead.
+func (*GetBatchResponse) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetBatchResponse) GetResults() []*BatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type GetRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Address       []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
@@ -239,7 +502,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[2]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +514,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[2]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +527,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{2}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetRequest) GetAddress() []byte {
@@ -284,7 +547,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[3]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +559,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[3]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +572,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{3}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetResponse) GetData() []byte {
@@ -338,7 +601,7 @@ type HasRequest struct {
 
 func (x *HasRequest) Reset() {
 	*x = HasRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[4]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +613,7 @@ func (x *HasRequest) String() string {
 func (*HasRequest) ProtoMessage() {}
 
 func (x *HasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[4]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +626,7 @@ func (x *HasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HasRequest.ProtoReflect.Descriptor instead.
 func (*HasRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{4}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HasRequest) GetAddresses() [][]byte {
@@ -390,7 +653,7 @@ type HasResponse struct {
 
 func (x *HasResponse) Reset() {
 	*x = HasResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[5]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +665,7 @@ func (x *HasResponse) String() string {
 func (*HasResponse) ProtoMessage() {}
 
 func (x *HasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[5]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +678,7 @@ func (x *HasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HasResponse.ProtoReflect.Descriptor instead.
 func (*HasResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{5}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HasResponse) GetPresent() []bool {
@@ -438,7 +701,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[6]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +713,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[6]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +726,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{6}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteRequest) GetAddress() []byte {
@@ -491,7 +754,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[7]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -503,7 +766,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[7]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -516,7 +779,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{7}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteResponse) GetExisted() bool {
@@ -542,7 +805,7 @@ type StatRequest struct {
 
 func (x *StatRequest) Reset() {
 	*x = StatRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[8]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +817,7 @@ func (x *StatRequest) String() string {
 func (*StatRequest) ProtoMessage() {}
 
 func (x *StatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[8]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +830,7 @@ func (x *StatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatRequest.ProtoReflect.Descriptor instead.
 func (*StatRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{8}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatRequest) GetAddress() []byte {
@@ -587,7 +850,7 @@ type StatResponse struct {
 
 func (x *StatResponse) Reset() {
 	*x = StatResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[9]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +862,7 @@ func (x *StatResponse) String() string {
 func (*StatResponse) ProtoMessage() {}
 
 func (x *StatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[9]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +875,7 @@ func (x *StatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatResponse.ProtoReflect.Descriptor instead.
 func (*StatResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{9}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatResponse) GetSize() uint64 {
@@ -637,7 +900,7 @@ type NodeStatsRequest struct {
 
 func (x *NodeStatsRequest) Reset() {
 	*x = NodeStatsRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[10]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +912,7 @@ func (x *NodeStatsRequest) String() string {
 func (*NodeStatsRequest) ProtoMessage() {}
 
 func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[10]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +925,7 @@ func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatsRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatsRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{10}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{15}
 }
 
 type NodeStatsResponse struct {
@@ -678,7 +941,7 @@ type NodeStatsResponse struct {
 
 func (x *NodeStatsResponse) Reset() {
 	*x = NodeStatsResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[11]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +953,7 @@ func (x *NodeStatsResponse) String() string {
 func (*NodeStatsResponse) ProtoMessage() {}
 
 func (x *NodeStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[11]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +966,7 @@ func (x *NodeStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatsResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatsResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{11}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NodeStatsResponse) GetNodeId() string {
@@ -752,7 +1015,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[12]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1027,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[12]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1040,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{12}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListRequest) GetAfter() []byte {
@@ -812,7 +1075,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[13]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1087,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[13]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1100,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{13}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListResponse) GetAddresses() [][]byte {
@@ -879,7 +1142,7 @@ type Ballot struct {
 
 func (x *Ballot) Reset() {
 	*x = Ballot{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[14]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1154,7 @@ func (x *Ballot) String() string {
 func (*Ballot) ProtoMessage() {}
 
 func (x *Ballot) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[14]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1167,7 @@ func (x *Ballot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ballot.ProtoReflect.Descriptor instead.
 func (*Ballot) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{14}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Ballot) GetRound() uint64 {
@@ -954,7 +1217,7 @@ type MutableState struct {
 
 func (x *MutableState) Reset() {
 	*x = MutableState{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[15]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1229,7 @@ func (x *MutableState) String() string {
 func (*MutableState) ProtoMessage() {}
 
 func (x *MutableState) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[15]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1242,7 @@ func (x *MutableState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutableState.ProtoReflect.Descriptor instead.
 func (*MutableState) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{15}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MutableState) GetAddress() []byte {
@@ -1077,7 +1340,7 @@ type PrepareRequest struct {
 
 func (x *PrepareRequest) Reset() {
 	*x = PrepareRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[16]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1352,7 @@ func (x *PrepareRequest) String() string {
 func (*PrepareRequest) ProtoMessage() {}
 
 func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[16]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1365,7 @@ func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareRequest.ProtoReflect.Descriptor instead.
 func (*PrepareRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{16}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PrepareRequest) GetAddress() []byte {
@@ -1142,7 +1405,7 @@ type PrepareResponse struct {
 
 func (x *PrepareResponse) Reset() {
 	*x = PrepareResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[17]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1417,7 @@ func (x *PrepareResponse) String() string {
 func (*PrepareResponse) ProtoMessage() {}
 
 func (x *PrepareResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[17]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1430,7 @@ func (x *PrepareResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareResponse.ProtoReflect.Descriptor instead.
 func (*PrepareResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{17}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PrepareResponse) GetOutcome() Outcome {
@@ -1221,7 +1484,7 @@ type AcceptRequest struct {
 
 func (x *AcceptRequest) Reset() {
 	*x = AcceptRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[18]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1496,7 @@ func (x *AcceptRequest) String() string {
 func (*AcceptRequest) ProtoMessage() {}
 
 func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[18]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1509,7 @@ func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptRequest.ProtoReflect.Descriptor instead.
 func (*AcceptRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{18}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AcceptRequest) GetBallot() *Ballot {
@@ -1288,7 +1551,7 @@ type AcceptResponse struct {
 
 func (x *AcceptResponse) Reset() {
 	*x = AcceptResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[19]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1300,7 +1563,7 @@ func (x *AcceptResponse) String() string {
 func (*AcceptResponse) ProtoMessage() {}
 
 func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[19]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +1576,7 @@ func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptResponse.ProtoReflect.Descriptor instead.
 func (*AcceptResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{19}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AcceptResponse) GetOutcome() Outcome {
@@ -1348,7 +1611,7 @@ type LearnRequest struct {
 
 func (x *LearnRequest) Reset() {
 	*x = LearnRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[20]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1623,7 @@ func (x *LearnRequest) String() string {
 func (*LearnRequest) ProtoMessage() {}
 
 func (x *LearnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[20]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1636,7 @@ func (x *LearnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LearnRequest.ProtoReflect.Descriptor instead.
 func (*LearnRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{20}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LearnRequest) GetBallot() *Ballot {
@@ -1398,7 +1661,7 @@ type LearnResponse struct {
 
 func (x *LearnResponse) Reset() {
 	*x = LearnResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[21]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1673,7 @@ func (x *LearnResponse) String() string {
 func (*LearnResponse) ProtoMessage() {}
 
 func (x *LearnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[21]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1686,7 @@ func (x *LearnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LearnResponse.ProtoReflect.Descriptor instead.
 func (*LearnResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{21}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{26}
 }
 
 type PeekRequest struct {
@@ -1435,7 +1698,7 @@ type PeekRequest struct {
 
 func (x *PeekRequest) Reset() {
 	*x = PeekRequest{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[22]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1710,7 @@ func (x *PeekRequest) String() string {
 func (*PeekRequest) ProtoMessage() {}
 
 func (x *PeekRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[22]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1723,7 @@ func (x *PeekRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeekRequest.ProtoReflect.Descriptor instead.
 func (*PeekRequest) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{22}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PeekRequest) GetAddress() []byte {
@@ -1480,7 +1743,7 @@ type PeekResponse struct {
 
 func (x *PeekResponse) Reset() {
 	*x = PeekResponse{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[23]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1755,7 @@ func (x *PeekResponse) String() string {
 func (*PeekResponse) ProtoMessage() {}
 
 func (x *PeekResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[23]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1768,7 @@ func (x *PeekResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeekResponse.ProtoReflect.Descriptor instead.
 func (*PeekResponse) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{23}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PeekResponse) GetAccepted() *Ballot {
@@ -1534,7 +1797,7 @@ type AcceptorRecord struct {
 
 func (x *AcceptorRecord) Reset() {
 	*x = AcceptorRecord{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[24]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1809,7 @@ func (x *AcceptorRecord) String() string {
 func (*AcceptorRecord) ProtoMessage() {}
 
 func (x *AcceptorRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[24]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1822,7 @@ func (x *AcceptorRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptorRecord.ProtoReflect.Descriptor instead.
 func (*AcceptorRecord) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{24}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AcceptorRecord) GetPromised() *Ballot {
@@ -1594,7 +1857,21 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x122\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\x1e.shoal.blockstore.v1.BlockKindR\x04kind\"'\n" +
 	"\vPutResponse\x12\x18\n" +
-	"\aexisted\x18\x01 \x01(\bR\aexisted\"&\n" +
+	"\aexisted\x18\x01 \x01(\bR\aexisted\"F\n" +
+	"\x0fPutBatchRequest\x123\n" +
+	"\x04puts\x18\x01 \x03(\v2\x1f.shoal.blockstore.v1.PutRequestR\x04puts\"N\n" +
+	"\x10PutBatchResponse\x12:\n" +
+	"\aresults\x18\x01 \x03(\v2 .shoal.blockstore.v1.BatchResultR\aresults\"\x9d\x01\n" +
+	"\vBatchResult\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x18\n" +
+	"\aexisted\x18\x03 \x01(\bR\aexisted\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\x122\n" +
+	"\x04kind\x18\x05 \x01(\x0e2\x1e.shoal.blockstore.v1.BlockKindR\x04kind\"/\n" +
+	"\x0fGetBatchRequest\x12\x1c\n" +
+	"\taddresses\x18\x01 \x03(\fR\taddresses\"N\n" +
+	"\x10GetBatchResponse\x12:\n" +
+	"\aresults\x18\x01 \x03(\v2 .shoal.blockstore.v1.BatchResultR\aresults\"&\n" +
 	"\n" +
 	"GetRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\fR\aaddress\"U\n" +
@@ -1694,11 +1971,13 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\n" +
 	"OUTCOME_OK\x10\x01\x12\x18\n" +
 	"\x14OUTCOME_STALE_BALLOT\x10\x02\x12\x18\n" +
-	"\x14OUTCOME_WRONG_QUORUM\x10\x032\xfb\x06\n" +
+	"\x14OUTCOME_WRONG_QUORUM\x10\x032\xad\b\n" +
 	"\n" +
 	"BlockStore\x12H\n" +
 	"\x03Put\x12\x1f.shoal.blockstore.v1.PutRequest\x1a .shoal.blockstore.v1.PutResponse\x12H\n" +
-	"\x03Get\x12\x1f.shoal.blockstore.v1.GetRequest\x1a .shoal.blockstore.v1.GetResponse\x12H\n" +
+	"\x03Get\x12\x1f.shoal.blockstore.v1.GetRequest\x1a .shoal.blockstore.v1.GetResponse\x12W\n" +
+	"\bPutBatch\x12$.shoal.blockstore.v1.PutBatchRequest\x1a%.shoal.blockstore.v1.PutBatchResponse\x12W\n" +
+	"\bGetBatch\x12$.shoal.blockstore.v1.GetBatchRequest\x1a%.shoal.blockstore.v1.GetBatchResponse\x12H\n" +
 	"\x03Has\x12\x1f.shoal.blockstore.v1.HasRequest\x1a .shoal.blockstore.v1.HasResponse\x12Q\n" +
 	"\x06Delete\x12\".shoal.blockstore.v1.DeleteRequest\x1a#.shoal.blockstore.v1.DeleteResponse\x12K\n" +
 	"\x04Stat\x12 .shoal.blockstore.v1.StatRequest\x1a!.shoal.blockstore.v1.StatResponse\x12Z\n" +
@@ -1722,84 +2001,97 @@ func file_blockstorepb_blockstore_proto_rawDescGZIP() []byte {
 }
 
 var file_blockstorepb_blockstore_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_blockstorepb_blockstore_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_blockstorepb_blockstore_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_blockstorepb_blockstore_proto_goTypes = []any{
 	(BlockKind)(0),            // 0: shoal.blockstore.v1.BlockKind
 	(Outcome)(0),              // 1: shoal.blockstore.v1.Outcome
 	(*PutRequest)(nil),        // 2: shoal.blockstore.v1.PutRequest
 	(*PutResponse)(nil),       // 3: shoal.blockstore.v1.PutResponse
-	(*GetRequest)(nil),        // 4: shoal.blockstore.v1.GetRequest
-	(*GetResponse)(nil),       // 5: shoal.blockstore.v1.GetResponse
-	(*HasRequest)(nil),        // 6: shoal.blockstore.v1.HasRequest
-	(*HasResponse)(nil),       // 7: shoal.blockstore.v1.HasResponse
-	(*DeleteRequest)(nil),     // 8: shoal.blockstore.v1.DeleteRequest
-	(*DeleteResponse)(nil),    // 9: shoal.blockstore.v1.DeleteResponse
-	(*StatRequest)(nil),       // 10: shoal.blockstore.v1.StatRequest
-	(*StatResponse)(nil),      // 11: shoal.blockstore.v1.StatResponse
-	(*NodeStatsRequest)(nil),  // 12: shoal.blockstore.v1.NodeStatsRequest
-	(*NodeStatsResponse)(nil), // 13: shoal.blockstore.v1.NodeStatsResponse
-	(*ListRequest)(nil),       // 14: shoal.blockstore.v1.ListRequest
-	(*ListResponse)(nil),      // 15: shoal.blockstore.v1.ListResponse
-	(*Ballot)(nil),            // 16: shoal.blockstore.v1.Ballot
-	(*MutableState)(nil),      // 17: shoal.blockstore.v1.MutableState
-	(*PrepareRequest)(nil),    // 18: shoal.blockstore.v1.PrepareRequest
-	(*PrepareResponse)(nil),   // 19: shoal.blockstore.v1.PrepareResponse
-	(*AcceptRequest)(nil),     // 20: shoal.blockstore.v1.AcceptRequest
-	(*AcceptResponse)(nil),    // 21: shoal.blockstore.v1.AcceptResponse
-	(*LearnRequest)(nil),      // 22: shoal.blockstore.v1.LearnRequest
-	(*LearnResponse)(nil),     // 23: shoal.blockstore.v1.LearnResponse
-	(*PeekRequest)(nil),       // 24: shoal.blockstore.v1.PeekRequest
-	(*PeekResponse)(nil),      // 25: shoal.blockstore.v1.PeekResponse
-	(*AcceptorRecord)(nil),    // 26: shoal.blockstore.v1.AcceptorRecord
+	(*PutBatchRequest)(nil),   // 4: shoal.blockstore.v1.PutBatchRequest
+	(*PutBatchResponse)(nil),  // 5: shoal.blockstore.v1.PutBatchResponse
+	(*BatchResult)(nil),       // 6: shoal.blockstore.v1.BatchResult
+	(*GetBatchRequest)(nil),   // 7: shoal.blockstore.v1.GetBatchRequest
+	(*GetBatchResponse)(nil),  // 8: shoal.blockstore.v1.GetBatchResponse
+	(*GetRequest)(nil),        // 9: shoal.blockstore.v1.GetRequest
+	(*GetResponse)(nil),       // 10: shoal.blockstore.v1.GetResponse
+	(*HasRequest)(nil),        // 11: shoal.blockstore.v1.HasRequest
+	(*HasResponse)(nil),       // 12: shoal.blockstore.v1.HasResponse
+	(*DeleteRequest)(nil),     // 13: shoal.blockstore.v1.DeleteRequest
+	(*DeleteResponse)(nil),    // 14: shoal.blockstore.v1.DeleteResponse
+	(*StatRequest)(nil),       // 15: shoal.blockstore.v1.StatRequest
+	(*StatResponse)(nil),      // 16: shoal.blockstore.v1.StatResponse
+	(*NodeStatsRequest)(nil),  // 17: shoal.blockstore.v1.NodeStatsRequest
+	(*NodeStatsResponse)(nil), // 18: shoal.blockstore.v1.NodeStatsResponse
+	(*ListRequest)(nil),       // 19: shoal.blockstore.v1.ListRequest
+	(*ListResponse)(nil),      // 20: shoal.blockstore.v1.ListResponse
+	(*Ballot)(nil),            // 21: shoal.blockstore.v1.Ballot
+	(*MutableState)(nil),      // 22: shoal.blockstore.v1.MutableState
+	(*PrepareRequest)(nil),    // 23: shoal.blockstore.v1.PrepareRequest
+	(*PrepareResponse)(nil),   // 24: shoal.blockstore.v1.PrepareResponse
+	(*AcceptRequest)(nil),     // 25: shoal.blockstore.v1.AcceptRequest
+	(*AcceptResponse)(nil),    // 26: shoal.blockstore.v1.AcceptResponse
+	(*LearnRequest)(nil),      // 27: shoal.blockstore.v1.LearnRequest
+	(*LearnResponse)(nil),     // 28: shoal.blockstore.v1.LearnResponse
+	(*PeekRequest)(nil),       // 29: shoal.blockstore.v1.PeekRequest
+	(*PeekResponse)(nil),      // 30: shoal.blockstore.v1.PeekResponse
+	(*AcceptorRecord)(nil),    // 31: shoal.blockstore.v1.AcceptorRecord
 }
 var file_blockstorepb_blockstore_proto_depIdxs = []int32{
 	0,  // 0: shoal.blockstore.v1.PutRequest.kind:type_name -> shoal.blockstore.v1.BlockKind
-	0,  // 1: shoal.blockstore.v1.GetResponse.kind:type_name -> shoal.blockstore.v1.BlockKind
-	0,  // 2: shoal.blockstore.v1.StatResponse.kind:type_name -> shoal.blockstore.v1.BlockKind
-	16, // 3: shoal.blockstore.v1.PrepareRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
-	1,  // 4: shoal.blockstore.v1.PrepareResponse.outcome:type_name -> shoal.blockstore.v1.Outcome
-	16, // 5: shoal.blockstore.v1.PrepareResponse.promised:type_name -> shoal.blockstore.v1.Ballot
-	16, // 6: shoal.blockstore.v1.PrepareResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
-	17, // 7: shoal.blockstore.v1.PrepareResponse.state:type_name -> shoal.blockstore.v1.MutableState
-	16, // 8: shoal.blockstore.v1.AcceptRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
-	17, // 9: shoal.blockstore.v1.AcceptRequest.state:type_name -> shoal.blockstore.v1.MutableState
-	16, // 10: shoal.blockstore.v1.AcceptRequest.promise_next:type_name -> shoal.blockstore.v1.Ballot
-	1,  // 11: shoal.blockstore.v1.AcceptResponse.outcome:type_name -> shoal.blockstore.v1.Outcome
-	16, // 12: shoal.blockstore.v1.AcceptResponse.promised:type_name -> shoal.blockstore.v1.Ballot
-	16, // 13: shoal.blockstore.v1.LearnRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
-	17, // 14: shoal.blockstore.v1.LearnRequest.state:type_name -> shoal.blockstore.v1.MutableState
-	16, // 15: shoal.blockstore.v1.PeekResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
-	17, // 16: shoal.blockstore.v1.PeekResponse.state:type_name -> shoal.blockstore.v1.MutableState
-	16, // 17: shoal.blockstore.v1.AcceptorRecord.promised:type_name -> shoal.blockstore.v1.Ballot
-	16, // 18: shoal.blockstore.v1.AcceptorRecord.accepted:type_name -> shoal.blockstore.v1.Ballot
-	17, // 19: shoal.blockstore.v1.AcceptorRecord.state:type_name -> shoal.blockstore.v1.MutableState
-	2,  // 20: shoal.blockstore.v1.BlockStore.Put:input_type -> shoal.blockstore.v1.PutRequest
-	4,  // 21: shoal.blockstore.v1.BlockStore.Get:input_type -> shoal.blockstore.v1.GetRequest
-	6,  // 22: shoal.blockstore.v1.BlockStore.Has:input_type -> shoal.blockstore.v1.HasRequest
-	8,  // 23: shoal.blockstore.v1.BlockStore.Delete:input_type -> shoal.blockstore.v1.DeleteRequest
-	10, // 24: shoal.blockstore.v1.BlockStore.Stat:input_type -> shoal.blockstore.v1.StatRequest
-	12, // 25: shoal.blockstore.v1.BlockStore.NodeStats:input_type -> shoal.blockstore.v1.NodeStatsRequest
-	14, // 26: shoal.blockstore.v1.BlockStore.List:input_type -> shoal.blockstore.v1.ListRequest
-	18, // 27: shoal.blockstore.v1.BlockStore.Prepare:input_type -> shoal.blockstore.v1.PrepareRequest
-	20, // 28: shoal.blockstore.v1.BlockStore.Accept:input_type -> shoal.blockstore.v1.AcceptRequest
-	22, // 29: shoal.blockstore.v1.BlockStore.Learn:input_type -> shoal.blockstore.v1.LearnRequest
-	24, // 30: shoal.blockstore.v1.BlockStore.Peek:input_type -> shoal.blockstore.v1.PeekRequest
-	3,  // 31: shoal.blockstore.v1.BlockStore.Put:output_type -> shoal.blockstore.v1.PutResponse
-	5,  // 32: shoal.blockstore.v1.BlockStore.Get:output_type -> shoal.blockstore.v1.GetResponse
-	7,  // 33: shoal.blockstore.v1.BlockStore.Has:output_type -> shoal.blockstore.v1.HasResponse
-	9,  // 34: shoal.blockstore.v1.BlockStore.Delete:output_type -> shoal.blockstore.v1.DeleteResponse
-	11, // 35: shoal.blockstore.v1.BlockStore.Stat:output_type -> shoal.blockstore.v1.StatResponse
-	13, // 36: shoal.blockstore.v1.BlockStore.NodeStats:output_type -> shoal.blockstore.v1.NodeStatsResponse
-	15, // 37: shoal.blockstore.v1.BlockStore.List:output_type -> shoal.blockstore.v1.ListResponse
-	19, // 38: shoal.blockstore.v1.BlockStore.Prepare:output_type -> shoal.blockstore.v1.PrepareResponse
-	21, // 39: shoal.blockstore.v1.BlockStore.Accept:output_type -> shoal.blockstore.v1.AcceptResponse
-	23, // 40: shoal.blockstore.v1.BlockStore.Learn:output_type -> shoal.blockstore.v1.LearnResponse
-	25, // 41: shoal.blockstore.v1.BlockStore.Peek:output_type -> shoal.blockstore.v1.PeekResponse
-	31, // [31:42] is the sub-list for method output_type
-	20, // [20:31] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	2,  // 1: shoal.blockstore.v1.PutBatchRequest.puts:type_name -> shoal.blockstore.v1.PutRequest
+	6,  // 2: shoal.blockstore.v1.PutBatchResponse.results:type_name -> shoal.blockstore.v1.BatchResult
+	0,  // 3: shoal.blockstore.v1.BatchResult.kind:type_name -> shoal.blockstore.v1.BlockKind
+	6,  // 4: shoal.blockstore.v1.GetBatchResponse.results:type_name -> shoal.blockstore.v1.BatchResult
+	0,  // 5: shoal.blockstore.v1.GetResponse.kind:type_name -> shoal.blockstore.v1.BlockKind
+	0,  // 6: shoal.blockstore.v1.StatResponse.kind:type_name -> shoal.blockstore.v1.BlockKind
+	21, // 7: shoal.blockstore.v1.PrepareRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
+	1,  // 8: shoal.blockstore.v1.PrepareResponse.outcome:type_name -> shoal.blockstore.v1.Outcome
+	21, // 9: shoal.blockstore.v1.PrepareResponse.promised:type_name -> shoal.blockstore.v1.Ballot
+	21, // 10: shoal.blockstore.v1.PrepareResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
+	22, // 11: shoal.blockstore.v1.PrepareResponse.state:type_name -> shoal.blockstore.v1.MutableState
+	21, // 12: shoal.blockstore.v1.AcceptRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
+	22, // 13: shoal.blockstore.v1.AcceptRequest.state:type_name -> shoal.blockstore.v1.MutableState
+	21, // 14: shoal.blockstore.v1.AcceptRequest.promise_next:type_name -> shoal.blockstore.v1.Ballot
+	1,  // 15: shoal.blockstore.v1.AcceptResponse.outcome:type_name -> shoal.blockstore.v1.Outcome
+	21, // 16: shoal.blockstore.v1.AcceptResponse.promised:type_name -> shoal.blockstore.v1.Ballot
+	21, // 17: shoal.blockstore.v1.LearnRequest.ballot:type_name -> shoal.blockstore.v1.Ballot
+	22, // 18: shoal.blockstore.v1.LearnRequest.state:type_name -> shoal.blockstore.v1.MutableState
+	21, // 19: shoal.blockstore.v1.PeekResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
+	22, // 20: shoal.blockstore.v1.PeekResponse.state:type_name -> shoal.blockstore.v1.MutableState
+	21, // 21: shoal.blockstore.v1.AcceptorRecord.promised:type_name -> shoal.blockstore.v1.Ballot
+	21, // 22: shoal.blockstore.v1.AcceptorRecord.accepted:type_name -> shoal.blockstore.v1.Ballot
+	22, // 23: shoal.blockstore.v1.AcceptorRecord.state:type_name -> shoal.blockstore.v1.MutableState
+	2,  // 24: shoal.blockstore.v1.BlockStore.Put:input_type -> shoal.blockstore.v1.PutRequest
+	9,  // 25: shoal.blockstore.v1.BlockStore.Get:input_type -> shoal.blockstore.v1.GetRequest
+	4,  // 26: shoal.blockstore.v1.BlockStore.PutBatch:input_type -> shoal.blockstore.v1.PutBatchRequest
+	7,  // 27: shoal.blockstore.v1.BlockStore.GetBatch:input_type -> shoal.blockstore.v1.GetBatchRequest
+	11, // 28: shoal.blockstore.v1.BlockStore.Has:input_type -> shoal.blockstore.v1.HasRequest
+	13, // 29: shoal.blockstore.v1.BlockStore.Delete:input_type -> shoal.blockstore.v1.DeleteRequest
+	15, // 30: shoal.blockstore.v1.BlockStore.Stat:input_type -> shoal.blockstore.v1.StatRequest
+	17, // 31: shoal.blockstore.v1.BlockStore.NodeStats:input_type -> shoal.blockstore.v1.NodeStatsRequest
+	19, // 32: shoal.blockstore.v1.BlockStore.List:input_type -> shoal.blockstore.v1.ListRequest
+	23, // 33: shoal.blockstore.v1.BlockStore.Prepare:input_type -> shoal.blockstore.v1.PrepareRequest
+	25, // 34: shoal.blockstore.v1.BlockStore.Accept:input_type -> shoal.blockstore.v1.AcceptRequest
+	27, // 35: shoal.blockstore.v1.BlockStore.Learn:input_type -> shoal.blockstore.v1.LearnRequest
+	29, // 36: shoal.blockstore.v1.BlockStore.Peek:input_type -> shoal.blockstore.v1.PeekRequest
+	3,  // 37: shoal.blockstore.v1.BlockStore.Put:output_type -> shoal.blockstore.v1.PutResponse
+	10, // 38: shoal.blockstore.v1.BlockStore.Get:output_type -> shoal.blockstore.v1.GetResponse
+	5,  // 39: shoal.blockstore.v1.BlockStore.PutBatch:output_type -> shoal.blockstore.v1.PutBatchResponse
+	8,  // 40: shoal.blockstore.v1.BlockStore.GetBatch:output_type -> shoal.blockstore.v1.GetBatchResponse
+	12, // 41: shoal.blockstore.v1.BlockStore.Has:output_type -> shoal.blockstore.v1.HasResponse
+	14, // 42: shoal.blockstore.v1.BlockStore.Delete:output_type -> shoal.blockstore.v1.DeleteResponse
+	16, // 43: shoal.blockstore.v1.BlockStore.Stat:output_type -> shoal.blockstore.v1.StatResponse
+	18, // 44: shoal.blockstore.v1.BlockStore.NodeStats:output_type -> shoal.blockstore.v1.NodeStatsResponse
+	20, // 45: shoal.blockstore.v1.BlockStore.List:output_type -> shoal.blockstore.v1.ListResponse
+	24, // 46: shoal.blockstore.v1.BlockStore.Prepare:output_type -> shoal.blockstore.v1.PrepareResponse
+	26, // 47: shoal.blockstore.v1.BlockStore.Accept:output_type -> shoal.blockstore.v1.AcceptResponse
+	28, // 48: shoal.blockstore.v1.BlockStore.Learn:output_type -> shoal.blockstore.v1.LearnResponse
+	30, // 49: shoal.blockstore.v1.BlockStore.Peek:output_type -> shoal.blockstore.v1.PeekResponse
+	37, // [37:50] is the sub-list for method output_type
+	24, // [24:37] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_blockstorepb_blockstore_proto_init() }
@@ -1813,7 +2105,7 @@ func file_blockstorepb_blockstore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockstorepb_blockstore_proto_rawDesc), len(file_blockstorepb_blockstore_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

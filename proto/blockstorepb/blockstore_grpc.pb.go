@@ -24,6 +24,8 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	BlockStore_Put_FullMethodName       = "/shoal.blockstore.v1.BlockStore/Put"
 	BlockStore_Get_FullMethodName       = "/shoal.blockstore.v1.BlockStore/Get"
+	BlockStore_PutBatch_FullMethodName  = "/shoal.blockstore.v1.BlockStore/PutBatch"
+	BlockStore_GetBatch_FullMethodName  = "/shoal.blockstore.v1.BlockStore/GetBatch"
 	BlockStore_Has_FullMethodName       = "/shoal.blockstore.v1.BlockStore/Has"
 	BlockStore_Delete_FullMethodName    = "/shoal.blockstore.v1.BlockStore/Delete"
 	BlockStore_Stat_FullMethodName      = "/shoal.blockstore.v1.BlockStore/Stat"
@@ -41,6 +43,8 @@ const (
 type BlockStoreClient interface {
 	Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (*PutResponse, error)
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
+	PutBatch(ctx context.Context, in *PutBatchRequest, opts ...grpc.CallOption) (*PutBatchResponse, error)
+	GetBatch(ctx context.Context, in *GetBatchRequest, opts ...grpc.CallOption) (*GetBatchResponse, error)
 	Has(ctx context.Context, in *HasRequest, opts ...grpc.CallOption) (*HasResponse, error)
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*StatResponse, error)
@@ -78,6 +82,26 @@ func (c *blockStoreClient) Get(ctx context.Context, in *GetRequest, opts ...grpc
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetResponse)
 	err := c.cc.Invoke(ctx, BlockStore_Get_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *blockStoreClient) PutBatch(ctx context.Context, in *PutBatchRequest, opts ...grpc.CallOption) (*PutBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutBatchResponse)
+	err := c.cc.Invoke(ctx, BlockStore_PutBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *blockStoreClient) GetBatch(ctx context.Context, in *GetBatchRequest, opts ...grpc.CallOption) (*GetBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBatchResponse)
+	err := c.cc.Invoke(ctx, BlockStore_GetBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +213,8 @@ func (c *blockStoreClient) Peek(ctx context.Context, in *PeekRequest, opts ...gr
 type BlockStoreServer interface {
 	Put(context.Context, *PutRequest) (*PutResponse, error)
 	Get(context.Context, *GetRequest) (*GetResponse, error)
+	PutBatch(context.Context, *PutBatchRequest) (*PutBatchResponse, error)
+	GetBatch(context.Context, *GetBatchRequest) (*GetBatchResponse, error)
 	Has(context.Context, *HasRequest) (*HasResponse, error)
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	Stat(context.Context, *StatRequest) (*StatResponse, error)
@@ -217,6 +243,12 @@ func (UnimplementedBlockStoreServer) Put(context.Context, *PutRequest) (*PutResp
 }
 func (UnimplementedBlockStoreServer) Get(context.Context, *GetRequest) (*GetResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Get not implemented")
+}
+func (UnimplementedBlockStoreServer) PutBatch(context.Context, *PutBatchRequest) (*PutBatchResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutBatch not implemented")
+}
+func (UnimplementedBlockStoreServer) GetBatch(context.Context, *GetBatchRequest) (*GetBatchResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetBatch not implemented")
 }
 func (UnimplementedBlockStoreServer) Has(context.Context, *HasRequest) (*HasResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Has not implemented")
@@ -298,6 +330,42 @@ func _BlockStore_Get_Handler(srv interface{}, ctx context.Context, dec func(inte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(BlockStoreServer).Get(ctx, req.(*GetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BlockStore_PutBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockStoreServer).PutBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockStore_PutBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockStoreServer).PutBatch(ctx, req.(*PutBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BlockStore_GetBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockStoreServer).GetBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockStore_GetBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockStoreServer).GetBatch(ctx, req.(*GetBatchRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -471,6 +539,14 @@ var BlockStore_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Get",
 			Handler:    _BlockStore_Get_Handler,
+		},
+		{
+			MethodName: "PutBatch",
+			Handler:    _BlockStore_PutBatch_Handler,
+		},
+		{
+			MethodName: "GetBatch",
+			Handler:    _BlockStore_GetBatch_Handler,
 		},
 		{
 			MethodName: "Has",

@@ -7,6 +7,7 @@
 package dht
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -52,6 +53,9 @@ type Client struct {
 
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn // by node address
+
+	batchMu sync.Mutex
+	queues  map[queueKey]*nodeQueue
 
 	propOnce sync.Once
 	prop     *paxos.Proposer
@@ -327,6 +331,12 @@ func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w 
 	if len(targets) < w {
 		return fmt.Errorf("%w: %d nodes up, need %d", ErrQuorum, len(targets), w)
 	}
+	if w < len(targets) {
+		// The writes past the quorum outlive this call, and a caller may
+		// reuse its buffer once Put returns (the dedup pipeline pools
+		// them): those writes must not read it.
+		data = bytes.Clone(data)
+	}
 	req := &bpb.PutRequest{Address: addr[:], Data: data, Kind: bpb.BlockKind_BLOCK_KIND_IMMUTABLE}
 	type result struct {
 		node string
@@ -342,6 +352,11 @@ func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w 
 			defer c.bg.Done()
 			cctx, cancel := c.callCtx(bgctx)
 			defer cancel()
+			if len(data) <= batchMaxBlock {
+				_, err := c.batchPut(cctx, n, req)
+				results <- result{n.Id, err}
+				return
+			}
 			bs, err := c.client(n)
 			if err == nil {
 				_, err = bs.Put(cctx, req)
@@ -432,15 +447,10 @@ func (c *Client) Get(ctx context.Context, addr block.Address) ([]byte, error) {
 }
 
 func (c *Client) getFrom(ctx context.Context, n *ppb.Node, addr block.Address) ([]byte, error) {
-	bs, err := c.client(n)
-	if err != nil {
-		return nil, err
-	}
 	cctx, cancel := c.callCtx(ctx)
 	defer cancel()
-	resp, err := bs.Get(cctx, &bpb.GetRequest{Address: addr[:]})
+	resp, err := c.batchGet(cctx, n, addr[:])
 	if err != nil {
-		err = rpc.FromStatus(err)
 		if isDataLoss(err) {
 			// The node found its copy corrupt and dropped it: repair it.
 			return nil, fmt.Errorf("%w: %v", block.ErrHashMismatch, err)
@@ -457,6 +467,7 @@ func (c *Client) getFrom(ctx context.Context, n *ppb.Node, addr block.Address) (
 // background: the reader already has its bytes.
 func (c *Client) repair(ctx context.Context, addr block.Address, data []byte, nodes []*ppb.Node) {
 	bgctx := context.WithoutCancel(ctx)
+	data = bytes.Clone(data) // the caller owns what Get returned
 	for _, n := range nodes {
 		c.bg.Add(1)
 		go func() {

@@ -289,45 +289,143 @@ func decodeEntry(v []byte) (entry, error) {
 // Put stores data under addr and returns whether it was already present.
 // It returns only once the block is durable.
 func (s *Silo) Put(addr block.Address, kind block.Kind, data []byte) (existed bool, err error) {
-	if s.closed.Load() {
-		return false, ErrClosed
-	}
-	key := blockKey(addr)
-	if ok, err := s.touchPresent([]block.Address{addr}); err != nil || ok[0] {
-		return ok[0], err
-	}
-	if c := s.opts.Capacity; c > 0 && uint64(s.used.Load())+uint64(len(data)) > c {
-		return false, fmt.Errorf("%w: %d of %d bytes used", ErrFull, s.used.Load(), c)
-	}
-	crc := crc32.Checksum(data, castagnoli)
-	var val []byte
-	if len(data) < s.opts.SegmentThreshold {
-		val = make([]byte, 6+len(data))
-		val[0], val[1] = 0, byte(kind)
-		put32(val[2:], crc)
-		copy(val[6:], data)
-	} else {
-		seg, off, err := s.appendSegment(data)
-		if err != nil {
-			return false, err
+	r := s.PutMany([]Item{{Addr: addr, Kind: kind, Data: data}})
+	return r[0].Existed, r[0].Err
+}
+
+// Item is one block of a PutMany.
+type Item struct {
+	Addr block.Address
+	Kind block.Kind
+	Data []byte
+}
+
+// PutResult is one PutMany item's outcome.
+type PutResult struct {
+	Existed bool
+	Err     error
+}
+
+// PutMany stores several blocks with one segment write, one index batch
+// and one fsync of each, and returns once all of them are durable. Items
+// succeed or fail one by one: a block that would exceed the capacity fails
+// alone.
+func (s *Silo) PutMany(items []Item) []PutResult {
+	out := make([]PutResult, len(items))
+	fail := func(err error) []PutResult {
+		for i := range out {
+			if out[i].Err == nil && !out[i].Existed {
+				out[i].Err = err
+			}
 		}
-		val = make([]byte, 6+16)
-		val[0], val[1] = 1, byte(kind)
-		put32(val[2:], crc)
-		put32(val[6:], seg)
-		put64(val[10:], uint64(off))
-		put32(val[18:], uint32(len(data)))
+		return out
+	}
+	if s.closed.Load() {
+		return fail(ErrClosed)
+	}
+	addrs := make([]block.Address, len(items))
+	for i, it := range items {
+		addrs[i] = it.Addr
+	}
+	present, err := s.touchPresent(addrs)
+	if err != nil {
+		return fail(err)
+	}
+	// Decide what to store: not present, not a repeat within the batch,
+	// and within capacity. first[i] is the item a repeat shares its fate with.
+	first := make(map[block.Address]int, len(items))
+	var store []int
+	var added int64
+	segBytes := 0
+	for i, it := range items {
+		if present[i] {
+			out[i].Existed = true
+			continue
+		}
+		if _, dup := first[it.Addr]; dup {
+			continue
+		}
+		first[it.Addr] = i
+		if c := s.opts.Capacity; c > 0 && uint64(s.used.Load()+added)+uint64(len(it.Data)) > c {
+			out[i].Err = fmt.Errorf("%w: %d of %d bytes used", ErrFull, s.used.Load()+added, c)
+			continue
+		}
+		added += int64(len(it.Data))
+		store = append(store, i)
+		if len(it.Data) >= s.opts.SegmentThreshold {
+			segBytes += len(it.Data)
+		}
+	}
+	if len(store) > 0 {
+		if err := s.store(items, store, segBytes); err != nil {
+			for _, i := range store {
+				out[i].Err = err
+			}
+		} else {
+			s.used.Add(added)
+			s.blocks.Add(int64(len(store)))
+		}
+	}
+	for i, it := range items {
+		if j := first[it.Addr]; j != i && !present[i] {
+			out[i] = out[j]
+		}
+	}
+	return out
+}
+
+// store writes items[idx]: the bodies at or above the segment threshold in
+// one contiguous segment write, then every index entry in one batch.
+func (s *Silo) store(items []Item, idx []int, segBytes int) error {
+	var segID uint32
+	var off int64
+	if segBytes > 0 {
+		var body []byte
+		for _, i := range idx {
+			if d := items[i].Data; len(d) >= s.opts.SegmentThreshold {
+				if body == nil && len(d) == segBytes {
+					body = d // the only segment body: no copy
+					break
+				}
+				if body == nil {
+					body = make([]byte, 0, segBytes)
+				}
+				body = append(body, d...)
+			}
+		}
+		var err error
+		if segID, off, err = s.appendSegment(body); err != nil {
+			return err
+		}
 	}
 	b := s.db.NewBatch()
-	_ = b.Set(key, val, nil)
-	_ = b.Set(touchKey(addr), touchVal(s.now().UnixMilli()), nil)
+	now := touchVal(s.now().UnixMilli())
+	for _, i := range idx {
+		it := items[i]
+		crc := crc32.Checksum(it.Data, castagnoli)
+		var val []byte
+		if len(it.Data) < s.opts.SegmentThreshold {
+			val = make([]byte, 6+len(it.Data))
+			val[0], val[1] = 0, byte(it.Kind)
+			put32(val[2:], crc)
+			copy(val[6:], it.Data)
+		} else {
+			val = make([]byte, 6+16)
+			val[0], val[1] = 1, byte(it.Kind)
+			put32(val[2:], crc)
+			put32(val[6:], segID)
+			put64(val[10:], uint64(off))
+			put32(val[18:], uint32(len(it.Data)))
+			off += int64(len(it.Data))
+		}
+		_ = b.Set(blockKey(it.Addr), val, nil)
+		_ = b.Set(touchKey(it.Addr), now, nil)
+	}
 	// pebble.Sync joins concurrent committers into one WAL fsync.
 	if err := b.Commit(pebble.Sync); err != nil {
-		return false, fmt.Errorf("silo: index write: %w", err)
+		return fmt.Errorf("silo: index write: %w", err)
 	}
-	s.used.Add(int64(len(data)))
-	s.blocks.Add(1)
-	return false, nil
+	return nil
 }
 
 func (s *Silo) appendSegment(data []byte) (uint32, int64, error) {

@@ -300,3 +300,52 @@ func TestRecordsSurviveReopen(t *testing.T) {
 		t.Fatalf("sync with nothing pending: %v", err)
 	}
 }
+
+func TestPutMany(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{SegmentThreshold: 1024, Capacity: 400_000})
+	old := blockData(99, 5000)
+	if _, err := s.Put(block.Sum(old), block.KindImmutable, old); err != nil {
+		t.Fatal(err)
+	}
+	var items []Item
+	for i, size := range []int{0, 100, 1023, 1024, 4096, 70_000, 200_000} {
+		d := blockData(i, size)
+		items = append(items, Item{Addr: block.Sum(d), Kind: block.KindImmutable, Data: d})
+	}
+	tooBig := blockData(50, 150_000) // 5,000 + 276,243 stored before it: over 400,000
+	items = append(items,
+		Item{Addr: items[4].Addr, Kind: block.KindImmutable, Data: items[4].Data}, // repeat within the batch
+		Item{Addr: block.Sum(old), Kind: block.KindImmutable, Data: old},          // already stored
+		Item{Addr: block.Sum(tooBig), Kind: block.KindImmutable, Data: tooBig})
+	res := s.PutMany(items)
+	for i := range 8 {
+		if res[i].Err != nil || res[i].Existed {
+			t.Fatalf("item %d: %+v", i, res[i])
+		}
+	}
+	if !res[8].Existed || res[8].Err != nil {
+		t.Fatalf("already stored block: %+v", res[8])
+	}
+	if !errors.Is(res[9].Err, ErrFull) {
+		t.Fatalf("block over capacity: %+v", res[9])
+	}
+	if _, _, n := s.Usage(); n != 8 {
+		t.Fatalf("%d blocks counted, want 8", n)
+	}
+	s.Close()
+	s = openT(t, dir, Options{SegmentThreshold: 1024})
+	defer s.Close()
+	for i, it := range items[:9] {
+		got, _, err := s.Get(it.Addr)
+		if err != nil || !bytes.Equal(got, it.Data) {
+			t.Fatalf("item %d after reopen: %v", i, err)
+		}
+	}
+	if ok, _ := s.Has(items[9].Addr); ok {
+		t.Fatal("the block refused for capacity was stored")
+	}
+	if used, _, n := s.Usage(); n != 8 || used != 5000+276_243 {
+		t.Fatalf("after reopen: %d bytes in %d blocks", used, n)
+	}
+}

@@ -1,0 +1,148 @@
+package inprocess
+
+import (
+	"bytes"
+	"errors"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"shoal/e2e/framework"
+	bpb "shoal/proto/blockstorepb"
+	"shoal/services/blockstore"
+	"shoal/shared/block"
+	"shoal/shared/dht"
+	"shoal/shared/rpc"
+)
+
+// Many concurrent small puts and gets go through the client's per-node
+// batches; every block must come back intact from every replica.
+func TestConcurrentSmallBlocksBatched(t *testing.T) {
+	c := framework.Start(t, framework.Options{Nodes: 3})
+	cl := c.Client(dht.Config{Replicas: 3, WriteQuorum: 2})
+	ctx := ctxT(t)
+	const n = 400
+	datas := make([][]byte, n)
+	addrs := make([]block.Address, n)
+	for i := range datas {
+		datas[i] = randBytes(t, 1+i*163%(70<<10)) // up to 70 KiB: some over the batching limit
+	}
+	datas[n-1] = datas[0] // the same block twice, concurrently
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := cl.Put(ctx, datas[i])
+			if err != nil {
+				errs <- err
+				return
+			}
+			addrs[i] = a
+			got, err := cl.Get(ctx, a)
+			if err != nil {
+				errs <- err
+			} else if !bytes.Equal(got, datas[i]) {
+				errs <- errors.New("block came back different")
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	cl.Close() // waits for the third replica writes
+	for i, a := range addrs {
+		if h := holders(t, c, a); h != 3 {
+			t.Fatalf("block %d on %d nodes, want 3", i, h)
+		}
+	}
+}
+
+// Batch calls answer each item as its own call would: bad items fail
+// alone, a full GetBatch response defers the rest, oversize batches are
+// refused.
+func TestBatchCallsPerItem(t *testing.T) {
+	c := framework.Start(t, framework.Options{Nodes: 3})
+	ctx := ctxT(t)
+	cc, err := rpc.Dial(c.Nodes[0].Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	bs := bpb.NewBlockStoreClient(cc)
+	good := randBytes(t, 3000)
+	ga := block.Sum(good)
+	wrong := block.Sum([]byte("other"))
+	resp, err := bs.PutBatch(ctx, &bpb.PutBatchRequest{Puts: []*bpb.PutRequest{
+		{Address: wrong[:], Data: []byte("data")},
+		{Address: ga[:], Data: good},
+		{Address: []byte{1, 2}, Data: []byte("x")},
+		{Address: ga[:], Data: good},
+	}})
+	if err != nil || len(resp.Results) != 4 {
+		t.Fatalf("PutBatch: %v", err)
+	}
+	if codes.Code(resp.Results[0].Code) != codes.InvalidArgument || codes.Code(resp.Results[2].Code) != codes.InvalidArgument {
+		t.Fatalf("bad items: %v / %v", resp.Results[0], resp.Results[2])
+	}
+	if resp.Results[1].Code != 0 || resp.Results[3].Code != 0 {
+		t.Fatalf("good items: %v / %v", resp.Results[1], resp.Results[3])
+	}
+	if ok, _ := c.Nodes[0].Silo().Has(ga); !ok {
+		t.Fatal("good item not stored")
+	}
+	if ok, _ := c.Nodes[0].Silo().Has(wrong); ok {
+		t.Fatal("mismatched item stored")
+	}
+
+	// Three 1 MiB blocks: the response fills after the first.
+	var bigs [][]byte
+	req := &bpb.GetBatchRequest{Addresses: [][]byte{wrong[:]}}
+	for range 3 {
+		d := randBytes(t, blockstore.GetBatchMaxBytes)
+		a := block.Sum(d)
+		if _, err := bs.Put(ctx, &bpb.PutRequest{Address: a[:], Data: d}); err != nil {
+			t.Fatal(err)
+		}
+		bigs = append(bigs, d)
+		req.Addresses = append(req.Addresses, a[:])
+	}
+	gr, err := bs.GetBatch(ctx, req)
+	if err != nil || len(gr.Results) != 4 {
+		t.Fatalf("GetBatch: %v", err)
+	}
+	if codes.Code(gr.Results[0].Code) != codes.NotFound {
+		t.Fatalf("missing block: %v", gr.Results[0])
+	}
+	if gr.Results[1].Code != 0 || !bytes.Equal(gr.Results[1].Data, bigs[0]) {
+		t.Fatalf("first big block: code %d, %d bytes", gr.Results[1].Code, len(gr.Results[1].Data))
+	}
+	for _, r := range gr.Results[2:] {
+		if codes.Code(r.Code) != codes.ResourceExhausted || len(r.Data) != 0 {
+			t.Fatalf("past the response limit: code %d, %d bytes", r.Code, len(r.Data))
+		}
+	}
+	// The client asks again for what a full response deferred.
+	cl := c.Client(dht.Config{Replicas: 3, WriteQuorum: 2})
+	var wg sync.WaitGroup
+	for _, d := range bigs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got, err := cl.Get(ctx, block.Sum(d)); err != nil || !bytes.Equal(got, d) {
+				t.Errorf("client get of a big block: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+
+	_, err = bs.GetBatch(ctx, &bpb.GetBatchRequest{Addresses: make([][]byte, blockstore.MaxBatchItems+1)})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("oversize batch: %v", err)
+	}
+}

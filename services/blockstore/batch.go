@@ -1,0 +1,103 @@
+package blockstore
+
+import (
+	"context"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "shoal/proto/blockstorepb"
+	"shoal/services/blockstore/silo"
+	"shoal/shared/block"
+	"shoal/shared/telemetry"
+)
+
+const (
+	// MaxBatchItems bounds the items of one PutBatch or GetBatch.
+	MaxBatchItems = 4096
+	// GetBatchMaxBytes is how much block data one GetBatch response carries;
+	// the items past it are answered RESOURCE_EXHAUSTED, to be asked again.
+	GetBatchMaxBytes = 1 << 20
+)
+
+// itemStatus is an item's error as the unary call would have returned it.
+func itemStatus(err error) *pb.BatchResult {
+	st, _ := status.FromError(toStatus(err))
+	return &pb.BatchResult{Code: uint32(st.Code()), Message: st.Message()}
+}
+
+// PutBatch validates and stores several blocks: one segment write, one
+// index batch and one fsync of each for all of them.
+func (n *Node) PutBatch(ctx context.Context, req *pb.PutBatchRequest) (*pb.PutBatchResponse, error) {
+	if len(req.Puts) > MaxBatchItems {
+		return nil, status.Errorf(codes.InvalidArgument, "blockstore: at most %d items per batch", MaxBatchItems)
+	}
+	results := make([]*pb.BatchResult, len(req.Puts))
+	items := make([]silo.Item, 0, len(req.Puts))
+	pos := make([]int, 0, len(req.Puts))
+	size := 0
+	for i, p := range req.Puts {
+		addr, err := block.FromBytes(p.Address)
+		if err != nil {
+			results[i] = itemStatus(err)
+			continue
+		}
+		kind := block.Kind(p.Kind)
+		if p.Kind == pb.BlockKind_BLOCK_KIND_UNSPECIFIED {
+			kind = block.KindImmutable
+		}
+		if err := block.Validate(addr, kind, p.Data, n.cfg.MaxBlockSize); err != nil {
+			results[i] = itemStatus(err)
+			continue
+		}
+		items = append(items, silo.Item{Addr: addr, Kind: kind, Data: p.Data})
+		pos = append(pos, i)
+		size += len(p.Data)
+	}
+	_, sp := telemetry.Tracer().Start(ctx, "silo.put", trace.WithAttributes(
+		attribute.Int("batch.items", len(items)), attribute.Int("batch.bytes", size)))
+	for j, r := range n.silo.PutMany(items) {
+		if r.Err != nil {
+			sp.RecordError(r.Err)
+			results[pos[j]] = itemStatus(r.Err)
+			continue
+		}
+		results[pos[j]] = &pb.BatchResult{Existed: r.Existed}
+	}
+	sp.End()
+	return &pb.PutBatchResponse{Results: results}, nil
+}
+
+// GetBatch reads several blocks, each after the silo's checksum check, up
+// to GetBatchMaxBytes of data.
+func (n *Node) GetBatch(ctx context.Context, req *pb.GetBatchRequest) (*pb.GetBatchResponse, error) {
+	if len(req.Addresses) > MaxBatchItems {
+		return nil, status.Errorf(codes.InvalidArgument, "blockstore: at most %d items per batch", MaxBatchItems)
+	}
+	_, sp := telemetry.Tracer().Start(ctx, "silo.get", trace.WithAttributes(attribute.Int("batch.items", len(req.Addresses))))
+	defer sp.End()
+	results := make([]*pb.BatchResult, len(req.Addresses))
+	size := 0
+	for i, a := range req.Addresses {
+		if size >= GetBatchMaxBytes {
+			results[i] = &pb.BatchResult{Code: uint32(codes.ResourceExhausted), Message: "blockstore: batch response full; ask again"}
+			continue
+		}
+		addr, err := block.FromBytes(a)
+		if err != nil {
+			results[i] = itemStatus(err)
+			continue
+		}
+		data, kind, err := n.silo.Get(addr)
+		if err != nil {
+			results[i] = itemStatus(err)
+			continue
+		}
+		size += len(data)
+		results[i] = &pb.BatchResult{Data: data, Kind: pb.BlockKind(kind)}
+	}
+	sp.SetAttributes(attribute.Int("batch.bytes", size))
+	return &pb.GetBatchResponse{Results: results}, nil
+}

@@ -1,0 +1,227 @@
+package dht
+
+import (
+	"context"
+	"sync"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	bpb "shoal/proto/blockstorepb"
+	ppb "shoal/proto/placementpb"
+	"shoal/shared/rpc"
+	"shoal/shared/telemetry"
+)
+
+// Small puts and gets bound for the same node are coalesced into batch
+// calls. A node has at most batchInflight calls of each kind outstanding;
+// requests that arrive meanwhile queue, and the next call carries all of
+// them. At low load a request goes out alone at once, so batching adds no
+// waiting: it only shares, under load, the per-call costs (HTTP/2 stream,
+// headers, handler, tracing, and on the node the group commit) that the
+// load would have paid once per block.
+//
+// One call in flight per node and kind gave the most throughput on the
+// benchmark (64 clients, 4 KiB, 2 cores): puts 4.0k/s against 3.7k/s with
+// two and 3.1k/s with four, gets 18.6k/s against 14.4k/s and 12.8k/s;
+// unbatched it was 1.6k/s and 9k/s. Large gets don't suffer for it: a
+// GetBatch response stops at GetBatchMaxBytes (1 MiB), so a 4 MiB block
+// travels alone and the queue moves on.
+const (
+	batchMaxBlock  = 64 << 10 // larger puts get calls of their own
+	batchMaxBytes  = 1 << 20  // data per put batch
+	batchMaxItems  = 256
+	batchInflight  = 1
+	opPut, opGet   = 0, 1
+	batchSpanLinks = 32 // links recorded on a batch call's span
+)
+
+type batchResult struct {
+	r   *bpb.BatchResult
+	err error
+}
+
+type batchOp struct {
+	ctx  context.Context
+	put  *bpb.PutRequest
+	addr []byte
+	done chan batchResult // buffered: the sender never blocks on a gone caller
+}
+
+type nodeQueue struct {
+	node     *ppb.Node
+	kind     int
+	mu       sync.Mutex
+	ops      []*batchOp
+	inflight int
+}
+
+type queueKey struct {
+	addr string
+	kind int
+}
+
+func (c *Client) queue(n *ppb.Node, kind int) *nodeQueue {
+	c.batchMu.Lock()
+	defer c.batchMu.Unlock()
+	if c.queues == nil {
+		c.queues = map[queueKey]*nodeQueue{}
+	}
+	k := queueKey{n.Addr, kind}
+	q := c.queues[k]
+	if q == nil {
+		q = &nodeQueue{node: n, kind: kind}
+		c.queues[k] = q
+	}
+	return q
+}
+
+// batchPut stores one block on node n through the node's put queue.
+func (c *Client) batchPut(ctx context.Context, n *ppb.Node, req *bpb.PutRequest) (*bpb.BatchResult, error) {
+	return c.enqueue(ctx, c.queue(n, opPut), &batchOp{ctx: ctx, put: req, done: make(chan batchResult, 1)})
+}
+
+// batchGet reads one block from node n through the node's get queue.
+func (c *Client) batchGet(ctx context.Context, n *ppb.Node, addr []byte) (*bpb.BatchResult, error) {
+	return c.enqueue(ctx, c.queue(n, opGet), &batchOp{ctx: ctx, addr: addr, done: make(chan batchResult, 1)})
+}
+
+func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) (*bpb.BatchResult, error) {
+	q.mu.Lock()
+	q.ops = append(q.ops, op)
+	start := q.inflight < batchInflight
+	if start {
+		q.inflight++
+	}
+	q.mu.Unlock()
+	if start {
+		c.bg.Add(1)
+		go c.drain(q)
+	}
+	select {
+	case r := <-op.done:
+		return r.r, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// drain sends batches from q until it is empty.
+func (c *Client) drain(q *nodeQueue) {
+	defer c.bg.Done()
+	for {
+		q.mu.Lock()
+		ops := q.take()
+		if len(ops) == 0 {
+			q.inflight--
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+		c.send(q, ops)
+	}
+}
+
+// take removes the next batch from the queue; q.mu is held. Operations
+// whose caller gave up are answered and dropped here.
+func (q *nodeQueue) take() []*batchOp {
+	var ops []*batchOp
+	size, n := 0, 0
+	for n < len(q.ops) && len(ops) < batchMaxItems {
+		op := q.ops[n]
+		if op.put != nil && len(ops) > 0 && size+len(op.put.Data) > batchMaxBytes {
+			break
+		}
+		n++
+		if err := op.ctx.Err(); err != nil {
+			op.done <- batchResult{err: err}
+			continue
+		}
+		if op.put != nil {
+			size += len(op.put.Data)
+		}
+		ops = append(ops, op)
+	}
+	q.ops = q.ops[n:]
+	if len(q.ops) == 0 {
+		q.ops = nil // let the backing array go
+	}
+	return ops
+}
+
+// requeue puts ops back at the head of q, for a GetBatch whose response
+// filled up before reaching them.
+func (q *nodeQueue) requeue(ops []*batchOp) {
+	q.mu.Lock()
+	q.ops = append(ops, q.ops...)
+	q.mu.Unlock()
+}
+
+func (c *Client) send(q *nodeQueue, ops []*batchOp) {
+	// The call keeps the first caller's trace (all of it when it travels
+	// alone, as at low load) and links the others', but none of their
+	// cancellations: one caller giving up must not fail the rest.
+	ctx := context.WithoutCancel(ops[0].ctx)
+	if len(ops) > 1 {
+		links := make([]trace.Link, 0, min(len(ops), batchSpanLinks))
+		for _, op := range ops[1:min(len(ops), batchSpanLinks+1)] {
+			links = append(links, trace.Link{SpanContext: trace.SpanContextFromContext(op.ctx)})
+		}
+		var sp trace.Span
+		ctx, sp = telemetry.Tracer().Start(ctx, "dht.batch", trace.WithLinks(links...),
+			trace.WithAttributes(attribute.Int("batch.items", len(ops)), attribute.String("node", q.node.Id)))
+		defer sp.End()
+	}
+	cctx, cancel := c.callCtx(ctx)
+	defer cancel()
+	bs, err := c.client(q.node)
+	var results []*bpb.BatchResult
+	if err == nil {
+		if q.kind == opPut {
+			req := &bpb.PutBatchRequest{Puts: make([]*bpb.PutRequest, len(ops))}
+			for i, op := range ops {
+				req.Puts[i] = op.put
+			}
+			var resp *bpb.PutBatchResponse
+			if resp, err = bs.PutBatch(cctx, req); err == nil {
+				results = resp.Results
+			}
+		} else {
+			req := &bpb.GetBatchRequest{Addresses: make([][]byte, len(ops))}
+			for i, op := range ops {
+				req.Addresses[i] = op.addr
+			}
+			var resp *bpb.GetBatchResponse
+			if resp, err = bs.GetBatch(cctx, req); err == nil {
+				results = resp.Results
+			}
+		}
+	}
+	if err == nil && len(results) != len(ops) {
+		err = status.Errorf(codes.Internal, "dht: batch of %d answered with %d results", len(ops), len(results))
+	}
+	if err != nil {
+		err = rpc.FromStatus(err)
+		for _, op := range ops {
+			op.done <- batchResult{err: err}
+		}
+		return
+	}
+	var again []*batchOp
+	for i, op := range ops {
+		r := results[i]
+		switch {
+		case r.Code == 0:
+			op.done <- batchResult{r: r}
+		case q.kind == opGet && codes.Code(r.Code) == codes.ResourceExhausted:
+			again = append(again, op)
+		default:
+			op.done <- batchResult{err: rpc.FromStatus(status.Error(codes.Code(r.Code), r.Message))}
+		}
+	}
+	if len(again) > 0 {
+		q.requeue(again)
+	}
+}
