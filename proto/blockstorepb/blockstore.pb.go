@@ -1785,6 +1785,340 @@ func (x *PeekResponse) GetState() *MutableState {
 	return nil
 }
 
+type PaxosOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*PaxosOp_Prepare
+	//	*PaxosOp_Accept
+	//	*PaxosOp_Learn
+	//	*PaxosOp_Peek
+	Op            isPaxosOp_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PaxosOp) Reset() {
+	*x = PaxosOp{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PaxosOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PaxosOp) ProtoMessage() {}
+
+func (x *PaxosOp) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PaxosOp.ProtoReflect.Descriptor instead.
+func (*PaxosOp) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PaxosOp) GetOp() isPaxosOp_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *PaxosOp) GetPrepare() *PrepareRequest {
+	if x != nil {
+		if x, ok := x.Op.(*PaxosOp_Prepare); ok {
+			return x.Prepare
+		}
+	}
+	return nil
+}
+
+func (x *PaxosOp) GetAccept() *AcceptRequest {
+	if x != nil {
+		if x, ok := x.Op.(*PaxosOp_Accept); ok {
+			return x.Accept
+		}
+	}
+	return nil
+}
+
+func (x *PaxosOp) GetLearn() *LearnRequest {
+	if x != nil {
+		if x, ok := x.Op.(*PaxosOp_Learn); ok {
+			return x.Learn
+		}
+	}
+	return nil
+}
+
+func (x *PaxosOp) GetPeek() *PeekRequest {
+	if x != nil {
+		if x, ok := x.Op.(*PaxosOp_Peek); ok {
+			return x.Peek
+		}
+	}
+	return nil
+}
+
+type isPaxosOp_Op interface {
+	isPaxosOp_Op()
+}
+
+type PaxosOp_Prepare struct {
+	Prepare *PrepareRequest `protobuf:"bytes,1,opt,name=prepare,proto3,oneof"`
+}
+
+type PaxosOp_Accept struct {
+	Accept *AcceptRequest `protobuf:"bytes,2,opt,name=accept,proto3,oneof"`
+}
+
+type PaxosOp_Learn struct {
+	Learn *LearnRequest `protobuf:"bytes,3,opt,name=learn,proto3,oneof"`
+}
+
+type PaxosOp_Peek struct {
+	Peek *PeekRequest `protobuf:"bytes,4,opt,name=peek,proto3,oneof"`
+}
+
+func (*PaxosOp_Prepare) isPaxosOp_Op() {}
+
+func (*PaxosOp_Accept) isPaxosOp_Op() {}
+
+func (*PaxosOp_Learn) isPaxosOp_Op() {}
+
+func (*PaxosOp_Peek) isPaxosOp_Op() {}
+
+type PaxosResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// gRPC status code (0 = OK) and message, as the unary call would return.
+	Code    uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*PaxosResult_Prepare
+	//	*PaxosResult_Accept
+	//	*PaxosResult_Learn
+	//	*PaxosResult_Peek
+	Result        isPaxosResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PaxosResult) Reset() {
+	*x = PaxosResult{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PaxosResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PaxosResult) ProtoMessage() {}
+
+func (x *PaxosResult) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PaxosResult.ProtoReflect.Descriptor instead.
+func (*PaxosResult) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *PaxosResult) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *PaxosResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *PaxosResult) GetResult() isPaxosResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *PaxosResult) GetPrepare() *PrepareResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PaxosResult_Prepare); ok {
+			return x.Prepare
+		}
+	}
+	return nil
+}
+
+func (x *PaxosResult) GetAccept() *AcceptResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PaxosResult_Accept); ok {
+			return x.Accept
+		}
+	}
+	return nil
+}
+
+func (x *PaxosResult) GetLearn() *LearnResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PaxosResult_Learn); ok {
+			return x.Learn
+		}
+	}
+	return nil
+}
+
+func (x *PaxosResult) GetPeek() *PeekResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PaxosResult_Peek); ok {
+			return x.Peek
+		}
+	}
+	return nil
+}
+
+type isPaxosResult_Result interface {
+	isPaxosResult_Result()
+}
+
+type PaxosResult_Prepare struct {
+	Prepare *PrepareResponse `protobuf:"bytes,3,opt,name=prepare,proto3,oneof"`
+}
+
+type PaxosResult_Accept struct {
+	Accept *AcceptResponse `protobuf:"bytes,4,opt,name=accept,proto3,oneof"`
+}
+
+type PaxosResult_Learn struct {
+	Learn *LearnResponse `protobuf:"bytes,5,opt,name=learn,proto3,oneof"`
+}
+
+type PaxosResult_Peek struct {
+	Peek *PeekResponse `protobuf:"bytes,6,opt,name=peek,proto3,oneof"`
+}
+
+func (*PaxosResult_Prepare) isPaxosResult_Result() {}
+
+func (*PaxosResult_Accept) isPaxosResult_Result() {}
+
+func (*PaxosResult_Learn) isPaxosResult_Result() {}
+
+func (*PaxosResult_Peek) isPaxosResult_Result() {}
+
+type PaxosBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ops           []*PaxosOp             `protobuf:"bytes,1,rep,name=ops,proto3" json:"ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PaxosBatchRequest) Reset() {
+	*x = PaxosBatchRequest{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PaxosBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PaxosBatchRequest) ProtoMessage() {}
+
+func (x *PaxosBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PaxosBatchRequest.ProtoReflect.Descriptor instead.
+func (*PaxosBatchRequest) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *PaxosBatchRequest) GetOps() []*PaxosOp {
+	if x != nil {
+		return x.Ops
+	}
+	return nil
+}
+
+type PaxosBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// results[i] answers ops[i].
+	Results       []*PaxosResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PaxosBatchResponse) Reset() {
+	*x = PaxosBatchResponse{}
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PaxosBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PaxosBatchResponse) ProtoMessage() {}
+
+func (x *PaxosBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PaxosBatchResponse.ProtoReflect.Descriptor instead.
+func (*PaxosBatchResponse) Descriptor() ([]byte, []int) {
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *PaxosBatchResponse) GetResults() []*PaxosResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 // AcceptorRecord is an acceptor's durable state for one mutable block.
 type AcceptorRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1797,7 +2131,7 @@ type AcceptorRecord struct {
 
 func (x *AcceptorRecord) Reset() {
 	*x = AcceptorRecord{}
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[29]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2143,7 @@ func (x *AcceptorRecord) String() string {
 func (*AcceptorRecord) ProtoMessage() {}
 
 func (x *AcceptorRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_blockstorepb_blockstore_proto_msgTypes[29]
+	mi := &file_blockstorepb_blockstore_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2156,7 @@ func (x *AcceptorRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptorRecord.ProtoReflect.Descriptor instead.
 func (*AcceptorRecord) Descriptor() ([]byte, []int) {
-	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{29}
+	return file_blockstorepb_blockstore_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AcceptorRecord) GetPromised() *Ballot {
@@ -1958,7 +2292,25 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\aaddress\x18\x01 \x01(\fR\aaddress\"\x80\x01\n" +
 	"\fPeekResponse\x127\n" +
 	"\baccepted\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\baccepted\x127\n" +
-	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\"\xbb\x01\n" +
+	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\"\x81\x02\n" +
+	"\aPaxosOp\x12?\n" +
+	"\aprepare\x18\x01 \x01(\v2#.shoal.blockstore.v1.PrepareRequestH\x00R\aprepare\x12<\n" +
+	"\x06accept\x18\x02 \x01(\v2\".shoal.blockstore.v1.AcceptRequestH\x00R\x06accept\x129\n" +
+	"\x05learn\x18\x03 \x01(\v2!.shoal.blockstore.v1.LearnRequestH\x00R\x05learn\x126\n" +
+	"\x04peek\x18\x04 \x01(\v2 .shoal.blockstore.v1.PeekRequestH\x00R\x04peekB\x04\n" +
+	"\x02op\"\xbb\x02\n" +
+	"\vPaxosResult\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12@\n" +
+	"\aprepare\x18\x03 \x01(\v2$.shoal.blockstore.v1.PrepareResponseH\x00R\aprepare\x12=\n" +
+	"\x06accept\x18\x04 \x01(\v2#.shoal.blockstore.v1.AcceptResponseH\x00R\x06accept\x12:\n" +
+	"\x05learn\x18\x05 \x01(\v2\".shoal.blockstore.v1.LearnResponseH\x00R\x05learn\x127\n" +
+	"\x04peek\x18\x06 \x01(\v2!.shoal.blockstore.v1.PeekResponseH\x00R\x04peekB\b\n" +
+	"\x06result\"C\n" +
+	"\x11PaxosBatchRequest\x12.\n" +
+	"\x03ops\x18\x01 \x03(\v2\x1c.shoal.blockstore.v1.PaxosOpR\x03ops\"P\n" +
+	"\x12PaxosBatchResponse\x12:\n" +
+	"\aresults\x18\x01 \x03(\v2 .shoal.blockstore.v1.PaxosResultR\aresults\"\xbb\x01\n" +
 	"\x0eAcceptorRecord\x127\n" +
 	"\bpromised\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\bpromised\x127\n" +
 	"\baccepted\x18\x02 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\baccepted\x127\n" +
@@ -1971,7 +2323,7 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\n" +
 	"OUTCOME_OK\x10\x01\x12\x18\n" +
 	"\x14OUTCOME_STALE_BALLOT\x10\x02\x12\x18\n" +
-	"\x14OUTCOME_WRONG_QUORUM\x10\x032\xad\b\n" +
+	"\x14OUTCOME_WRONG_QUORUM\x10\x032\x8c\t\n" +
 	"\n" +
 	"BlockStore\x12H\n" +
 	"\x03Put\x12\x1f.shoal.blockstore.v1.PutRequest\x1a .shoal.blockstore.v1.PutResponse\x12H\n" +
@@ -1986,7 +2338,9 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\aPrepare\x12#.shoal.blockstore.v1.PrepareRequest\x1a$.shoal.blockstore.v1.PrepareResponse\x12Q\n" +
 	"\x06Accept\x12\".shoal.blockstore.v1.AcceptRequest\x1a#.shoal.blockstore.v1.AcceptResponse\x12N\n" +
 	"\x05Learn\x12!.shoal.blockstore.v1.LearnRequest\x1a\".shoal.blockstore.v1.LearnResponse\x12K\n" +
-	"\x04Peek\x12 .shoal.blockstore.v1.PeekRequest\x1a!.shoal.blockstore.v1.PeekResponseB\x1aZ\x18shoal/proto/blockstorepbb\x06proto3"
+	"\x04Peek\x12 .shoal.blockstore.v1.PeekRequest\x1a!.shoal.blockstore.v1.PeekResponse\x12]\n" +
+	"\n" +
+	"PaxosBatch\x12&.shoal.blockstore.v1.PaxosBatchRequest\x1a'.shoal.blockstore.v1.PaxosBatchResponseB\x1aZ\x18shoal/proto/blockstorepbb\x06proto3"
 
 var (
 	file_blockstorepb_blockstore_proto_rawDescOnce sync.Once
@@ -2001,40 +2355,44 @@ func file_blockstorepb_blockstore_proto_rawDescGZIP() []byte {
 }
 
 var file_blockstorepb_blockstore_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_blockstorepb_blockstore_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_blockstorepb_blockstore_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_blockstorepb_blockstore_proto_goTypes = []any{
-	(BlockKind)(0),            // 0: shoal.blockstore.v1.BlockKind
-	(Outcome)(0),              // 1: shoal.blockstore.v1.Outcome
-	(*PutRequest)(nil),        // 2: shoal.blockstore.v1.PutRequest
-	(*PutResponse)(nil),       // 3: shoal.blockstore.v1.PutResponse
-	(*PutBatchRequest)(nil),   // 4: shoal.blockstore.v1.PutBatchRequest
-	(*PutBatchResponse)(nil),  // 5: shoal.blockstore.v1.PutBatchResponse
-	(*BatchResult)(nil),       // 6: shoal.blockstore.v1.BatchResult
-	(*GetBatchRequest)(nil),   // 7: shoal.blockstore.v1.GetBatchRequest
-	(*GetBatchResponse)(nil),  // 8: shoal.blockstore.v1.GetBatchResponse
-	(*GetRequest)(nil),        // 9: shoal.blockstore.v1.GetRequest
-	(*GetResponse)(nil),       // 10: shoal.blockstore.v1.GetResponse
-	(*HasRequest)(nil),        // 11: shoal.blockstore.v1.HasRequest
-	(*HasResponse)(nil),       // 12: shoal.blockstore.v1.HasResponse
-	(*DeleteRequest)(nil),     // 13: shoal.blockstore.v1.DeleteRequest
-	(*DeleteResponse)(nil),    // 14: shoal.blockstore.v1.DeleteResponse
-	(*StatRequest)(nil),       // 15: shoal.blockstore.v1.StatRequest
-	(*StatResponse)(nil),      // 16: shoal.blockstore.v1.StatResponse
-	(*NodeStatsRequest)(nil),  // 17: shoal.blockstore.v1.NodeStatsRequest
-	(*NodeStatsResponse)(nil), // 18: shoal.blockstore.v1.NodeStatsResponse
-	(*ListRequest)(nil),       // 19: shoal.blockstore.v1.ListRequest
-	(*ListResponse)(nil),      // 20: shoal.blockstore.v1.ListResponse
-	(*Ballot)(nil),            // 21: shoal.blockstore.v1.Ballot
-	(*MutableState)(nil),      // 22: shoal.blockstore.v1.MutableState
-	(*PrepareRequest)(nil),    // 23: shoal.blockstore.v1.PrepareRequest
-	(*PrepareResponse)(nil),   // 24: shoal.blockstore.v1.PrepareResponse
-	(*AcceptRequest)(nil),     // 25: shoal.blockstore.v1.AcceptRequest
-	(*AcceptResponse)(nil),    // 26: shoal.blockstore.v1.AcceptResponse
-	(*LearnRequest)(nil),      // 27: shoal.blockstore.v1.LearnRequest
-	(*LearnResponse)(nil),     // 28: shoal.blockstore.v1.LearnResponse
-	(*PeekRequest)(nil),       // 29: shoal.blockstore.v1.PeekRequest
-	(*PeekResponse)(nil),      // 30: shoal.blockstore.v1.PeekResponse
-	(*AcceptorRecord)(nil),    // 31: shoal.blockstore.v1.AcceptorRecord
+	(BlockKind)(0),             // 0: shoal.blockstore.v1.BlockKind
+	(Outcome)(0),               // 1: shoal.blockstore.v1.Outcome
+	(*PutRequest)(nil),         // 2: shoal.blockstore.v1.PutRequest
+	(*PutResponse)(nil),        // 3: shoal.blockstore.v1.PutResponse
+	(*PutBatchRequest)(nil),    // 4: shoal.blockstore.v1.PutBatchRequest
+	(*PutBatchResponse)(nil),   // 5: shoal.blockstore.v1.PutBatchResponse
+	(*BatchResult)(nil),        // 6: shoal.blockstore.v1.BatchResult
+	(*GetBatchRequest)(nil),    // 7: shoal.blockstore.v1.GetBatchRequest
+	(*GetBatchResponse)(nil),   // 8: shoal.blockstore.v1.GetBatchResponse
+	(*GetRequest)(nil),         // 9: shoal.blockstore.v1.GetRequest
+	(*GetResponse)(nil),        // 10: shoal.blockstore.v1.GetResponse
+	(*HasRequest)(nil),         // 11: shoal.blockstore.v1.HasRequest
+	(*HasResponse)(nil),        // 12: shoal.blockstore.v1.HasResponse
+	(*DeleteRequest)(nil),      // 13: shoal.blockstore.v1.DeleteRequest
+	(*DeleteResponse)(nil),     // 14: shoal.blockstore.v1.DeleteResponse
+	(*StatRequest)(nil),        // 15: shoal.blockstore.v1.StatRequest
+	(*StatResponse)(nil),       // 16: shoal.blockstore.v1.StatResponse
+	(*NodeStatsRequest)(nil),   // 17: shoal.blockstore.v1.NodeStatsRequest
+	(*NodeStatsResponse)(nil),  // 18: shoal.blockstore.v1.NodeStatsResponse
+	(*ListRequest)(nil),        // 19: shoal.blockstore.v1.ListRequest
+	(*ListResponse)(nil),       // 20: shoal.blockstore.v1.ListResponse
+	(*Ballot)(nil),             // 21: shoal.blockstore.v1.Ballot
+	(*MutableState)(nil),       // 22: shoal.blockstore.v1.MutableState
+	(*PrepareRequest)(nil),     // 23: shoal.blockstore.v1.PrepareRequest
+	(*PrepareResponse)(nil),    // 24: shoal.blockstore.v1.PrepareResponse
+	(*AcceptRequest)(nil),      // 25: shoal.blockstore.v1.AcceptRequest
+	(*AcceptResponse)(nil),     // 26: shoal.blockstore.v1.AcceptResponse
+	(*LearnRequest)(nil),       // 27: shoal.blockstore.v1.LearnRequest
+	(*LearnResponse)(nil),      // 28: shoal.blockstore.v1.LearnResponse
+	(*PeekRequest)(nil),        // 29: shoal.blockstore.v1.PeekRequest
+	(*PeekResponse)(nil),       // 30: shoal.blockstore.v1.PeekResponse
+	(*PaxosOp)(nil),            // 31: shoal.blockstore.v1.PaxosOp
+	(*PaxosResult)(nil),        // 32: shoal.blockstore.v1.PaxosResult
+	(*PaxosBatchRequest)(nil),  // 33: shoal.blockstore.v1.PaxosBatchRequest
+	(*PaxosBatchResponse)(nil), // 34: shoal.blockstore.v1.PaxosBatchResponse
+	(*AcceptorRecord)(nil),     // 35: shoal.blockstore.v1.AcceptorRecord
 }
 var file_blockstorepb_blockstore_proto_depIdxs = []int32{
 	0,  // 0: shoal.blockstore.v1.PutRequest.kind:type_name -> shoal.blockstore.v1.BlockKind
@@ -2058,40 +2416,52 @@ var file_blockstorepb_blockstore_proto_depIdxs = []int32{
 	22, // 18: shoal.blockstore.v1.LearnRequest.state:type_name -> shoal.blockstore.v1.MutableState
 	21, // 19: shoal.blockstore.v1.PeekResponse.accepted:type_name -> shoal.blockstore.v1.Ballot
 	22, // 20: shoal.blockstore.v1.PeekResponse.state:type_name -> shoal.blockstore.v1.MutableState
-	21, // 21: shoal.blockstore.v1.AcceptorRecord.promised:type_name -> shoal.blockstore.v1.Ballot
-	21, // 22: shoal.blockstore.v1.AcceptorRecord.accepted:type_name -> shoal.blockstore.v1.Ballot
-	22, // 23: shoal.blockstore.v1.AcceptorRecord.state:type_name -> shoal.blockstore.v1.MutableState
-	2,  // 24: shoal.blockstore.v1.BlockStore.Put:input_type -> shoal.blockstore.v1.PutRequest
-	9,  // 25: shoal.blockstore.v1.BlockStore.Get:input_type -> shoal.blockstore.v1.GetRequest
-	4,  // 26: shoal.blockstore.v1.BlockStore.PutBatch:input_type -> shoal.blockstore.v1.PutBatchRequest
-	7,  // 27: shoal.blockstore.v1.BlockStore.GetBatch:input_type -> shoal.blockstore.v1.GetBatchRequest
-	11, // 28: shoal.blockstore.v1.BlockStore.Has:input_type -> shoal.blockstore.v1.HasRequest
-	13, // 29: shoal.blockstore.v1.BlockStore.Delete:input_type -> shoal.blockstore.v1.DeleteRequest
-	15, // 30: shoal.blockstore.v1.BlockStore.Stat:input_type -> shoal.blockstore.v1.StatRequest
-	17, // 31: shoal.blockstore.v1.BlockStore.NodeStats:input_type -> shoal.blockstore.v1.NodeStatsRequest
-	19, // 32: shoal.blockstore.v1.BlockStore.List:input_type -> shoal.blockstore.v1.ListRequest
-	23, // 33: shoal.blockstore.v1.BlockStore.Prepare:input_type -> shoal.blockstore.v1.PrepareRequest
-	25, // 34: shoal.blockstore.v1.BlockStore.Accept:input_type -> shoal.blockstore.v1.AcceptRequest
-	27, // 35: shoal.blockstore.v1.BlockStore.Learn:input_type -> shoal.blockstore.v1.LearnRequest
-	29, // 36: shoal.blockstore.v1.BlockStore.Peek:input_type -> shoal.blockstore.v1.PeekRequest
-	3,  // 37: shoal.blockstore.v1.BlockStore.Put:output_type -> shoal.blockstore.v1.PutResponse
-	10, // 38: shoal.blockstore.v1.BlockStore.Get:output_type -> shoal.blockstore.v1.GetResponse
-	5,  // 39: shoal.blockstore.v1.BlockStore.PutBatch:output_type -> shoal.blockstore.v1.PutBatchResponse
-	8,  // 40: shoal.blockstore.v1.BlockStore.GetBatch:output_type -> shoal.blockstore.v1.GetBatchResponse
-	12, // 41: shoal.blockstore.v1.BlockStore.Has:output_type -> shoal.blockstore.v1.HasResponse
-	14, // 42: shoal.blockstore.v1.BlockStore.Delete:output_type -> shoal.blockstore.v1.DeleteResponse
-	16, // 43: shoal.blockstore.v1.BlockStore.Stat:output_type -> shoal.blockstore.v1.StatResponse
-	18, // 44: shoal.blockstore.v1.BlockStore.NodeStats:output_type -> shoal.blockstore.v1.NodeStatsResponse
-	20, // 45: shoal.blockstore.v1.BlockStore.List:output_type -> shoal.blockstore.v1.ListResponse
-	24, // 46: shoal.blockstore.v1.BlockStore.Prepare:output_type -> shoal.blockstore.v1.PrepareResponse
-	26, // 47: shoal.blockstore.v1.BlockStore.Accept:output_type -> shoal.blockstore.v1.AcceptResponse
-	28, // 48: shoal.blockstore.v1.BlockStore.Learn:output_type -> shoal.blockstore.v1.LearnResponse
-	30, // 49: shoal.blockstore.v1.BlockStore.Peek:output_type -> shoal.blockstore.v1.PeekResponse
-	37, // [37:50] is the sub-list for method output_type
-	24, // [24:37] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	23, // 21: shoal.blockstore.v1.PaxosOp.prepare:type_name -> shoal.blockstore.v1.PrepareRequest
+	25, // 22: shoal.blockstore.v1.PaxosOp.accept:type_name -> shoal.blockstore.v1.AcceptRequest
+	27, // 23: shoal.blockstore.v1.PaxosOp.learn:type_name -> shoal.blockstore.v1.LearnRequest
+	29, // 24: shoal.blockstore.v1.PaxosOp.peek:type_name -> shoal.blockstore.v1.PeekRequest
+	24, // 25: shoal.blockstore.v1.PaxosResult.prepare:type_name -> shoal.blockstore.v1.PrepareResponse
+	26, // 26: shoal.blockstore.v1.PaxosResult.accept:type_name -> shoal.blockstore.v1.AcceptResponse
+	28, // 27: shoal.blockstore.v1.PaxosResult.learn:type_name -> shoal.blockstore.v1.LearnResponse
+	30, // 28: shoal.blockstore.v1.PaxosResult.peek:type_name -> shoal.blockstore.v1.PeekResponse
+	31, // 29: shoal.blockstore.v1.PaxosBatchRequest.ops:type_name -> shoal.blockstore.v1.PaxosOp
+	32, // 30: shoal.blockstore.v1.PaxosBatchResponse.results:type_name -> shoal.blockstore.v1.PaxosResult
+	21, // 31: shoal.blockstore.v1.AcceptorRecord.promised:type_name -> shoal.blockstore.v1.Ballot
+	21, // 32: shoal.blockstore.v1.AcceptorRecord.accepted:type_name -> shoal.blockstore.v1.Ballot
+	22, // 33: shoal.blockstore.v1.AcceptorRecord.state:type_name -> shoal.blockstore.v1.MutableState
+	2,  // 34: shoal.blockstore.v1.BlockStore.Put:input_type -> shoal.blockstore.v1.PutRequest
+	9,  // 35: shoal.blockstore.v1.BlockStore.Get:input_type -> shoal.blockstore.v1.GetRequest
+	4,  // 36: shoal.blockstore.v1.BlockStore.PutBatch:input_type -> shoal.blockstore.v1.PutBatchRequest
+	7,  // 37: shoal.blockstore.v1.BlockStore.GetBatch:input_type -> shoal.blockstore.v1.GetBatchRequest
+	11, // 38: shoal.blockstore.v1.BlockStore.Has:input_type -> shoal.blockstore.v1.HasRequest
+	13, // 39: shoal.blockstore.v1.BlockStore.Delete:input_type -> shoal.blockstore.v1.DeleteRequest
+	15, // 40: shoal.blockstore.v1.BlockStore.Stat:input_type -> shoal.blockstore.v1.StatRequest
+	17, // 41: shoal.blockstore.v1.BlockStore.NodeStats:input_type -> shoal.blockstore.v1.NodeStatsRequest
+	19, // 42: shoal.blockstore.v1.BlockStore.List:input_type -> shoal.blockstore.v1.ListRequest
+	23, // 43: shoal.blockstore.v1.BlockStore.Prepare:input_type -> shoal.blockstore.v1.PrepareRequest
+	25, // 44: shoal.blockstore.v1.BlockStore.Accept:input_type -> shoal.blockstore.v1.AcceptRequest
+	27, // 45: shoal.blockstore.v1.BlockStore.Learn:input_type -> shoal.blockstore.v1.LearnRequest
+	29, // 46: shoal.blockstore.v1.BlockStore.Peek:input_type -> shoal.blockstore.v1.PeekRequest
+	33, // 47: shoal.blockstore.v1.BlockStore.PaxosBatch:input_type -> shoal.blockstore.v1.PaxosBatchRequest
+	3,  // 48: shoal.blockstore.v1.BlockStore.Put:output_type -> shoal.blockstore.v1.PutResponse
+	10, // 49: shoal.blockstore.v1.BlockStore.Get:output_type -> shoal.blockstore.v1.GetResponse
+	5,  // 50: shoal.blockstore.v1.BlockStore.PutBatch:output_type -> shoal.blockstore.v1.PutBatchResponse
+	8,  // 51: shoal.blockstore.v1.BlockStore.GetBatch:output_type -> shoal.blockstore.v1.GetBatchResponse
+	12, // 52: shoal.blockstore.v1.BlockStore.Has:output_type -> shoal.blockstore.v1.HasResponse
+	14, // 53: shoal.blockstore.v1.BlockStore.Delete:output_type -> shoal.blockstore.v1.DeleteResponse
+	16, // 54: shoal.blockstore.v1.BlockStore.Stat:output_type -> shoal.blockstore.v1.StatResponse
+	18, // 55: shoal.blockstore.v1.BlockStore.NodeStats:output_type -> shoal.blockstore.v1.NodeStatsResponse
+	20, // 56: shoal.blockstore.v1.BlockStore.List:output_type -> shoal.blockstore.v1.ListResponse
+	24, // 57: shoal.blockstore.v1.BlockStore.Prepare:output_type -> shoal.blockstore.v1.PrepareResponse
+	26, // 58: shoal.blockstore.v1.BlockStore.Accept:output_type -> shoal.blockstore.v1.AcceptResponse
+	28, // 59: shoal.blockstore.v1.BlockStore.Learn:output_type -> shoal.blockstore.v1.LearnResponse
+	30, // 60: shoal.blockstore.v1.BlockStore.Peek:output_type -> shoal.blockstore.v1.PeekResponse
+	34, // 61: shoal.blockstore.v1.BlockStore.PaxosBatch:output_type -> shoal.blockstore.v1.PaxosBatchResponse
+	48, // [48:62] is the sub-list for method output_type
+	34, // [34:48] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_blockstorepb_blockstore_proto_init() }
@@ -2099,13 +2469,25 @@ func file_blockstorepb_blockstore_proto_init() {
 	if File_blockstorepb_blockstore_proto != nil {
 		return
 	}
+	file_blockstorepb_blockstore_proto_msgTypes[29].OneofWrappers = []any{
+		(*PaxosOp_Prepare)(nil),
+		(*PaxosOp_Accept)(nil),
+		(*PaxosOp_Learn)(nil),
+		(*PaxosOp_Peek)(nil),
+	}
+	file_blockstorepb_blockstore_proto_msgTypes[30].OneofWrappers = []any{
+		(*PaxosResult_Prepare)(nil),
+		(*PaxosResult_Accept)(nil),
+		(*PaxosResult_Learn)(nil),
+		(*PaxosResult_Peek)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockstorepb_blockstore_proto_rawDesc), len(file_blockstorepb_blockstore_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   30,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

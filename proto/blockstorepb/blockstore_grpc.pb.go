@@ -22,19 +22,20 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BlockStore_Put_FullMethodName       = "/shoal.blockstore.v1.BlockStore/Put"
-	BlockStore_Get_FullMethodName       = "/shoal.blockstore.v1.BlockStore/Get"
-	BlockStore_PutBatch_FullMethodName  = "/shoal.blockstore.v1.BlockStore/PutBatch"
-	BlockStore_GetBatch_FullMethodName  = "/shoal.blockstore.v1.BlockStore/GetBatch"
-	BlockStore_Has_FullMethodName       = "/shoal.blockstore.v1.BlockStore/Has"
-	BlockStore_Delete_FullMethodName    = "/shoal.blockstore.v1.BlockStore/Delete"
-	BlockStore_Stat_FullMethodName      = "/shoal.blockstore.v1.BlockStore/Stat"
-	BlockStore_NodeStats_FullMethodName = "/shoal.blockstore.v1.BlockStore/NodeStats"
-	BlockStore_List_FullMethodName      = "/shoal.blockstore.v1.BlockStore/List"
-	BlockStore_Prepare_FullMethodName   = "/shoal.blockstore.v1.BlockStore/Prepare"
-	BlockStore_Accept_FullMethodName    = "/shoal.blockstore.v1.BlockStore/Accept"
-	BlockStore_Learn_FullMethodName     = "/shoal.blockstore.v1.BlockStore/Learn"
-	BlockStore_Peek_FullMethodName      = "/shoal.blockstore.v1.BlockStore/Peek"
+	BlockStore_Put_FullMethodName        = "/shoal.blockstore.v1.BlockStore/Put"
+	BlockStore_Get_FullMethodName        = "/shoal.blockstore.v1.BlockStore/Get"
+	BlockStore_PutBatch_FullMethodName   = "/shoal.blockstore.v1.BlockStore/PutBatch"
+	BlockStore_GetBatch_FullMethodName   = "/shoal.blockstore.v1.BlockStore/GetBatch"
+	BlockStore_Has_FullMethodName        = "/shoal.blockstore.v1.BlockStore/Has"
+	BlockStore_Delete_FullMethodName     = "/shoal.blockstore.v1.BlockStore/Delete"
+	BlockStore_Stat_FullMethodName       = "/shoal.blockstore.v1.BlockStore/Stat"
+	BlockStore_NodeStats_FullMethodName  = "/shoal.blockstore.v1.BlockStore/NodeStats"
+	BlockStore_List_FullMethodName       = "/shoal.blockstore.v1.BlockStore/List"
+	BlockStore_Prepare_FullMethodName    = "/shoal.blockstore.v1.BlockStore/Prepare"
+	BlockStore_Accept_FullMethodName     = "/shoal.blockstore.v1.BlockStore/Accept"
+	BlockStore_Learn_FullMethodName      = "/shoal.blockstore.v1.BlockStore/Learn"
+	BlockStore_Peek_FullMethodName       = "/shoal.blockstore.v1.BlockStore/Peek"
+	BlockStore_PaxosBatch_FullMethodName = "/shoal.blockstore.v1.BlockStore/PaxosBatch"
 )
 
 // BlockStoreClient is the client API for BlockStore service.
@@ -58,6 +59,10 @@ type BlockStoreClient interface {
 	Learn(ctx context.Context, in *LearnRequest, opts ...grpc.CallOption) (*LearnResponse, error)
 	// Peek returns the accepted state without promising anything.
 	Peek(ctx context.Context, in *PeekRequest, opts ...grpc.CallOption) (*PeekResponse, error)
+	// PaxosBatch carries several of the four acceptor calls above, for any
+	// blocks, in one call: the node runs them concurrently, so their records
+	// share one fsync, and answers each as its own call would.
+	PaxosBatch(ctx context.Context, in *PaxosBatchRequest, opts ...grpc.CallOption) (*PaxosBatchResponse, error)
 }
 
 type blockStoreClient struct {
@@ -207,6 +212,16 @@ func (c *blockStoreClient) Peek(ctx context.Context, in *PeekRequest, opts ...gr
 	return out, nil
 }
 
+func (c *blockStoreClient) PaxosBatch(ctx context.Context, in *PaxosBatchRequest, opts ...grpc.CallOption) (*PaxosBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PaxosBatchResponse)
+	err := c.cc.Invoke(ctx, BlockStore_PaxosBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BlockStoreServer is the server API for BlockStore service.
 // All implementations must embed UnimplementedBlockStoreServer
 // for forward compatibility.
@@ -228,6 +243,10 @@ type BlockStoreServer interface {
 	Learn(context.Context, *LearnRequest) (*LearnResponse, error)
 	// Peek returns the accepted state without promising anything.
 	Peek(context.Context, *PeekRequest) (*PeekResponse, error)
+	// PaxosBatch carries several of the four acceptor calls above, for any
+	// blocks, in one call: the node runs them concurrently, so their records
+	// share one fsync, and answers each as its own call would.
+	PaxosBatch(context.Context, *PaxosBatchRequest) (*PaxosBatchResponse, error)
 	mustEmbedUnimplementedBlockStoreServer()
 }
 
@@ -276,6 +295,9 @@ func (UnimplementedBlockStoreServer) Learn(context.Context, *LearnRequest) (*Lea
 }
 func (UnimplementedBlockStoreServer) Peek(context.Context, *PeekRequest) (*PeekResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Peek not implemented")
+}
+func (UnimplementedBlockStoreServer) PaxosBatch(context.Context, *PaxosBatchRequest) (*PaxosBatchResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PaxosBatch not implemented")
 }
 func (UnimplementedBlockStoreServer) mustEmbedUnimplementedBlockStoreServer() {}
 func (UnimplementedBlockStoreServer) testEmbeddedByValue()                    {}
@@ -525,6 +547,24 @@ func _BlockStore_Peek_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BlockStore_PaxosBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PaxosBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BlockStoreServer).PaxosBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BlockStore_PaxosBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BlockStoreServer).PaxosBatch(ctx, req.(*PaxosBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BlockStore_ServiceDesc is the grpc.ServiceDesc for BlockStore service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -579,6 +619,10 @@ var BlockStore_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Peek",
 			Handler:    _BlockStore_Peek_Handler,
+		},
+		{
+			MethodName: "PaxosBatch",
+			Handler:    _BlockStore_PaxosBatch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

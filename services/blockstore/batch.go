@@ -2,6 +2,7 @@ package blockstore
 
 import (
 	"context"
+	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -100,4 +101,60 @@ func (n *Node) GetBatch(ctx context.Context, req *pb.GetBatchRequest) (*pb.GetBa
 	}
 	sp.SetAttributes(attribute.Int("batch.bytes", size))
 	return &pb.GetBatchResponse{Results: results}, nil
+}
+
+// PaxosBatch runs several acceptor operations concurrently, so the records
+// they write share the WAL's group commit, and answers each on its own.
+func (n *Node) PaxosBatch(ctx context.Context, req *pb.PaxosBatchRequest) (*pb.PaxosBatchResponse, error) {
+	if len(req.Ops) > MaxBatchItems {
+		return nil, status.Errorf(codes.InvalidArgument, "blockstore: at most %d items per batch", MaxBatchItems)
+	}
+	results := make([]*pb.PaxosResult, len(req.Ops))
+	if len(req.Ops) == 1 {
+		results[0] = n.paxosOp(req.Ops[0])
+		return &pb.PaxosBatchResponse{Results: results}, nil
+	}
+	var wg sync.WaitGroup
+	for i, op := range req.Ops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = n.paxosOp(op)
+		}()
+	}
+	wg.Wait()
+	return &pb.PaxosBatchResponse{Results: results}, nil
+}
+
+func (n *Node) paxosOp(op *pb.PaxosOp) *pb.PaxosResult {
+	var err error
+	r := &pb.PaxosResult{}
+	switch o := op.GetOp().(type) {
+	case *pb.PaxosOp_Prepare:
+		var resp *pb.PrepareResponse
+		if resp, err = n.acceptor.Prepare(o.Prepare); err == nil {
+			r.Result = &pb.PaxosResult_Prepare{Prepare: resp}
+		}
+	case *pb.PaxosOp_Accept:
+		var resp *pb.AcceptResponse
+		if resp, err = n.acceptor.Accept(o.Accept); err == nil {
+			r.Result = &pb.PaxosResult_Accept{Accept: resp}
+		}
+	case *pb.PaxosOp_Learn:
+		if err = n.acceptor.Learn(o.Learn); err == nil {
+			r.Result = &pb.PaxosResult_Learn{Learn: &pb.LearnResponse{}}
+		}
+	case *pb.PaxosOp_Peek:
+		var resp *pb.PeekResponse
+		if resp, err = n.acceptor.Peek(o.Peek); err == nil {
+			r.Result = &pb.PaxosResult_Peek{Peek: resp}
+		}
+	default:
+		return &pb.PaxosResult{Code: uint32(codes.InvalidArgument), Message: "blockstore: empty Paxos operation"}
+	}
+	if err != nil {
+		st := itemStatus(err)
+		return &pb.PaxosResult{Code: st.Code, Message: st.Message}
+	}
+	return r
 }

@@ -35,19 +35,22 @@ const (
 	batchMaxItems  = 256
 	batchInflight  = 1
 	opPut, opGet   = 0, 1
+	opPaxos        = 2
 	batchSpanLinks = 32 // links recorded on a batch call's span
 )
 
 type batchResult struct {
 	r   *bpb.BatchResult
+	p   *bpb.PaxosResult
 	err error
 }
 
 type batchOp struct {
-	ctx  context.Context
-	put  *bpb.PutRequest
-	addr []byte
-	done chan batchResult // buffered: the sender never blocks on a gone caller
+	ctx   context.Context
+	put   *bpb.PutRequest
+	addr  []byte
+	paxos *bpb.PaxosOp
+	done  chan batchResult // buffered: the sender never blocks on a gone caller
 }
 
 type nodeQueue struct {
@@ -80,15 +83,24 @@ func (c *Client) queue(n *ppb.Node, kind int) *nodeQueue {
 
 // batchPut stores one block on node n through the node's put queue.
 func (c *Client) batchPut(ctx context.Context, n *ppb.Node, req *bpb.PutRequest) (*bpb.BatchResult, error) {
-	return c.enqueue(ctx, c.queue(n, opPut), &batchOp{ctx: ctx, put: req, done: make(chan batchResult, 1)})
+	r := c.enqueue(ctx, c.queue(n, opPut), &batchOp{ctx: ctx, put: req, done: make(chan batchResult, 1)})
+	return r.r, r.err
 }
 
 // batchGet reads one block from node n through the node's get queue.
 func (c *Client) batchGet(ctx context.Context, n *ppb.Node, addr []byte) (*bpb.BatchResult, error) {
-	return c.enqueue(ctx, c.queue(n, opGet), &batchOp{ctx: ctx, addr: addr, done: make(chan batchResult, 1)})
+	r := c.enqueue(ctx, c.queue(n, opGet), &batchOp{ctx: ctx, addr: addr, done: make(chan batchResult, 1)})
+	return r.r, r.err
 }
 
-func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) (*bpb.BatchResult, error) {
+// paxosCall runs one acceptor operation on node n through the node's
+// Paxos queue.
+func (c *Client) paxosCall(ctx context.Context, n *ppb.Node, op *bpb.PaxosOp) (*bpb.PaxosResult, error) {
+	r := c.enqueue(ctx, c.queue(n, opPaxos), &batchOp{ctx: ctx, paxos: op, done: make(chan batchResult, 1)})
+	return r.p, r.err
+}
+
+func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) batchResult {
 	q.mu.Lock()
 	q.ops = append(q.ops, op)
 	start := q.inflight < batchInflight
@@ -102,9 +114,9 @@ func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) (*bpb.B
 	}
 	select {
 	case r := <-op.done:
-		return r.r, r.err
+		return r
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return batchResult{err: ctx.Err()}
 	}
 }
 
@@ -178,8 +190,10 @@ func (c *Client) send(q *nodeQueue, ops []*batchOp) {
 	defer cancel()
 	bs, err := c.client(q.node)
 	var results []*bpb.BatchResult
+	var presults []*bpb.PaxosResult
 	if err == nil {
-		if q.kind == opPut {
+		switch q.kind {
+		case opPut:
 			req := &bpb.PutBatchRequest{Puts: make([]*bpb.PutRequest, len(ops))}
 			for i, op := range ops {
 				req.Puts[i] = op.put
@@ -188,7 +202,7 @@ func (c *Client) send(q *nodeQueue, ops []*batchOp) {
 			if resp, err = bs.PutBatch(cctx, req); err == nil {
 				results = resp.Results
 			}
-		} else {
+		case opGet:
 			req := &bpb.GetBatchRequest{Addresses: make([][]byte, len(ops))}
 			for i, op := range ops {
 				req.Addresses[i] = op.addr
@@ -197,15 +211,34 @@ func (c *Client) send(q *nodeQueue, ops []*batchOp) {
 			if resp, err = bs.GetBatch(cctx, req); err == nil {
 				results = resp.Results
 			}
+		case opPaxos:
+			req := &bpb.PaxosBatchRequest{Ops: make([]*bpb.PaxosOp, len(ops))}
+			for i, op := range ops {
+				req.Ops[i] = op.paxos
+			}
+			var resp *bpb.PaxosBatchResponse
+			if resp, err = bs.PaxosBatch(cctx, req); err == nil {
+				presults = resp.Results
+			}
 		}
 	}
-	if err == nil && len(results) != len(ops) {
-		err = status.Errorf(codes.Internal, "dht: batch of %d answered with %d results", len(ops), len(results))
+	if err == nil && len(results)+len(presults) != len(ops) {
+		err = status.Errorf(codes.Internal, "dht: batch of %d answered with %d results", len(ops), len(results)+len(presults))
 	}
 	if err != nil {
 		err = rpc.FromStatus(err)
 		for _, op := range ops {
 			op.done <- batchResult{err: err}
+		}
+		return
+	}
+	if q.kind == opPaxos {
+		for i, op := range ops {
+			if r := presults[i]; r.Code != 0 {
+				op.done <- batchResult{err: rpc.FromStatus(status.Error(codes.Code(r.Code), r.Message))}
+			} else {
+				op.done <- batchResult{p: r}
+			}
 		}
 		return
 	}

@@ -15,7 +15,6 @@ import (
 	bpb "shoal/proto/blockstorepb"
 	"shoal/shared/block"
 	"shoal/shared/paxos"
-	"shoal/shared/rpc"
 	"shoal/shared/telemetry"
 )
 
@@ -61,61 +60,51 @@ func fromState(st *bpb.MutableState) *Mutable {
 	return m
 }
 
-// grpcTransport reaches acceptors by node id through the current view.
+var errMalformedReply = errors.New("dht: acceptor answered with the wrong kind of reply")
+
+// grpcTransport reaches acceptors by node id through the current view, in
+// the node's Paxos batches (see batch.go).
 type grpcTransport struct{ c *Client }
 
-func (t grpcTransport) node(id string) (bpb.BlockStoreClient, error) {
+func (t grpcTransport) call(ctx context.Context, id string, op *bpb.PaxosOp) (*bpb.PaxosResult, error) {
 	t.c.mu.RLock()
 	n := t.c.byID[id]
 	t.c.mu.RUnlock()
 	if n == nil {
 		return nil, fmt.Errorf("dht: node %s not in view", id)
 	}
-	return t.c.client(n)
+	cctx, cancel := t.c.callCtx(ctx)
+	defer cancel()
+	return t.c.paxosCall(cctx, n, op)
 }
 
 func (t grpcTransport) Prepare(ctx context.Context, id string, req *bpb.PrepareRequest) (*bpb.PrepareResponse, error) {
-	bs, err := t.node(id)
-	if err != nil {
-		return nil, err
+	r, err := t.call(ctx, id, &bpb.PaxosOp{Op: &bpb.PaxosOp_Prepare{Prepare: req}})
+	if err == nil && r.GetPrepare() == nil {
+		err = errMalformedReply
 	}
-	cctx, cancel := t.c.callCtx(ctx)
-	defer cancel()
-	r, err := bs.Prepare(cctx, req)
-	return r, rpc.FromStatus(err)
+	return r.GetPrepare(), err
 }
 
 func (t grpcTransport) Accept(ctx context.Context, id string, req *bpb.AcceptRequest) (*bpb.AcceptResponse, error) {
-	bs, err := t.node(id)
-	if err != nil {
-		return nil, err
+	r, err := t.call(ctx, id, &bpb.PaxosOp{Op: &bpb.PaxosOp_Accept{Accept: req}})
+	if err == nil && r.GetAccept() == nil {
+		err = errMalformedReply
 	}
-	cctx, cancel := t.c.callCtx(ctx)
-	defer cancel()
-	r, err := bs.Accept(cctx, req)
-	return r, rpc.FromStatus(err)
+	return r.GetAccept(), err
 }
 
 func (t grpcTransport) Learn(ctx context.Context, id string, req *bpb.LearnRequest) error {
-	bs, err := t.node(id)
-	if err != nil {
-		return err
-	}
-	cctx, cancel := t.c.callCtx(ctx)
-	defer cancel()
-	_, err = bs.Learn(cctx, req)
-	return rpc.FromStatus(err)
+	_, err := t.call(ctx, id, &bpb.PaxosOp{Op: &bpb.PaxosOp_Learn{Learn: req}})
+	return err
 }
 
 func (t grpcTransport) Peek(ctx context.Context, id string, req *bpb.PeekRequest) (*bpb.PeekResponse, error) {
-	bs, err := t.node(id)
-	if err != nil {
-		return nil, err
+	r, err := t.call(ctx, id, &bpb.PaxosOp{Op: &bpb.PaxosOp_Peek{Peek: req}})
+	if err == nil && r.GetPeek() == nil {
+		err = errMalformedReply
 	}
-	cctx, cancel := t.c.callCtx(ctx)
-	defer cancel()
-	r, err := bs.Peek(cctx, req)
-	return r, rpc.FromStatus(err)
+	return r.GetPeek(), err
 }
 
 func (c *Client) proposer() *paxos.Proposer {
