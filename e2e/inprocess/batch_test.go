@@ -146,3 +146,41 @@ func TestBatchCallsPerItem(t *testing.T) {
 		t.Fatalf("oversize batch: %v", err)
 	}
 }
+
+// A Paxos batch answers each operation as its own call would: a malformed
+// one fails alone, and a read of an unknown block is an empty state.
+func TestPaxosBatchPerItem(t *testing.T) {
+	c := framework.Start(t, framework.Options{Nodes: 3})
+	ctx := ctxT(t)
+	cc, err := rpc.Dial(c.Nodes[0].Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	bs := bpb.NewBlockStoreClient(cc)
+	unknown := block.Sum([]byte("no such mutable block"))
+	resp, err := bs.PaxosBatch(ctx, &bpb.PaxosBatchRequest{Ops: []*bpb.PaxosOp{
+		{},
+		{Op: &bpb.PaxosOp_Peek{Peek: &bpb.PeekRequest{Address: []byte{1}}}},
+		{Op: &bpb.PaxosOp_Peek{Peek: &bpb.PeekRequest{Address: unknown[:]}}},
+		{Op: &bpb.PaxosOp_Prepare{Prepare: &bpb.PrepareRequest{Address: unknown[:]}}},
+	}})
+	if err != nil || len(resp.Results) != 4 {
+		t.Fatalf("PaxosBatch: %v", err)
+	}
+	for i := range 2 {
+		if codes.Code(resp.Results[i].Code) != codes.InvalidArgument {
+			t.Fatalf("malformed op %d: %v", i, resp.Results[i])
+		}
+	}
+	if r := resp.Results[2]; r.Code != 0 || r.GetPeek() == nil || r.GetPeek().State != nil {
+		t.Fatalf("peek of an unknown block: %v", r)
+	}
+	if r := resp.Results[3]; codes.Code(r.Code) != codes.InvalidArgument {
+		t.Fatalf("prepare without a ballot: %v", r)
+	}
+	_, err = bs.PaxosBatch(ctx, &bpb.PaxosBatchRequest{Ops: make([]*bpb.PaxosOp, blockstore.MaxBatchItems+1)})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("oversize batch: %v", err)
+	}
+}
