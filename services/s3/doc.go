@@ -32,14 +32,19 @@
 // split since we looked), the update aborts and the lookup is redone.
 //
 // A shard above ShardSplitBytes is split as in Lehman and Yao's B-link tree:
-// (1) create a new block R holding the upper half, with the old shard's hi
-// and right link; (2) Update the old shard to drop that half, set hi to R's
-// lo and link to R, but only if the shard's generation is still the one the
-// split read (otherwise delete R and retry: a concurrent write landed); (3)
-// add R to the directory. Between (2) and (3) readers reach R through the
-// right link, so no step needs to be atomic with another, and a crash at
-// any point leaves a correct tree (at worst an unreferenced block R, or a
-// directory missing R). Shards' low keys never change (there are no
+// (1) freeze the shard's upper half (one Update: writes to keys at or above
+// the middle key wait and retry, writes below it go on); (2) create a new
+// block R holding that half, with the old shard's hi and right link; (3)
+// Update the old shard to drop that half, set hi to R's lo, link to R and
+// lift the freeze, but only if our freeze is still there (otherwise delete
+// R: the freeze lapsed after freezeFor and a writer lifted it); (4) add R to
+// the directory. A split that instead required the whole shard unchanged
+// between its read and its cut never finished under a steady stream of
+// PUTs to one shard (sequential keys all land in the last one). Between (3)
+// and (4) readers reach R through the right link, so no step needs to be
+// atomic with another, and a crash at any point leaves a correct tree (at
+// worst an unreferenced block R, a directory missing R, or a freeze that
+// holds writes to half a shard until it lapses). Shards' low keys never change (there are no
 // merges), so any directory entry with lo <= key leads to the right shard;
 // the directory is therefore only a hint, cached per server and reloaded
 // when lookups follow too many right links.

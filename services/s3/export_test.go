@@ -64,3 +64,10 @@ func (ix *index) Shards(ctx context.Context) (int, error) {
 
 // SetClock replaces the server's clock.
 func (s *Server) SetClock(now func() time.Time) { s.now = now }
+
+// ReopenSplitting is Reopen with another split size.
+func (ix *index) ReopenSplitting(splitBytes int) *Index {
+	o := ix.Reopen()
+	o.splitBytes = splitBytes
+	return o
+}

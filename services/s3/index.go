@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"sync"
+	"time"
 )
 
 // Index errors. errIndexGone means the bucket was deleted underneath us.
@@ -19,6 +21,8 @@ var (
 	errMoved       = errors.New("s3: key moved to another shard")
 	errSplitRace   = errors.New("s3: shard changed during split")
 	errDirFull     = errors.New("s3: directory full")
+	errFrozen      = errors.New("s3: key range frozen by a split")
+	errNoSplit     = errors.New("s3: shard needs no split")
 )
 
 const (
@@ -30,6 +34,10 @@ const (
 	// maxHops is how many right links a lookup follows before it reloads
 	// the directory: more means our cached copy is stale.
 	maxHops = 2
+	// freezeFor is how long a split may hold the upper half of a shard
+	// still: two metadata writes under load take well under it. A writer
+	// that finds a freeze older than this lifts it, and the split gives up.
+	freezeFor = 2 * time.Second
 )
 
 // shard is one node of the B-link index: sorted keys in [lo, hi) and a right
@@ -39,10 +47,32 @@ type shard struct {
 	hi     string
 	hiInf  bool // hi is +infinity
 	next   [32]byte
-	gen    uint64 // bumped on every change; splits use it to detect races
+	gen    uint64 // bumped on every change
 	sealed bool
+	frozen *freeze // set while a split copies the upper half out
 	keys   []string
 	vals   [][]byte
+}
+
+// freeze stops writes to the keys >= key of a shard until the split that
+// set it cuts them off, or until `until` (unix ms, the splitter's clock).
+type freeze struct {
+	key   string
+	until int64
+}
+
+// frozenFor reports whether a freeze refuses a write of k at now (unix
+// ms). A lapsed freeze is lifted by the write that finds it: the split
+// that set it then sees it gone and gives up.
+func (s *shard) frozenFor(k string, now int64) bool {
+	if s.frozen == nil || k < s.frozen.key {
+		return false
+	}
+	if now < s.frozen.until {
+		return true
+	}
+	s.frozen = nil
+	return false
 }
 
 func (s *shard) covers(k string) bool { return k >= s.lo && (s.hiInf || k < s.hi) }
@@ -73,9 +103,16 @@ func (s *shard) encode() []byte {
 	if s.sealed {
 		flags |= 2
 	}
+	if s.frozen != nil {
+		flags |= 4
+	}
 	b = append(b, flags)
 	b = append(b, s.next[:]...)
 	b = binary.AppendUvarint(b, s.gen)
+	if s.frozen != nil {
+		b = appendStr(b, s.frozen.key)
+		b = binary.AppendUvarint(b, uint64(s.frozen.until))
+	}
 	b = binary.AppendUvarint(b, uint64(len(s.keys)))
 	for i := range s.keys {
 		b = appendStr(b, s.keys[i])
@@ -129,6 +166,10 @@ func decodeShard(b []byte) (*shard, error) {
 	}
 	copy(s.next[:], d.bytes(32))
 	s.gen = d.uvarint()
+	if d.err == nil && flags[0]&4 != 0 {
+		s.frozen = &freeze{key: d.str()}
+		s.frozen.until = int64(d.uvarint())
+	}
 	n := d.uvarint()
 	if n > uint64(len(b)) {
 		return nil, errCorruptMeta
@@ -345,6 +386,7 @@ func (ix *index) get(ctx context.Context, k string) ([]byte, bool, error) {
 // read-modify-write, so concurrent writers never lose an entry. fn may run
 // several times and must not have side effects; keep=false deletes the key.
 func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found bool) (next []byte, keep bool, err error)) error {
+	waits := 0
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -364,6 +406,9 @@ func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found
 			}
 			if !s.covers(k) {
 				return nil, errMoved
+			}
+			if s.frozenFor(k, time.Now().UnixMilli()) {
+				return nil, errFrozen
 			}
 			i, found := s.search(k)
 			var old []byte
@@ -395,6 +440,16 @@ func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found
 		if errors.Is(err, errMoved) && attempt < 64 {
 			continue // a split moved k right; look again
 		}
+		if errors.Is(err, errFrozen) {
+			// A split is copying k's half of the shard out: k will live in
+			// the new right shard in a moment.
+			if err := waitFrozen(ctx, waits); err != nil {
+				return err
+			}
+			waits++
+			attempt--
+			continue
+		}
 		if errors.Is(err, ErrNotFound) {
 			return errIndexGone
 		}
@@ -413,53 +468,97 @@ func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found
 	}
 }
 
-// split moves the upper half of the shard at addr into a new right sibling.
-// The sibling is fully written before the left shard links to it, and the
-// left shard is only cut if nothing changed since we read it, so readers
-// always find every key by following right links.
+// split moves the upper half of the shard at addr into a new right
+// sibling. It first freezes that half (writes to it wait), copies it into a
+// new block, then cuts it off the shard and links the new block, all while
+// writes to the lower half go on: under a steady stream of writes (every
+// PUT of sequential keys lands in the last shard) a split that needed the
+// whole shard unchanged would never finish, and the shard would grow
+// without bound. The new block is fully written before the shard links to
+// it, so readers always find every key by following right links.
 func (ix *index) split(ctx context.Context, addr [32]byte) error {
-	for attempt := 0; attempt < 4; attempt++ {
-		b, _, err := ix.meta.Get(ctx, addr)
+	var fz *freeze
+	var frozen *shard
+	_, err := ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
+		c, err := decodeShard(cur)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		s, err := decodeShard(b)
-		if err != nil {
-			return err
+		now := time.Now().UnixMilli()
+		if len(cur) <= ix.splitBytes || len(c.keys) < 2 || c.sealed || (c.frozen != nil && now < c.frozen.until) {
+			return nil, errNoSplit
 		}
-		if len(b) <= ix.splitBytes || len(s.keys) < 2 || s.sealed {
-			return nil
-		}
-		mid := len(s.keys) / 2
-		right := &shard{lo: s.keys[mid], hi: s.hi, hiInf: s.hiInf, next: s.next,
-			keys: s.keys[mid:], vals: s.vals[mid:]}
-		ra, err := ix.meta.CreateMutable(ctx, right.encode())
-		if err != nil {
-			return err
-		}
-		_, err = ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
-			c, err := decodeShard(cur)
-			if err != nil {
-				return nil, err
-			}
-			if c.gen != s.gen || c.sealed {
-				return nil, errSplitRace
-			}
-			c.keys, c.vals = c.keys[:mid], c.vals[:mid]
-			c.hi, c.hiInf, c.next = right.lo, false, ra
-			c.gen++
-			return c.encode(), nil
-		})
-		if err != nil {
-			_ = ix.meta.Delete(ctx, ra)
-			if errors.Is(err, errSplitRace) {
-				continue
-			}
-			return err
-		}
-		return ix.publish(ctx, right.lo, ra)
+		c.frozen = &freeze{key: c.keys[len(c.keys)/2], until: now + freezeFor.Milliseconds()}
+		c.gen++
+		fz, frozen = c.frozen, c
+		return c.encode(), nil
+	})
+	if errors.Is(err, errNoSplit) {
+		return nil
 	}
-	return errSplitRace
+	if err != nil {
+		return err
+	}
+	i, _ := frozen.search(fz.key)
+	right := &shard{lo: fz.key, hi: frozen.hi, hiInf: frozen.hiInf, next: frozen.next,
+		keys: frozen.keys[i:], vals: frozen.vals[i:]}
+	ra, err := ix.meta.CreateMutable(ctx, right.encode())
+	if err != nil {
+		ix.unfreeze(ctx, addr, fz)
+		return err
+	}
+	_, err = ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
+		c, err := decodeShard(cur)
+		if err != nil {
+			return nil, err
+		}
+		if c.frozen == nil || *c.frozen != *fz || c.sealed || c.hi != frozen.hi || c.hiInf != frozen.hiInf || c.next != frozen.next {
+			return nil, errSplitRace // the freeze lapsed and was lifted
+		}
+		i, _ := c.search(fz.key)
+		c.keys, c.vals = c.keys[:i], c.vals[:i]
+		c.hi, c.hiInf, c.next, c.frozen = fz.key, false, ra, nil
+		c.gen++
+		return c.encode(), nil
+	})
+	if err != nil {
+		_ = ix.meta.Delete(ctx, ra)
+		ix.unfreeze(ctx, addr, fz)
+		return err
+	}
+	return ix.publish(ctx, right.lo, ra)
+}
+
+// unfreeze lifts a split's freeze after the split failed, if it is still
+// there; if this fails too, the freeze lapses on its own.
+func (ix *index) unfreeze(ctx context.Context, addr [32]byte, fz *freeze) {
+	_, _ = ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
+		c, err := decodeShard(cur)
+		if err != nil {
+			return nil, err
+		}
+		if c.frozen == nil || *c.frozen != *fz {
+			return nil, errSplitRace
+		}
+		c.frozen = nil
+		c.gen++
+		return c.encode(), nil
+	})
+}
+
+// waitFrozen backs off before a write retries a frozen key: 5 ms doubling
+// to 80 ms, jittered, as long as ctx allows.
+func waitFrozen(ctx context.Context, attempt int) error {
+	d := 5 * time.Millisecond << min(attempt, 4)
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // publish adds a shard to the directory. Failing here is harmless.
@@ -594,6 +693,7 @@ func (ix *index) destroy(ctx context.Context) error {
 func (ix *index) deleteRange(ctx context.Context, lo, hi string) ([][]byte, error) {
 	var removed [][]byte
 	start := lo
+	waits := 0
 	for {
 		addr, _, err := ix.locate(ctx, start)
 		if err != nil {
@@ -615,6 +715,9 @@ func (ix *index) deleteRange(ctx context.Context, lo, hi string) ([][]byte, erro
 			if j < i {
 				j = i
 			}
+			if j > i && s.frozenFor(s.keys[j-1], time.Now().UnixMilli()) {
+				return nil, errFrozen
+			}
 			for _, v := range s.vals[i:j] {
 				got = append(got, bytes.Clone(v))
 			}
@@ -625,6 +728,13 @@ func (ix *index) deleteRange(ctx context.Context, lo, hi string) ([][]byte, erro
 			return s.encode(), nil
 		})
 		if errors.Is(err, errMoved) {
+			continue
+		}
+		if errors.Is(err, errFrozen) {
+			if err := waitFrozen(ctx, waits); err != nil {
+				return removed, err
+			}
+			waits++
 			continue
 		}
 		if err != nil {

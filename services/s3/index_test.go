@@ -212,3 +212,77 @@ func TestIndexConcurrentSplits(t *testing.T) {
 		t.Fatalf("a block grew to %d bytes", max)
 	}
 }
+
+// busyMeta writes to the index each time a block is created, which is what
+// a split does between reading a shard and cutting it: the bucket keeps
+// taking PUTs while a shard splits.
+type busyMeta struct {
+	*s3test.Meta
+	during func()
+}
+
+func (m *busyMeta) CreateMutable(ctx context.Context, initial []byte) ([32]byte, error) {
+	a, err := m.Meta.CreateMutable(ctx, initial)
+	if m.during != nil {
+		m.during()
+	}
+	return a, err
+}
+
+// Splits finish while writes keep landing in the shard being split, in
+// both its halves, and no write is lost: a split that needed the shard
+// unchanged from its read to its cut never finished under sequential-key
+// PUTs, and the last shard grew without bound.
+func TestIndexSplitsUnderWrites(t *testing.T) {
+	ctx := context.Background()
+	meta := &busyMeta{Meta: s3test.NewMeta()}
+	ix, err := s3.NewTestIndex(ctx, meta, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := ix.ReopenSplitting(1 << 30) // another server, one that leaves splitting to ix
+	var wg sync.WaitGroup
+	errs := make(chan error, 1000)
+	low, high := 0, 0
+	meta.during = func() {
+		// Below every "k" key: the freeze lets it through at once.
+		if err := other.Put(ctx, fmt.Sprintf("a%05d", low), []byte("low")); err != nil {
+			errs <- err
+		}
+		low++
+		// Above them: waits for the split to move its half.
+		k := fmt.Sprintf("z%05d", high)
+		high++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := other.Put(ctx, k, []byte("high")); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	const n = 400
+	for i := range n {
+		if err := ix.Put(ctx, fmt.Sprintf("k%05d", i), []byte(strings.Repeat("v", 20))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	keys, _, trunc, err := other.List(ctx, "", "", "", 1<<30)
+	if err != nil || trunc {
+		t.Fatal(err, trunc)
+	}
+	if len(keys) != n+low+high || !sort.StringsAreSorted(keys) {
+		t.Fatalf("%d keys listed, want %d (sorted=%v)", len(keys), n+low+high, sort.StringsAreSorted(keys))
+	}
+	if low < 10 {
+		t.Fatalf("only %d splits happened", low)
+	}
+	if max := meta.MaxSize.Load(); max > 4<<10 {
+		t.Fatalf("a shard grew to %d bytes (split at 1 KiB)", max)
+	}
+}
