@@ -37,6 +37,9 @@ const (
 	opPut, opGet   = 0, 1
 	opPaxos        = 2
 	batchSpanLinks = 32 // links recorded on a batch call's span
+	// largeGet and largeGetInflight: see nodeQueue.limit.
+	largeGet         = 128 << 10
+	largeGetInflight = 8
 )
 
 type batchResult struct {
@@ -59,6 +62,19 @@ type nodeQueue struct {
 	mu       sync.Mutex
 	ops      []*batchOp
 	inflight int
+	// avgItem is a moving average of the bytes a get returned per item.
+	avgItem float64
+}
+
+// limit is how many calls q may have in flight; q.mu is held. Gets of
+// large blocks gain nothing from sharing a call (each is a 1 MiB+ response
+// of its own) and lose the node's parallel reads, so a get queue whose
+// items are large lets several calls run.
+func (q *nodeQueue) limit() int {
+	if q.kind == opGet && q.avgItem > largeGet {
+		return largeGetInflight
+	}
+	return batchInflight
 }
 
 type queueKey struct {
@@ -103,7 +119,7 @@ func (c *Client) paxosCall(ctx context.Context, n *ppb.Node, op *bpb.PaxosOp) (*
 func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) batchResult {
 	q.mu.Lock()
 	q.ops = append(q.ops, op)
-	start := q.inflight < batchInflight
+	start := q.inflight < q.limit()
 	if start {
 		q.inflight++
 	}
@@ -241,6 +257,20 @@ func (c *Client) send(q *nodeQueue, ops []*batchOp) {
 			}
 		}
 		return
+	}
+	if q.kind == opGet {
+		n, size := 0, 0
+		for _, r := range results {
+			if r.Code == 0 {
+				n++
+				size += len(r.Data)
+			}
+		}
+		if n > 0 {
+			q.mu.Lock()
+			q.avgItem = 0.7*q.avgItem + 0.3*float64(size)/float64(n)
+			q.mu.Unlock()
+		}
 	}
 	var again []*batchOp
 	for i, op := range ops {

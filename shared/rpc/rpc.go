@@ -6,6 +6,7 @@ package rpc
 import (
 	"context"
 	"errors"
+	"runtime"
 	"time"
 
 	"google.golang.org/grpc"
@@ -47,8 +48,17 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.InitialConnWindowSize(16 << 20),
 		grpc.ReadBufferSize(256 << 10),
 		grpc.WriteBufferSize(256 << 10),
+		// Handlers run on long-lived workers whose stacks have already
+		// grown, instead of a fresh goroutine per call that grows its
+		// stack from 8 KiB on every call (runtime.newstack was ~11% of a
+		// storage node's CPU under 4 KiB puts).
+		grpc.NumStreamWorkers(streamWorkers),
 	}
 }
+
+// streamWorkers is the handler pool of a server; calls beyond it still get
+// goroutines of their own.
+var streamWorkers = uint32(max(16, 4*runtime.GOMAXPROCS(0)))
 
 // Dial opens a client connection with tracing and Shoal's limits. The
 // connection is lazy: errors surface on the first call.
