@@ -45,8 +45,39 @@ func TestMutableAndNamedBlocks(t *testing.T) {
 		t.Fatalf("CAS: %d %v", v, err)
 	}
 	// Cheap revalidation.
-	if m, err := b.GetMutableIfNewer(ctx, addr, 3); err != nil || m != nil {
-		t.Fatalf("if-newer on current version: %v %v", m, err)
+	if m, err := b.GetMutableIfChanged(ctx, addr, 3); err != nil || m != nil {
+		t.Fatalf("if-changed on the current version: %v %v", m, err)
+	}
+	if m, err := b.GetMutableIfChanged(ctx, addr, 2); err != nil || m == nil || m.Version != 3 || string(m.Payload) != "v3" {
+		t.Fatalf("if-changed on an older version: %+v %v", m, err)
+	}
+	// Revalidating moves no payload: acceptors holding the version send
+	// only what identifies it (a majority holds it once it is decided).
+	holding := 0
+	for _, node := range c.Nodes {
+		cc, err := rpc.Dial(node.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs := bpb.NewBlockStoreClient(cc)
+		r, err := bs.Peek(ctx, &bpb.PeekRequest{Address: addr[:], KnownVersion: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.State.GetVersion() == 3 {
+			holding++
+			if !r.PayloadOmitted || len(r.State.Payload) != 0 {
+				t.Fatalf("peek knowing the current version: %v", r)
+			}
+			r, err = bs.Peek(ctx, &bpb.PeekRequest{Address: addr[:], KnownVersion: 2})
+			if err != nil || r.PayloadOmitted || string(r.State.GetPayload()) != "v3" {
+				t.Fatalf("peek knowing an older version: %v %v", r, err)
+			}
+		}
+		cc.Close()
+	}
+	if holding < 2 {
+		t.Fatalf("%d acceptors hold the decided version", holding)
 	}
 	// Someone else's key cannot write.
 	if _, err := b.Update(ctx, stranger, addr, func([]byte, uint64) ([]byte, error) { return []byte("evil"), nil }); !errors.Is(err, block.ErrBadSignature) {

@@ -1690,8 +1690,13 @@ func (*LearnResponse) Descriptor() ([]byte, []int) {
 }
 
 type PeekRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Address       []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address []byte                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// The version the caller holds (0: none). When the accepted state has
+	// exactly this version it comes back without its payload, writers and
+	// signature (payload_omitted): the caller's copy is current. Any other
+	// version comes whole.
+	KnownVersion  uint64 `protobuf:"varint,2,opt,name=known_version,json=knownVersion,proto3" json:"known_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1733,12 +1738,20 @@ func (x *PeekRequest) GetAddress() []byte {
 	return nil
 }
 
+func (x *PeekRequest) GetKnownVersion() uint64 {
+	if x != nil {
+		return x.KnownVersion
+	}
+	return 0
+}
+
 type PeekResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Accepted      *Ballot                `protobuf:"bytes,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
-	State         *MutableState          `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Accepted       *Ballot                `protobuf:"bytes,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	State          *MutableState          `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	PayloadOmitted bool                   `protobuf:"varint,3,opt,name=payload_omitted,json=payloadOmitted,proto3" json:"payload_omitted,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PeekResponse) Reset() {
@@ -1783,6 +1796,13 @@ func (x *PeekResponse) GetState() *MutableState {
 		return x.State
 	}
 	return nil
+}
+
+func (x *PeekResponse) GetPayloadOmitted() bool {
+	if x != nil {
+		return x.PayloadOmitted
+	}
+	return false
 }
 
 type PaxosOp struct {
@@ -2287,12 +2307,14 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\fLearnRequest\x123\n" +
 	"\x06ballot\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\x06ballot\x127\n" +
 	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\"\x0f\n" +
-	"\rLearnResponse\"'\n" +
+	"\rLearnResponse\"L\n" +
 	"\vPeekRequest\x12\x18\n" +
-	"\aaddress\x18\x01 \x01(\fR\aaddress\"\x80\x01\n" +
+	"\aaddress\x18\x01 \x01(\fR\aaddress\x12#\n" +
+	"\rknown_version\x18\x02 \x01(\x04R\fknownVersion\"\xa9\x01\n" +
 	"\fPeekResponse\x127\n" +
 	"\baccepted\x18\x01 \x01(\v2\x1b.shoal.blockstore.v1.BallotR\baccepted\x127\n" +
-	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\"\x81\x02\n" +
+	"\x05state\x18\x02 \x01(\v2!.shoal.blockstore.v1.MutableStateR\x05state\x12'\n" +
+	"\x0fpayload_omitted\x18\x03 \x01(\bR\x0epayloadOmitted\"\x81\x02\n" +
 	"\aPaxosOp\x12?\n" +
 	"\aprepare\x18\x01 \x01(\v2#.shoal.blockstore.v1.PrepareRequestH\x00R\aprepare\x12<\n" +
 	"\x06accept\x18\x02 \x01(\v2\".shoal.blockstore.v1.AcceptRequestH\x00R\x06accept\x129\n" +

@@ -188,15 +188,22 @@ func (c *Client) GetMutable(ctx context.Context, addr block.Address) (*Mutable, 
 	return fromState(st), nil
 }
 
-// GetMutableIfNewer returns the block only if its version is above v, so a
-// cache can revalidate without moving the payload; it returns nil, nil when
-// the cached version is current.
-func (c *Client) GetMutableIfNewer(ctx context.Context, addr block.Address, v uint64) (*Mutable, error) {
-	m, err := c.GetMutable(ctx, addr)
-	if err != nil || m.Version <= v {
+// GetMutableIfChanged returns the block unless its version is still v, so
+// a cache holding version v revalidates without the payload moving: it
+// returns nil, nil when v is current.
+func (c *Client) GetMutableIfChanged(ctx context.Context, addr block.Address, v uint64) (*Mutable, error) {
+	ctx, sp := telemetry.Tracer().Start(ctx, "dht.get_mutable", trace.WithAttributes(
+		attribute.String("block.address", addr.String()), attribute.Int64("known_version", int64(v))))
+	defer sp.End()
+	g, err := c.guess(ctx, addr)
+	if err != nil {
 		return nil, err
 	}
-	return m, nil
+	st, current, err := c.proposer().ReadKnown(ctx, addr, g, v)
+	if err != nil || current {
+		return nil, err
+	}
+	return fromState(st), nil
 }
 
 func nextVersion(cur *bpb.MutableState, key ed25519.PrivateKey, payload []byte, tombstone bool) *bpb.MutableState {

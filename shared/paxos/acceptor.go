@@ -340,6 +340,12 @@ func (a *Acceptor) Peek(req *bpb.PeekRequest) (*bpb.PeekResponse, error) {
 		return nil, err
 	}
 	return after(a, addr, func(rec *bpb.AcceptorRecord) (*bpb.PeekResponse, error) {
+		if st := rec.State; st != nil && req.KnownVersion > 0 && st.Version == req.KnownVersion {
+			// The asker holds this version: only what identifies it.
+			return &bpb.PeekResponse{Accepted: rec.Accepted, PayloadOmitted: true, State: &bpb.MutableState{
+				Address: st.Address, Owner: st.Owner, Derivation: st.Derivation, Named: st.Named,
+				Version: st.Version, Tombstone: st.Tombstone, Quorum: st.Quorum}}, nil
+		}
 		return &bpb.PeekResponse{Accepted: rec.Accepted, State: rec.State}, nil
 	})
 }

@@ -545,6 +545,14 @@ func (p *Proposer) learn(ctx context.Context, b *bpb.Ballot, st *bpb.MutableStat
 // once (one round trip, no disk write); otherwise a full round re-decides
 // the newest state, which also repairs stale acceptors.
 func (p *Proposer) Read(ctx context.Context, addr block.Address, guess []string) (*bpb.MutableState, error) {
+	st, _, err := p.ReadKnown(ctx, addr, guess, 0)
+	return st, err
+}
+
+// ReadKnown is Read for a caller holding version v (0: none). When the
+// decided version is still v, current is true and the state comes without
+// its payload, writers and signature: the acceptors did not send them.
+func (p *Proposer) ReadKnown(ctx context.Context, addr block.Address, guess []string, v uint64) (st *bpb.MutableState, current bool, err error) {
 	quorum := p.Quorum(addr, guess)
 	// Acceptors of a block under constant updates often disagree for a
 	// moment (an accept still on its way to one of them). A read that
@@ -553,9 +561,9 @@ func (p *Proposer) Read(ctx context.Context, addr block.Address, guess []string)
 	// writer died mid-round) gets its value re-decided by the reader.
 	const maxPeeks, maxMoves = 5, 3
 	for peeks, moves := 0, 0; peeks < maxPeeks && moves < maxMoves; {
-		st, moved, err := p.peek(ctx, addr, quorum)
+		st, omitted, moved, err := p.peek(ctx, addr, quorum, v)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if moved != nil {
 			quorum = moved
@@ -564,31 +572,32 @@ func (p *Proposer) Read(ctx context.Context, addr block.Address, guess []string)
 			continue
 		}
 		if st != nil {
-			return st, nil
+			return st, omitted || (v > 0 && st.Version == v), nil
 		}
 		if peeks++; peeks < maxPeeks {
 			t := time.NewTimer(time.Millisecond + time.Duration(rand.Int64N(int64(3*time.Millisecond))))
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return nil, ctx.Err()
+				return nil, false, ctx.Err()
 			case <-t.C:
 			}
 		}
 	}
-	st, err := p.Propose(ctx, addr, quorum, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+	st, err = p.Propose(ctx, addr, quorum, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
 		if cur == nil {
 			return nil, block.ErrNotFound
 		}
 		return cur, nil
 	})
-	return st, err
+	return st, err == nil && v > 0 && st.Version == v, err
 }
 
-// peek returns the chosen state if a majority agrees on it, or the set to
-// move to if the block's acceptors are not the ones asked.
-func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string) (*bpb.MutableState, []string, error) {
-	req := &bpb.PeekRequest{Address: addr[:]}
+// peek returns the chosen state if a majority agrees on it (omitted: sent
+// without its payload, being version known), or the set to move to if the
+// block's acceptors are not the ones asked.
+func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string, known uint64) (st *bpb.MutableState, omitted bool, moved []string, err error) {
+	req := &bpb.PeekRequest{Address: addr[:], KnownVersion: known}
 	type reply struct {
 		node string
 		resp *bpb.PeekResponse
@@ -633,12 +642,12 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 			continue
 		case <-absent:
 			if empty >= need {
-				return nil, nil, block.ErrNotFound
+				return nil, false, nil, block.ErrNotFound
 			}
 			// Every acceptor was asked and those that answered do not
 			// settle it; the silent one may be paused. Undecided: Read
 			// looks again or runs a round, which needs no answer from it.
-			return nil, nil, nil
+			return nil, false, nil, nil
 		}
 		if r.err != nil {
 			errs = append(errs, r.err)
@@ -649,7 +658,7 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 				stale = append(stale, r.node)
 			} else {
 				if !SameSet(r.resp.State.Quorum, quorum) {
-					return nil, r.resp.State.Quorum, nil
+					return nil, false, r.resp.State.Quorum, nil
 				}
 				found := false
 				for _, g := range groups {
@@ -659,16 +668,19 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 					}
 				}
 				if !found {
-					groups = append(groups, &peekGroup{r.resp.Accepted, r.resp.State, []string{r.node}})
+					groups = append(groups, &peekGroup{r.resp.Accepted, r.resp.State, r.resp.PayloadOmitted, []string{r.node}})
 				}
 			}
 		}
 		for _, g := range groups {
 			if len(g.nodes) >= need {
 				// Remaining replies are not awaited; stale ones seen so far
-				// are brought up to date.
-				p.repair(ctx, g, stale, groups)
-				return g.state, nil, nil
+				// are brought up to date (by a full read: an omitted
+				// payload cannot be sent on).
+				if !g.omitted {
+					p.repair(ctx, g, stale, groups)
+				}
+				return g.state, g.omitted, nil, nil
 			}
 		}
 		// "Not found" is only believed once every acceptor asked has
@@ -686,12 +698,12 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 		}
 	}
 	if empty >= need {
-		return nil, nil, block.ErrNotFound
+		return nil, false, nil, block.ErrNotFound
 	}
 	if answered < need {
-		return nil, nil, fmt.Errorf("%w: %d of %d acceptors answered: %w", ErrNoQuorum, answered, len(quorum), errors.Join(errs...))
+		return nil, false, nil, fmt.Errorf("%w: %d of %d acceptors answered: %w", ErrNoQuorum, answered, len(quorum), errors.Join(errs...))
 	}
-	return nil, nil, nil
+	return nil, false, nil, nil
 }
 
 // absentWait is how long a read that has asked every acceptor and heard a
@@ -704,9 +716,10 @@ const absentWait = 200 * time.Millisecond
 const hedgeAfter = 20 * time.Millisecond
 
 type peekGroup struct {
-	ballot *bpb.Ballot
-	state  *bpb.MutableState
-	nodes  []string
+	ballot  *bpb.Ballot
+	state   *bpb.MutableState
+	omitted bool
+	nodes   []string
 }
 
 // repair sends the chosen state to acceptors seen without it.

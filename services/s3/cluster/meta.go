@@ -36,6 +36,63 @@ type Meta struct {
 	// mu guards queues: the Updates waiting for each block (see Update).
 	mu     sync.Mutex
 	queues map[[32]byte]*updateQueue
+
+	// vals keeps the last value seen of each block, so a read of a block
+	// that has not changed (an index shard under GETs) is a quorum read of
+	// its version only: the acceptors do not send the value again.
+	vals valueCache
+}
+
+// valueCache holds block values by address, up to a byte budget.
+type valueCache struct {
+	mu    sync.Mutex
+	m     map[[32]byte]cachedValue
+	bytes int
+}
+
+type cachedValue struct {
+	version   uint64
+	payload   []byte
+	tombstone bool
+}
+
+// valueCacheBytes bounds the cache: a few hundred hot index shards.
+const valueCacheBytes = 64 << 20
+
+func (c *valueCache) get(a [32]byte) (cachedValue, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.m[a]
+	return v, ok
+}
+
+// put records the value of a block read from the cluster.
+func (c *valueCache) put(a [32]byte, v cachedValue) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[[32]byte]cachedValue{}
+	}
+	old := c.m[a]
+	c.bytes += len(v.payload) - len(old.payload)
+	c.m[a] = v
+	// Over budget: drop entries at random (map order) until under it.
+	for k, e := range c.m {
+		if c.bytes <= valueCacheBytes {
+			break
+		}
+		c.bytes -= len(e.payload)
+		delete(c.m, k)
+	}
+}
+
+func (c *valueCache) drop(a [32]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.m[a]; ok {
+		c.bytes -= len(old.payload)
+		delete(c.m, a)
+	}
 }
 
 // updateQueue holds a block's waiting updates while one round is running.
@@ -106,15 +163,36 @@ func (m *Meta) CreateMutable(ctx context.Context, initial []byte) ([32]byte, err
 }
 
 // Get implements s3.MetaStore: a quorum read; deleted blocks are not found.
+// A value this server saw before is revalidated by version, not re-sent.
+// Callers must not modify the returned bytes: they may be shared.
 func (m *Meta) Get(ctx context.Context, addr [32]byte) ([]byte, uint64, error) {
-	mu, err := m.c.GetMutable(ctx, addr)
-	if err != nil {
-		return nil, 0, metaErr(err)
+	var cur cachedValue
+	c, ok := m.vals.get(addr)
+	if ok {
+		mu, err := m.c.GetMutableIfChanged(ctx, addr, c.version)
+		if err != nil {
+			if errors.Is(err, block.ErrNotFound) {
+				m.vals.drop(addr)
+			}
+			return nil, 0, metaErr(err)
+		}
+		cur = c
+		if mu != nil {
+			cur = cachedValue{version: mu.Version, payload: mu.Payload, tombstone: mu.Tombstone}
+			m.vals.put(addr, cur)
+		}
+	} else {
+		mu, err := m.c.GetMutable(ctx, addr)
+		if err != nil {
+			return nil, 0, metaErr(err)
+		}
+		cur = cachedValue{version: mu.Version, payload: mu.Payload, tombstone: mu.Tombstone}
+		m.vals.put(addr, cur)
 	}
-	if mu.Tombstone {
+	if cur.tombstone {
 		return nil, 0, fmt.Errorf("%w: %s deleted", s3.ErrNotFound, block.Address(addr))
 	}
-	return mu.Payload, mu.Version, nil
+	return cur.payload, cur.version, nil
 }
 
 // Update implements s3.MetaStore. Updates of one block from this process
@@ -183,6 +261,10 @@ func (m *Meta) drain(ctx context.Context, addr [32]byte, q *updateQueue) {
 			return val, nil
 		})
 		cancel()
+		// The next read fetches the value afresh: which of fn's results
+		// was decided is not known here (a retried round may carry an
+		// earlier one forward).
+		m.vals.drop(addr)
 		for i, o := range ops {
 			switch {
 			case errs[i] != nil && (err == nil || errors.Is(err, errNoChange)):
@@ -199,5 +281,6 @@ func (m *Meta) drain(ctx context.Context, addr [32]byte, q *updateQueue) {
 
 // Delete implements s3.MetaStore.
 func (m *Meta) Delete(ctx context.Context, addr [32]byte) error {
+	m.vals.drop(addr)
 	return metaErr(m.c.DeleteMutable(ctx, m.key, addr))
 }
