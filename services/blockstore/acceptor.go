@@ -3,6 +3,7 @@ package blockstore
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 
@@ -11,10 +12,19 @@ import (
 	"shoal/shared/block"
 )
 
-// siloRecords stores acceptor records in the node's silo.
-type siloRecords struct{ s *silo.Silo }
+// siloRecords stores acceptor records in the node's silo, and keeps the
+// decoded records of recently used blocks: a hot mutable block (an S3 index
+// shard, up to 256 KiB) is otherwise read from the LSM and unmarshalled on
+// every Peek, Prepare and Accept.
+type siloRecords struct {
+	s     *silo.Silo
+	cache recordCache
+}
 
-func (r siloRecords) Load(a block.Address) (*pb.AcceptorRecord, error) {
+func (r *siloRecords) Load(a block.Address) (*pb.AcceptorRecord, error) {
+	if rec := r.cache.get(a); rec != nil {
+		return rec, nil
+	}
 	b, err := r.s.LoadRecord(a)
 	if err != nil || b == nil {
 		return nil, err
@@ -23,18 +33,79 @@ func (r siloRecords) Load(a block.Address) (*pb.AcceptorRecord, error) {
 	if err := proto.Unmarshal(b, rec); err != nil {
 		return nil, errors.Join(silo.ErrCorrupt, err)
 	}
-	return rec, nil
+	r.cache.put(a, rec, len(b))
+	return shallow(rec), nil
 }
 
-func (r siloRecords) Store(a block.Address, rec *pb.AcceptorRecord) error {
+func (r *siloRecords) Store(a block.Address, rec *pb.AcceptorRecord) error {
 	b, err := proto.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	return r.s.StoreRecord(a, b)
+	if err := r.s.StoreRecord(a, b); err != nil {
+		r.cache.drop(a)
+		return err
+	}
+	r.cache.put(a, shallow(rec), len(b))
+	return nil
 }
 
-func (r siloRecords) Sync() error { return r.s.SyncRecords() }
+// shallow copies a record's fields. The acceptor changes a record only by
+// replacing its fields (never the ballots or state they point to), so a
+// shallow copy is enough to keep the cached one as stored.
+func shallow(rec *pb.AcceptorRecord) *pb.AcceptorRecord {
+	return &pb.AcceptorRecord{Promised: rec.Promised, Accepted: rec.Accepted, State: rec.State}
+}
+
+// recordCache holds decoded acceptor records up to a byte budget.
+type recordCache struct {
+	mu    sync.Mutex
+	m     map[block.Address]cachedRecord
+	bytes int
+}
+
+type cachedRecord struct {
+	rec  *pb.AcceptorRecord
+	size int
+}
+
+// recordCacheBytes bounds one node's record cache.
+const recordCacheBytes = 32 << 20
+
+func (c *recordCache) get(a block.Address) *pb.AcceptorRecord {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[a]; ok {
+		return shallow(e.rec)
+	}
+	return nil
+}
+
+func (c *recordCache) put(a block.Address, rec *pb.AcceptorRecord, size int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[block.Address]cachedRecord{}
+	}
+	c.bytes += size - c.m[a].size
+	c.m[a] = cachedRecord{rec, size}
+	for k, e := range c.m { // over budget: drop entries at random
+		if c.bytes <= recordCacheBytes {
+			break
+		}
+		c.bytes -= e.size
+		delete(c.m, k)
+	}
+}
+
+func (c *recordCache) drop(a block.Address) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.bytes -= c.m[a].size
+	delete(c.m, a)
+}
+
+func (r *siloRecords) Sync() error { return r.s.SyncRecords() }
 
 // paxosStatus maps acceptor errors through the shared table, so the
 // proposer matches them with errors.Is on its side.
