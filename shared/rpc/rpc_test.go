@@ -33,20 +33,21 @@ func TestStatusRoundTrip(t *testing.T) {
 
 func TestBufferPoolTiers(t *testing.T) {
 	p := &bufferPool{}
-	for _, n := range []int{0, 1, 256, 257, 4096, 40_000, 300 << 10, 64 << 20, 64<<20 + 1} {
-		b := p.Get(n)
-		if len(*b) != n {
-			t.Fatalf("Get(%d): len %d", n, len(*b))
-		}
-		if c := cap(*b); n <= 64<<20 && (c < n || c&(c-1) != 0 || (n > 256 && c >= 2*n)) {
-			t.Fatalf("Get(%d): cap %d is not the smallest power of two holding it", n, c)
+	for _, tc := range []struct{ n, cap int }{
+		{0, 256}, {1, 256}, {256, 256}, {257, 512}, {4096, 4096}, {40_000, 65536},
+		{300 << 10, 512 << 10}, {1 << 20, 1 << 20}, {1<<20 + 1, 2 << 20}, {4<<20 + 100, 5 << 20},
+		{64 << 20, 64 << 20}, {64<<20 + 1, 64<<20 + 1},
+	} {
+		b := p.Get(tc.n)
+		if len(*b) != tc.n || cap(*b) != tc.cap {
+			t.Fatalf("Get(%d): len %d cap %d, want cap %d", tc.n, len(*b), cap(*b), tc.cap)
 		}
 		p.Put(b)
-		if again := p.Get(n); len(*again) != n || cap(*again) < n {
-			t.Fatalf("reused buffer for %d: len %d cap %d", n, len(*again), cap(*again))
+		if again := p.Get(tc.n); len(*again) != tc.n || cap(*again) != tc.cap {
+			t.Fatalf("Get(%d) again: len %d cap %d", tc.n, len(*again), cap(*again))
 		}
 	}
-	odd := make([]byte, 1000) // not a tier size: dropped, never handed out short
+	odd := make([]byte, 1000) // not a class size: dropped, never handed out short
 	p.Put(&odd)
 	if b := p.Get(1000); cap(*b) != 1024 {
 		t.Fatalf("Get(1000) after a stray Put: cap %d", cap(*b))
