@@ -130,8 +130,9 @@ func (e *env) s3PutGet(t *testing.T) []block {
 
 // s3Trace puts one object into a bucket of its own and finds its trace at
 // the receiver: the S3 task's request span, its gRPC client span to a dedup
-// task, that dedup task's server span, and beneath it block store Put server
-// spans in at least two storage containers, every hop between containers.
+// task, that dedup task's server span, and beneath it block store Put (or
+// PutBatch) server spans in at least two storage containers, every hop
+// between containers.
 func (e *env) s3Trace(t *testing.T) {
 	const tb = "trace"
 	if out, err := e.s3Exec(nil, "", "mb", tb); err != nil {
@@ -175,7 +176,8 @@ func (e *env) s3Trace(t *testing.T) {
 		dedups := map[string]bool{}
 		storage := map[string]bool{}
 		for _, s := range byID {
-			if s.Kind != kindServer || !strings.HasSuffix(s.Name, "/Put") || !strings.HasPrefix(s.Instance, stack+"_blockstore.") {
+			put := strings.HasSuffix(s.Name, "/Put") || strings.HasSuffix(s.Name, "/PutBatch") // small chunks travel in batches
+			if s.Kind != kindServer || !put || !strings.HasPrefix(s.Instance, stack+"_blockstore.") {
 				continue
 			}
 			d, ok := underDedup(s)
