@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
 	"shoal/shared/block"
+	"shoal/shared/cpus"
 	"shoal/shared/dedup/chunker"
 	"shoal/shared/dedup/erasure"
 	"shoal/shared/dedup/manifest"
@@ -26,7 +26,7 @@ type WriterConfig struct {
 	// MaxInFlight bounds the bytes held between reading the stream and
 	// finishing with them (default 64 MiB); it is the Write's memory bound.
 	MaxInFlight int64
-	// Workers seal chunks in parallel (default GOMAXPROCS).
+	// Workers seal chunks in parallel (default: the cores, cpus.N).
 	Workers int
 	// Puts bounds concurrent Put calls, and PutShard calls per chunk under
 	// erasure coding (default 16).
@@ -60,7 +60,7 @@ func NewWriter(store BlockStore, cfg WriterConfig) (*Writer, error) {
 		cfg.MaxInFlight = 64 << 20
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = runtime.GOMAXPROCS(0)
+		cfg.Workers = cpus.N()
 	}
 	if cfg.Puts <= 0 {
 		cfg.Puts = 16

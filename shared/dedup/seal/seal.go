@@ -18,13 +18,13 @@ import (
 	"crypto/hmac"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	sha256 "github.com/minio/sha256-simd"
 
 	"shoal/shared/block"
+	"shoal/shared/cpus"
 	"shoal/shared/dedup/policy"
 )
 
@@ -193,7 +193,7 @@ func encoder(level int) (*zstd.Encoder, error) {
 	}
 	e, err := zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
-		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+		zstd.WithEncoderConcurrency(cpus.N()),
 		zstd.WithEncoderCRC(false), // the block address already covers the bytes
 	)
 	if err != nil {
@@ -206,7 +206,7 @@ func encoder(level int) (*zstd.Encoder, error) {
 func decoder() (*zstd.Decoder, error) {
 	decOnce.Do(func() {
 		dec, decErr = zstd.NewReader(nil,
-			zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)),
+			zstd.WithDecoderConcurrency(cpus.N()),
 			zstd.WithDecoderMaxMemory(maxDecoded),
 		)
 	})
