@@ -1,14 +1,18 @@
 package rpc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	bpb "shoal/proto/blockstorepb"
 	"shoal/shared/block"
 )
 
@@ -51,5 +55,29 @@ func TestBufferPoolTiers(t *testing.T) {
 	p.Put(&odd)
 	if b := p.Get(1000); cap(*b) != 1024 {
 		t.Fatalf("Get(1000) after a stray Put: cap %d", cap(*b))
+	}
+}
+
+// The codec gRPC uses is ours, and round-trips messages of every size
+// class, pooled or not.
+func TestCodecRegistered(t *testing.T) {
+	c := encoding.GetCodecV2("proto")
+	if _, ok := c.(codec); !ok {
+		t.Fatalf("gRPC's proto codec is %T, not rpc.codec", c)
+	}
+	for _, n := range []int{0, 10, 5000, 300 << 10, 5 << 20} {
+		in := &bpb.PutRequest{Address: []byte("addr"), Data: bytes.Repeat([]byte{7}, n)}
+		data, err := c.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := &bpb.PutRequest{}
+		if err := c.Unmarshal(data, out); err != nil {
+			t.Fatal(err)
+		}
+		data.Free()
+		if !proto.Equal(in, out) {
+			t.Fatalf("%d bytes: round trip differs", n)
+		}
 	}
 }
