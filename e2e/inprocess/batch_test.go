@@ -69,12 +69,7 @@ func TestConcurrentSmallBlocksBatched(t *testing.T) {
 func TestBatchCallsPerItem(t *testing.T) {
 	c := framework.Start(t, framework.Options{Nodes: 3})
 	ctx := ctxT(t)
-	cc, err := rpc.Dial(c.Nodes[0].Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	bs := bpb.NewBlockStoreClient(cc)
+	bs := dialNode(t, c.Nodes[0].Addr())
 	good := randBytes(t, 3000)
 	ga := block.Sum(good)
 	wrong := block.Sum([]byte("other"))
@@ -152,12 +147,7 @@ func TestBatchCallsPerItem(t *testing.T) {
 func TestPaxosBatchPerItem(t *testing.T) {
 	c := framework.Start(t, framework.Options{Nodes: 3})
 	ctx := ctxT(t)
-	cc, err := rpc.Dial(c.Nodes[0].Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	bs := bpb.NewBlockStoreClient(cc)
+	bs := dialNode(t, c.Nodes[0].Addr())
 	unknown := block.Sum([]byte("no such mutable block"))
 	resp, err := bs.PaxosBatch(ctx, &bpb.PaxosBatchRequest{Ops: []*bpb.PaxosOp{
 		{},
@@ -183,4 +173,15 @@ func TestPaxosBatchPerItem(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("oversize batch: %v", err)
 	}
+}
+
+// dialNode is a raw gRPC client of one storage node, closed at test end.
+func dialNode(t *testing.T, addr string) bpb.BlockStoreClient {
+	t.Helper()
+	cc, err := rpc.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return bpb.NewBlockStoreClient(cc)
 }

@@ -55,11 +55,7 @@ func TestMutableAndNamedBlocks(t *testing.T) {
 	// only what identifies it (a majority holds it once it is decided).
 	holding := 0
 	for _, node := range c.Nodes {
-		cc, err := rpc.Dial(node.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		bs := bpb.NewBlockStoreClient(cc)
+		bs := dialNode(t, node.Addr())
 		r, err := bs.Peek(ctx, &bpb.PeekRequest{Address: addr[:], KnownVersion: 3})
 		if err != nil {
 			t.Fatal(err)
@@ -74,7 +70,6 @@ func TestMutableAndNamedBlocks(t *testing.T) {
 				t.Fatalf("peek knowing an older version: %v %v", r, err)
 			}
 		}
-		cc.Close()
 	}
 	if holding < 2 {
 		t.Fatalf("%d acceptors hold the decided version", holding)

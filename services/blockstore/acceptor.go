@@ -3,13 +3,13 @@ package blockstore
 import (
 	"context"
 	"errors"
-	"sync"
 
 	"google.golang.org/protobuf/proto"
 
 	pb "shoal/proto/blockstorepb"
 	"shoal/services/blockstore/silo"
 	"shoal/shared/block"
+	"shoal/shared/sizedcache"
 )
 
 // siloRecords stores acceptor records in the node's silo, and keeps the
@@ -18,12 +18,19 @@ import (
 // every Peek, Prepare and Accept.
 type siloRecords struct {
 	s     *silo.Silo
-	cache recordCache
+	cache *sizedcache.Cache[block.Address, *pb.AcceptorRecord]
+}
+
+// recordCacheBytes bounds one node's record cache.
+const recordCacheBytes = 32 << 20
+
+func newSiloRecords(s *silo.Silo) *siloRecords {
+	return &siloRecords{s: s, cache: sizedcache.New[block.Address, *pb.AcceptorRecord](recordCacheBytes)}
 }
 
 func (r *siloRecords) Load(a block.Address) (*pb.AcceptorRecord, error) {
-	if rec := r.cache.get(a); rec != nil {
-		return rec, nil
+	if rec, ok := r.cache.Get(a); ok {
+		return shallow(rec), nil
 	}
 	b, err := r.s.LoadRecord(a)
 	if err != nil || b == nil {
@@ -33,7 +40,7 @@ func (r *siloRecords) Load(a block.Address) (*pb.AcceptorRecord, error) {
 	if err := proto.Unmarshal(b, rec); err != nil {
 		return nil, errors.Join(silo.ErrCorrupt, err)
 	}
-	r.cache.put(a, rec, len(b))
+	r.cache.Put(a, rec, len(b))
 	return shallow(rec), nil
 }
 
@@ -43,10 +50,10 @@ func (r *siloRecords) Store(a block.Address, rec *pb.AcceptorRecord) error {
 		return err
 	}
 	if err := r.s.StoreRecord(a, b); err != nil {
-		r.cache.drop(a)
+		r.cache.Drop(a)
 		return err
 	}
-	r.cache.put(a, shallow(rec), len(b))
+	r.cache.Put(a, shallow(rec), len(b))
 	return nil
 }
 
@@ -55,54 +62,6 @@ func (r *siloRecords) Store(a block.Address, rec *pb.AcceptorRecord) error {
 // shallow copy is enough to keep the cached one as stored.
 func shallow(rec *pb.AcceptorRecord) *pb.AcceptorRecord {
 	return &pb.AcceptorRecord{Promised: rec.Promised, Accepted: rec.Accepted, State: rec.State}
-}
-
-// recordCache holds decoded acceptor records up to a byte budget.
-type recordCache struct {
-	mu    sync.Mutex
-	m     map[block.Address]cachedRecord
-	bytes int
-}
-
-type cachedRecord struct {
-	rec  *pb.AcceptorRecord
-	size int
-}
-
-// recordCacheBytes bounds one node's record cache.
-const recordCacheBytes = 32 << 20
-
-func (c *recordCache) get(a block.Address) *pb.AcceptorRecord {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.m[a]; ok {
-		return shallow(e.rec)
-	}
-	return nil
-}
-
-func (c *recordCache) put(a block.Address, rec *pb.AcceptorRecord, size int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[block.Address]cachedRecord{}
-	}
-	c.bytes += size - c.m[a].size
-	c.m[a] = cachedRecord{rec, size}
-	for k, e := range c.m { // over budget: drop entries at random
-		if c.bytes <= recordCacheBytes {
-			break
-		}
-		c.bytes -= e.size
-		delete(c.m, k)
-	}
-}
-
-func (c *recordCache) drop(a block.Address) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.bytes -= c.m[a].size
-	delete(c.m, a)
 }
 
 func (r *siloRecords) Sync() error { return r.s.SyncRecords() }

@@ -24,9 +24,14 @@ const (
 )
 
 // itemStatus is an item's error as the unary call would have returned it.
-func itemStatus(err error) *pb.BatchResult {
+func itemStatus(err error) (code uint32, msg string) {
 	st, _ := status.FromError(toStatus(err))
-	return &pb.BatchResult{Code: uint32(st.Code()), Message: st.Message()}
+	return uint32(st.Code()), st.Message()
+}
+
+func batchErr(err error) *pb.BatchResult {
+	code, msg := itemStatus(err)
+	return &pb.BatchResult{Code: code, Message: msg}
 }
 
 // PutBatch validates and stores several blocks: one segment write, one
@@ -42,7 +47,7 @@ func (n *Node) PutBatch(ctx context.Context, req *pb.PutBatchRequest) (*pb.PutBa
 	for i, p := range req.Puts {
 		addr, err := block.FromBytes(p.Address)
 		if err != nil {
-			results[i] = itemStatus(err)
+			results[i] = batchErr(err)
 			continue
 		}
 		kind := block.Kind(p.Kind)
@@ -50,7 +55,7 @@ func (n *Node) PutBatch(ctx context.Context, req *pb.PutBatchRequest) (*pb.PutBa
 			kind = block.KindImmutable
 		}
 		if err := block.Validate(addr, kind, p.Data, n.cfg.MaxBlockSize); err != nil {
-			results[i] = itemStatus(err)
+			results[i] = batchErr(err)
 			continue
 		}
 		items = append(items, silo.Item{Addr: addr, Kind: kind, Data: p.Data})
@@ -62,7 +67,7 @@ func (n *Node) PutBatch(ctx context.Context, req *pb.PutBatchRequest) (*pb.PutBa
 	for j, r := range n.silo.PutMany(items) {
 		if r.Err != nil {
 			sp.RecordError(r.Err)
-			results[pos[j]] = itemStatus(r.Err)
+			results[pos[j]] = batchErr(r.Err)
 			continue
 		}
 		results[pos[j]] = &pb.BatchResult{Existed: r.Existed}
@@ -88,12 +93,12 @@ func (n *Node) GetBatch(ctx context.Context, req *pb.GetBatchRequest) (*pb.GetBa
 		}
 		addr, err := block.FromBytes(a)
 		if err != nil {
-			results[i] = itemStatus(err)
+			results[i] = batchErr(err)
 			continue
 		}
 		data, kind, err := n.silo.Get(addr)
 		if err != nil {
-			results[i] = itemStatus(err)
+			results[i] = batchErr(err)
 			continue
 		}
 		size += len(data)
@@ -153,8 +158,8 @@ func (n *Node) paxosOp(op *pb.PaxosOp) *pb.PaxosResult {
 		return &pb.PaxosResult{Code: uint32(codes.InvalidArgument), Message: "blockstore: empty Paxos operation"}
 	}
 	if err != nil {
-		st := itemStatus(err)
-		return &pb.PaxosResult{Code: st.Code, Message: st.Message}
+		code, msg := itemStatus(err)
+		return &pb.PaxosResult{Code: code, Message: msg}
 	}
 	return r
 }

@@ -78,7 +78,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Node, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Node{cfg: cfg, log: log.With("node", cfg.ID), nc: nc, silo: s, acceptor: paxos.NewAcceptor(&siloRecords{s: s}, cfg.MaxBlockSize),
+	return &Node{cfg: cfg, log: log.With("node", cfg.ID), nc: nc, silo: s, acceptor: paxos.NewAcceptor(newSiloRecords(s), cfg.MaxBlockSize),
 		done: make(chan struct{}), started: time.Now().UnixNano()}, nil
 }
 

@@ -386,8 +386,8 @@ func (ix *index) get(ctx context.Context, k string) ([]byte, bool, error) {
 // read-modify-write, so concurrent writers never lose an entry. fn may run
 // several times and must not have side effects; keep=false deletes the key.
 func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found bool) (next []byte, keep bool, err error)) error {
-	waits := 0
-	for attempt := 0; ; attempt++ {
+	moves, waits := 0, 0
+	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -437,7 +437,8 @@ func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found
 			size = len(out)
 			return out, nil
 		})
-		if errors.Is(err, errMoved) && attempt < 64 {
+		if errors.Is(err, errMoved) && moves < 64 {
+			moves++
 			continue // a split moved k right; look again
 		}
 		if errors.Is(err, errFrozen) {
@@ -447,7 +448,6 @@ func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found
 				return err
 			}
 			waits++
-			attempt--
 			continue
 		}
 		if errors.Is(err, ErrNotFound) {

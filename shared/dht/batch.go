@@ -99,24 +99,25 @@ func (c *Client) queue(n *ppb.Node, kind int) *nodeQueue {
 
 // batchPut stores one block on node n through the node's put queue.
 func (c *Client) batchPut(ctx context.Context, n *ppb.Node, req *bpb.PutRequest) (*bpb.BatchResult, error) {
-	r := c.enqueue(ctx, c.queue(n, opPut), &batchOp{ctx: ctx, put: req, done: make(chan batchResult, 1)})
+	r := c.enqueue(ctx, c.queue(n, opPut), &batchOp{put: req})
 	return r.r, r.err
 }
 
 // batchGet reads one block from node n through the node's get queue.
 func (c *Client) batchGet(ctx context.Context, n *ppb.Node, addr []byte) (*bpb.BatchResult, error) {
-	r := c.enqueue(ctx, c.queue(n, opGet), &batchOp{ctx: ctx, addr: addr, done: make(chan batchResult, 1)})
+	r := c.enqueue(ctx, c.queue(n, opGet), &batchOp{addr: addr})
 	return r.r, r.err
 }
 
 // paxosCall runs one acceptor operation on node n through the node's
 // Paxos queue.
 func (c *Client) paxosCall(ctx context.Context, n *ppb.Node, op *bpb.PaxosOp) (*bpb.PaxosResult, error) {
-	r := c.enqueue(ctx, c.queue(n, opPaxos), &batchOp{ctx: ctx, paxos: op, done: make(chan batchResult, 1)})
+	r := c.enqueue(ctx, c.queue(n, opPaxos), &batchOp{paxos: op})
 	return r.p, r.err
 }
 
 func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) batchResult {
+	op.ctx, op.done = ctx, make(chan batchResult, 1)
 	q.mu.Lock()
 	q.ops = append(q.ops, op)
 	start := q.inflight < q.limit()
@@ -251,7 +252,7 @@ func (c *Client) send(q *nodeQueue, ops []*batchOp) {
 	if q.kind == opPaxos {
 		for i, op := range ops {
 			if r := presults[i]; r.Code != 0 {
-				op.done <- batchResult{err: rpc.FromStatus(status.Error(codes.Code(r.Code), r.Message))}
+				op.done <- batchResult{err: itemErr(r.Code, r.Message)}
 			} else {
 				op.done <- batchResult{p: r}
 			}
@@ -281,10 +282,15 @@ func (c *Client) send(q *nodeQueue, ops []*batchOp) {
 		case q.kind == opGet && codes.Code(r.Code) == codes.ResourceExhausted:
 			again = append(again, op)
 		default:
-			op.done <- batchResult{err: rpc.FromStatus(status.Error(codes.Code(r.Code), r.Message))}
+			op.done <- batchResult{err: itemErr(r.Code, r.Message)}
 		}
 	}
 	if len(again) > 0 {
 		q.requeue(again)
 	}
+}
+
+// itemErr is a batch item's error as its own call would have returned it.
+func itemErr(code uint32, msg string) error {
+	return rpc.FromStatus(status.Error(codes.Code(code), msg))
 }

@@ -175,22 +175,12 @@ func (c *Client) CreateMutable(ctx context.Context, key ed25519.PrivateKey, payl
 
 // GetMutable returns the latest decided version (a quorum read).
 func (c *Client) GetMutable(ctx context.Context, addr block.Address) (*Mutable, error) {
-	ctx, sp := telemetry.Tracer().Start(ctx, "dht.get_mutable", trace.WithAttributes(attribute.String("block.address", addr.String())))
-	defer sp.End()
-	g, err := c.guess(ctx, addr)
-	if err != nil {
-		return nil, err
-	}
-	st, err := c.proposer().Read(ctx, addr, g)
-	if err != nil {
-		return nil, err
-	}
-	return fromState(st), nil
+	return c.GetMutableIfChanged(ctx, addr, 0)
 }
 
 // GetMutableIfChanged returns the block unless its version is still v, so
 // a cache holding version v revalidates without the payload moving: it
-// returns nil, nil when v is current.
+// returns nil, nil when v is current. v = 0 always reads the block.
 func (c *Client) GetMutableIfChanged(ctx context.Context, addr block.Address, v uint64) (*Mutable, error) {
 	ctx, sp := telemetry.Tracer().Start(ctx, "dht.get_mutable", trace.WithAttributes(
 		attribute.String("block.address", addr.String()), attribute.Int64("known_version", int64(v))))

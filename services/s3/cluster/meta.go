@@ -17,6 +17,7 @@ import (
 	"shoal/services/s3"
 	"shoal/shared/block"
 	"shoal/shared/dht"
+	"shoal/shared/sizedcache"
 )
 
 // Meta is an s3.MetaStore on the cluster's mutable blocks. Every block it
@@ -40,14 +41,7 @@ type Meta struct {
 	// vals keeps the last value seen of each block, so a read of a block
 	// that has not changed (an index shard under GETs) is a quorum read of
 	// its version only: the acceptors do not send the value again.
-	vals valueCache
-}
-
-// valueCache holds block values by address, up to a byte budget.
-type valueCache struct {
-	mu    sync.Mutex
-	m     map[[32]byte]cachedValue
-	bytes int
+	vals *sizedcache.Cache[[32]byte, cachedValue]
 }
 
 type cachedValue struct {
@@ -58,42 +52,6 @@ type cachedValue struct {
 
 // valueCacheBytes bounds the cache: a few hundred hot index shards.
 const valueCacheBytes = 64 << 20
-
-func (c *valueCache) get(a [32]byte) (cachedValue, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v, ok := c.m[a]
-	return v, ok
-}
-
-// put records the value of a block read from the cluster.
-func (c *valueCache) put(a [32]byte, v cachedValue) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[[32]byte]cachedValue{}
-	}
-	old := c.m[a]
-	c.bytes += len(v.payload) - len(old.payload)
-	c.m[a] = v
-	// Over budget: drop entries at random (map order) until under it.
-	for k, e := range c.m {
-		if c.bytes <= valueCacheBytes {
-			break
-		}
-		c.bytes -= len(e.payload)
-		delete(c.m, k)
-	}
-}
-
-func (c *valueCache) drop(a [32]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if old, ok := c.m[a]; ok {
-		c.bytes -= len(old.payload)
-		delete(c.m, a)
-	}
-}
 
 // updateQueue holds a block's waiting updates while one round is running.
 type updateQueue struct {
@@ -109,7 +67,8 @@ type updateOp struct {
 
 // NewMeta returns a MetaStore signing with key.
 func NewMeta(c *dht.Client, key ed25519.PrivateKey) *Meta {
-	return &Meta{c: c, key: key, pub: key.Public().(ed25519.PublicKey), queues: map[[32]byte]*updateQueue{}}
+	return &Meta{c: c, key: key, pub: key.Public().(ed25519.PublicKey), queues: map[[32]byte]*updateQueue{},
+		vals: sizedcache.New[[32]byte, cachedValue](valueCacheBytes)}
 }
 
 var _ s3.MetaStore = (*Meta)(nil)
@@ -166,28 +125,17 @@ func (m *Meta) CreateMutable(ctx context.Context, initial []byte) ([32]byte, err
 // A value this server saw before is revalidated by version, not re-sent.
 // Callers must not modify the returned bytes: they may be shared.
 func (m *Meta) Get(ctx context.Context, addr [32]byte) ([]byte, uint64, error) {
-	var cur cachedValue
-	c, ok := m.vals.get(addr)
-	if ok {
-		mu, err := m.c.GetMutableIfChanged(ctx, addr, c.version)
-		if err != nil {
-			if errors.Is(err, block.ErrNotFound) {
-				m.vals.drop(addr)
-			}
-			return nil, 0, metaErr(err)
+	cur, _ := m.vals.Get(addr) // version 0 when absent: a full read
+	mu, err := m.c.GetMutableIfChanged(ctx, addr, cur.version)
+	if err != nil {
+		if errors.Is(err, block.ErrNotFound) {
+			m.vals.Drop(addr)
 		}
-		cur = c
-		if mu != nil {
-			cur = cachedValue{version: mu.Version, payload: mu.Payload, tombstone: mu.Tombstone}
-			m.vals.put(addr, cur)
-		}
-	} else {
-		mu, err := m.c.GetMutable(ctx, addr)
-		if err != nil {
-			return nil, 0, metaErr(err)
-		}
+		return nil, 0, metaErr(err)
+	}
+	if mu != nil {
 		cur = cachedValue{version: mu.Version, payload: mu.Payload, tombstone: mu.Tombstone}
-		m.vals.put(addr, cur)
+		m.vals.Put(addr, cur, len(cur.payload))
 	}
 	if cur.tombstone {
 		return nil, 0, fmt.Errorf("%w: %s deleted", s3.ErrNotFound, block.Address(addr))
@@ -264,7 +212,7 @@ func (m *Meta) drain(ctx context.Context, addr [32]byte, q *updateQueue) {
 		// The next read fetches the value afresh: which of fn's results
 		// was decided is not known here (a retried round may carry an
 		// earlier one forward).
-		m.vals.drop(addr)
+		m.vals.Drop(addr)
 		for i, o := range ops {
 			switch {
 			case errs[i] != nil && (err == nil || errors.Is(err, errNoChange)):
@@ -281,6 +229,6 @@ func (m *Meta) drain(ctx context.Context, addr [32]byte, q *updateQueue) {
 
 // Delete implements s3.MetaStore.
 func (m *Meta) Delete(ctx context.Context, addr [32]byte) error {
-	m.vals.drop(addr)
+	m.vals.Drop(addr)
 	return metaErr(m.c.DeleteMutable(ctx, m.key, addr))
 }
