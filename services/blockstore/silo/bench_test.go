@@ -62,3 +62,33 @@ func BenchmarkGetSmallParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkHasAbsent is the "already stored?" check a put makes for a new
+// block, against a silo holding 100k small blocks.
+func BenchmarkHasAbsent(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	items := make([]Item, 0, 1000)
+	data := make([]byte, 4096)
+	for i := 0; i < 100; i++ {
+		items = items[:0]
+		for j := 0; j < 1000; j++ {
+			_, _ = rand.Read(data[:64])
+			items = append(items, Item{Addr: block.Sum(data), Kind: block.KindImmutable, Data: data})
+		}
+		s.PutMany(items)
+	}
+	probe := make([]block.Address, 4096)
+	for i := range probe {
+		_, _ = rand.Read(probe[i][:])
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if ok, _ := s.Has(probe[i%len(probe)]); ok {
+			b.Fatal("present")
+		}
+	}
+}

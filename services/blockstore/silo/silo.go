@@ -93,6 +93,8 @@ type Silo struct {
 
 	used   atomic.Int64
 	blocks atomic.Int64
+	// present answers "not stored" for new blocks without an LSM lookup.
+	present *presence
 
 	segMu   sync.Mutex // guards segs and cur; see lock order in LOCKS below
 	segs    map[uint32]*segment
@@ -112,7 +114,7 @@ type Silo struct {
 // Open opens (or creates) the silo in dir.
 func Open(dir string, opts Options) (*Silo, error) {
 	opts.defaults()
-	s := &Silo{opts: opts, dir: dir, segs: map[uint32]*segment{}, segsDir: filepath.Join(dir, "segments"), now: time.Now}
+	s := &Silo{opts: opts, dir: dir, segs: map[uint32]*segment{}, segsDir: filepath.Join(dir, "segments"), now: time.Now, present: newPresence()}
 	if err := os.MkdirAll(s.segsDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -216,6 +218,9 @@ func (s *Silo) recount() error {
 		}
 		used += int64(e.size)
 		n++
+		var a block.Address
+		copy(a[:], it.Key()[1:])
+		s.present.add(a)
 	}
 	s.used.Store(used)
 	s.blocks.Store(n)
@@ -420,6 +425,9 @@ func (s *Silo) store(items []Item, idx []int, segBytes int) error {
 		}
 		_ = b.Set(blockKey(it.Addr), val, nil)
 		_ = b.Set(touchKey(it.Addr), now, nil)
+		// Before the commit: once the entry is visible, the filter must
+		// not deny it.
+		s.present.add(it.Addr)
 	}
 	// pebble.Sync joins concurrent committers into one WAL fsync.
 	if err := b.Commit(pebble.Sync); err != nil {
@@ -445,8 +453,11 @@ func (s *Silo) appendSegment(data []byte) (uint32, int64, error) {
 	return seg.id, off, nil
 }
 
-func (s *Silo) has(key []byte) (bool, error) {
-	_, closer, err := s.db.Get(key)
+func (s *Silo) has(a block.Address) (bool, error) {
+	if !s.present.mayContain(a) {
+		return false, nil
+	}
+	_, closer, err := s.db.Get(blockKey(a))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return false, nil
 	}
@@ -462,7 +473,7 @@ func (s *Silo) Has(addr block.Address) (bool, error) {
 	if s.closed.Load() {
 		return false, ErrClosed
 	}
-	return s.has(blockKey(addr))
+	return s.has(addr)
 }
 
 // Touch reports, for each address, whether it is stored, and refreshes the
@@ -482,7 +493,7 @@ func (s *Silo) touchPresent(addrs []block.Address) ([]bool, error) {
 	now := s.now().UnixMilli()
 	var b *pebble.Batch
 	for i, a := range addrs {
-		ok, err := s.has(blockKey(a))
+		ok, err := s.has(a)
 		if err != nil {
 			return nil, err
 		}
