@@ -11,12 +11,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"shoal/services/dedup/client"
 )
 
-var dedupMiB = flag.Int("dedup-mib", 1024, "MiB streamed through the dedup tier per phase (0 skips the dedup section)")
+var (
+	dedupMiB  = flag.Int("dedup-mib", 1024, "MiB streamed through the dedup tier per phase (0 skips the dedup section)")
+	dedupOnly = flag.String("dedup-only", "", `run one dedup policy: "R=3" or "EC 4+2" (default both)`)
+)
 
 // dedupBench measures the dedup tier end to end (client → gRPC → dedup →
 // storage nodes): a unique put, a re-put of the same bytes (all chunks
@@ -37,6 +41,9 @@ func dedupBench(raw float64) {
 		{"R=3", "", 3, 3},
 		{"EC 4+2", "redundancy=ec:4+2", 6, 1.5},
 	} {
+		if *dedupOnly != "" && *dedupOnly != tc.name {
+			continue
+		}
 		proc, addr := startDedupCluster(filepath.Join(*dir, "dedup-"+strings.ReplaceAll(tc.name, " ", "")), tc.nodes)
 		cl, err := client.Dial(addr)
 		check(err)
@@ -67,7 +74,9 @@ func dedupBench(raw float64) {
 		add(fmt.Sprintf("dedup get %d MiB sequential, %s", *dedupMiB, tc.name), mbs(get), fmt.Sprintf("%.2f× raw", get/raw))
 		add(fmt.Sprintf("all-in-one RSS after dedup, %s", tc.name), fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), fmt.Sprintf("%d storage nodes + placement + NATS + dedup", tc.nodes))
 		cl.Close()
-		_ = proc.Process.Kill()
+		// SIGTERM, so a SHOAL_CPU_PROFILE set for the run gets written
+		// (the EC cluster's overwrites the R=3 one's; -dedup-only picks one).
+		_ = proc.Process.Signal(syscall.SIGTERM)
 		_ = proc.Wait()
 	}
 }

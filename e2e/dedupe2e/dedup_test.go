@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/md5"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -30,7 +29,9 @@ import (
 	"shoal/services/dedup"
 	"shoal/services/dedup/client"
 	"shoal/shared/block"
+	sdedup "shoal/shared/dedup"
 	"shoal/shared/dedup/manifest"
+	"shoal/shared/dedup/policy"
 )
 
 func ctxT(t testing.TB, d time.Duration) context.Context {
@@ -67,7 +68,14 @@ func write(t *testing.T, ctx context.Context, cl *client.Client, pol, vol string
 	if err != nil {
 		t.Fatalf("write %q: %v", pol, err)
 	}
-	sum := md5.Sum(data)
+	p, err := policy.Parse(pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := sdedup.Digest(p.Chunking, bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if size != int64(len(data)) || etag != hex.EncodeToString(sum[:]) {
 		t.Fatalf("write %q: size %d etag %s, want %d %x", pol, size, etag, len(data), sum)
 	}

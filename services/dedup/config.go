@@ -27,8 +27,8 @@ type Config struct {
 	Dir string `yaml:"dir"`
 	// MaxInFlight bounds the bytes one Write holds (its memory bound).
 	MaxInFlight int64 `yaml:"max_in_flight"`
-	// Readahead is how many chunks a Read fetches ahead of the client.
-	Readahead int `yaml:"readahead"`
+	// ReadaheadBytes is how far ahead of the client a Read fetches.
+	ReadaheadBytes int64 `yaml:"readahead_bytes"`
 	// CollectInterval runs a reclamation cycle this often (0 = only when
 	// asked, e.g. by `shoal gc`); CollectGrace is its grace period.
 	CollectInterval time.Duration `yaml:"collect_interval"`
@@ -41,7 +41,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.MasterKeyFile, prefix+"master-key-file", "", "file holding the hex 32-byte master key shared by all dedup replicas (default: generated once under -dedup.dir)")
 	fs.StringVar(&c.Dir, prefix+"dir", "", "directory for a generated master key (default: <data>/dedup)")
 	fs.Int64Var(&c.MaxInFlight, prefix+"max-in-flight", 64<<20, "bytes one write may hold in memory")
-	fs.IntVar(&c.Readahead, prefix+"readahead", 8, "chunks a read fetches ahead")
+	fs.Int64Var(&c.ReadaheadBytes, prefix+"readahead-bytes", 16<<20, "bytes a read fetches ahead of the client (its memory bound, plus two chunks)")
 	fs.DurationVar(&c.CollectInterval, prefix+"collect-interval", 0, "run space reclamation this often (0 = only on request)")
 	fs.DurationVar(&c.CollectGrace, prefix+"collect-grace", 6*time.Hour, "grace period of periodic reclamation: blocks touched more recently are kept; must exceed the longest write plus the nodes' clock drift")
 }
@@ -53,8 +53,8 @@ func (c *Config) Validate() error {
 		return errors.New("dedup: -dedup.listen is required")
 	case c.MasterKeyFile == "" && c.Dir == "":
 		return errors.New("dedup: -dedup.master-key-file or -dedup.dir is required")
-	case c.MaxInFlight < 0 || c.Readahead < 0:
-		return errors.New("dedup: -dedup.max-in-flight and -dedup.readahead must not be negative")
+	case c.MaxInFlight < 0 || c.ReadaheadBytes < 0:
+		return errors.New("dedup: -dedup.max-in-flight and -dedup.readahead-bytes must not be negative")
 	case c.CollectInterval < 0 || c.CollectGrace < 0:
 		return errors.New("dedup: collection interval and grace must not be negative")
 	}

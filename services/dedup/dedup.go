@@ -47,6 +47,9 @@ type Service struct {
 	keys  *keys
 	roots *rootSet
 
+	// sealed is shared by the writers: ~160k chunks (10 GiB of 64 KiB
+	// chunks) re-written without compressing them again.
+	sealed  *dedup.SealCache
 	mu      sync.Mutex
 	writers map[string]*dedup.Writer
 	readers map[string]*dedup.Reader
@@ -80,7 +83,7 @@ func New(cfg Config, dc *dht.Client, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, log: log, dht: dc, keys: k, roots: newRootSet(dc, k.sign),
+	return &Service{cfg: cfg, log: log, dht: dc, keys: k, roots: newRootSet(dc, k.sign), sealed: dedup.NewSealCache(16 << 20),
 		writers: map[string]*dedup.Writer{}, readers: map[string]*dedup.Reader{}, done: make(chan struct{})}, nil
 }
 
@@ -240,7 +243,7 @@ func (s *Service) writer(p policy.Policy, volume string) (*dedup.Writer, error) 
 	if r := p.Redundancy; r.Mode == policy.Replicate && r.Replicas > 0 {
 		store = replicated{s.dht, r.Replicas, r.WriteQuorum}
 	}
-	w, err := dedup.NewWriter(store, dedup.WriterConfig{Policy: p, VolumeKey: key, MaxInFlight: s.cfg.MaxInFlight})
+	w, err := dedup.NewWriter(store, dedup.WriterConfig{Policy: p, VolumeKey: key, MaxInFlight: s.cfg.MaxInFlight, Sealed: s.sealed})
 	if err != nil {
 		return nil, err
 	}
@@ -266,7 +269,7 @@ func (s *Service) reader(p policy.Policy, volume string) (*dedup.Reader, error) 
 	if r := s.readers[id]; r != nil {
 		return r, nil
 	}
-	r, err := dedup.NewReader(s.dht, dedup.ReaderConfig{VolumeKey: key, Readahead: s.cfg.Readahead, Repair: true, OnDamage: s.onDamage})
+	r, err := dedup.NewReader(s.dht, dedup.ReaderConfig{VolumeKey: key, ReadaheadBytes: s.cfg.ReadaheadBytes, Repair: true, OnDamage: s.onDamage})
 	if err != nil {
 		return nil, err
 	}

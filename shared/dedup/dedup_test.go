@@ -34,7 +34,7 @@ func TestRoundTripEveryPolicy(t *testing.T) {
 		t.Run(ps, func(t *testing.T) {
 			p := mustPolicy(t, ps)
 			store := memstore.New()
-			r := newReader(t, store, dedup.ReaderConfig{VolumeKey: keyFor(p), Readahead: 3})
+			r := newReader(t, store, dedup.ReaderConfig{VolumeKey: keyFor(p), ReadaheadBytes: 1})
 			for _, data := range [][]byte{nil, {0x7f}, mixedData(uint64(i), size)} {
 				ref := write(t, store, p, keyFor(p), data)
 				got, err := readRange(t, r, ref, 0, -1)

@@ -9,8 +9,9 @@
 // # Write path
 //
 // Writer.Write overlaps the stages of a pipeline: read and chunk (fixed or
-// FastCDC, see chunker), MD5 for the ETag, seal (zstd, convergent AES-GCM,
-// see seal) and hash on Workers goroutines, a batched Has to skip chunks the
+// FastCDC, see chunker), hash and seal (zstd, convergent AES-GCM, see seal)
+// on Workers goroutines (a SealCache lets a chunk written before skip
+// sealing until the store says it lacks it), a batched Has to skip chunks the
 // cluster already holds, and Put (or PutShard per Reed-Solomon shard, see
 // erasure) on Puts goroutines. A byte budget (MaxInFlight) bounds what the
 // stages hold, so a 1 TiB stream costs the same memory as a 1 GiB one; the

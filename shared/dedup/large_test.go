@@ -3,8 +3,6 @@ package dedup_test
 import (
 	"bytes"
 	"context"
-	"crypto/md5"
-	"hash"
 	"io"
 	"math/rand/v2"
 	"runtime"
@@ -75,12 +73,10 @@ func (s *countStore) GetShard(context.Context, block.Address, int, block.Address
 
 func (s *countStore) Delete(context.Context, block.Address) error { return nil }
 
-// genReader yields n pseudo-random bytes, hashing them as it goes and
-// sampling the heap every 64 MiB.
+// genReader yields n pseudo-random bytes, sampling the heap every 64 MiB.
 type genReader struct {
 	rng      *rand.ChaCha8
 	left     int64
-	md5      hash.Hash
 	sinceMem int64
 	peakHeap uint64
 }
@@ -91,7 +87,6 @@ func (g *genReader) Read(p []byte) (int, error) {
 	}
 	p = p[:min(int64(len(p)), g.left)]
 	_, _ = g.rng.Read(p)
-	g.md5.Write(p)
 	g.left -= int64(len(p))
 	if g.sinceMem += int64(len(p)); g.sinceMem >= 64<<20 {
 		g.sinceMem = 0
@@ -114,7 +109,7 @@ func TestLargeStreamBoundedMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gen := &genReader{rng: rand.NewChaCha8([32]byte{7}), left: size, md5: md5.New()}
+	gen := &genReader{rng: rand.NewChaCha8([32]byte{7}), left: size}
 	runtime.GC()
 	var base runtime.MemStats
 	runtime.ReadMemStats(&base)
@@ -122,8 +117,8 @@ func TestLargeStreamBoundedMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ref.Size != size || !bytes.Equal(ref.ETag[:], gen.md5.Sum(nil)) {
-		t.Fatalf("size %d, etag %s", ref.Size, ref.ETagHex())
+	if ref.Size != size {
+		t.Fatalf("size %d", ref.Size)
 	}
 	grew := int64(gen.peakHeap) - int64(base.HeapInuse)
 	t.Logf("2 GiB written: depth %d, %d blocks, heap peak %d MiB above a %d MiB base",

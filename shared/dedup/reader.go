@@ -19,10 +19,13 @@ import (
 type ReaderConfig struct {
 	// VolumeKey is the volume's 32-byte key; needed for encrypted refs only.
 	VolumeKey []byte
-	// Readahead is how many chunks a sequential read fetches ahead of the
-	// consumer (default 8). Memory per open read is about Readahead+2
-	// chunks.
-	Readahead int
+	// ReadaheadBytes is how far ahead of the consumer a sequential read
+	// fetches chunks (default 16 MiB), counted in the policy's largest
+	// chunk, at least 2 chunks. Memory per open read is about this plus
+	// two chunks. Counting bytes, not chunks, keeps enough in flight to
+	// cover the nodes' round trips with small chunks (64 KiB CDC) without
+	// letting 4 MiB fixed chunks hold hundreds of MiB.
+	ReadaheadBytes int64
 	// Repair re-puts erasure-coding shards found missing or corrupt.
 	Repair bool
 	// OnDamage, if set, hears about every bad shard met while reading.
@@ -58,8 +61,8 @@ func NewReader(store BlockStore, cfg ReaderConfig) (*Reader, error) {
 	if store == nil {
 		return nil, fmt.Errorf("%w: nil store", ErrConfig)
 	}
-	if cfg.Readahead <= 0 {
-		cfg.Readahead = 8
+	if cfg.ReadaheadBytes <= 0 {
+		cfg.ReadaheadBytes = 16 << 20
 	}
 	if cfg.NodeCache <= 0 {
 		cfg.NodeCache = 256
@@ -450,7 +453,8 @@ func (r *Reader) Read(ctx context.Context, ref manifest.Ref, off, n int64) (io.R
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	rr := &rangeReader{cancel: cancel, futures: make(chan *future, r.cfg.Readahead)}
+	ahead := r.cfg.ReadaheadBytes / int64(ref.Policy.Chunking.MaxLen())
+	rr := &rangeReader{cancel: cancel, futures: make(chan *future, min(max(ahead, 2), 1024))}
 	if n == 0 {
 		close(rr.futures)
 		return rr, nil

@@ -151,15 +151,22 @@ type Chunker struct {
 	cut        Cutter
 	buf        []byte
 	start, end int
+	fills      int
 	eof        bool
 	err        error
 }
 
 // New returns a Chunker reading r. Its buffer is about twice the largest
-// chunk.
+// chunk; a long stream grows it to bigBuf.
 func New(r io.Reader, c Cutter) *Chunker {
 	return &Chunker{r: r, cut: c, buf: make([]byte, 2*c.MaxLen()+64<<10)}
 }
+
+// bigBuf: each refill moves the unread tail (up to one largest chunk) to
+// the front, and a buffer of twice a 256 KiB chunk moved about half of all
+// it read once more. A stream that needs a third refill gets this much;
+// small ones (most objects) never pay for it.
+const bigBuf = 4 << 20
 
 // Next returns the next chunk. The slice is only valid until the next call:
 // callers that keep a chunk copy it. At the end it returns io.EOF; an empty
@@ -186,7 +193,11 @@ func (c *Chunker) Next() ([]byte, error) {
 }
 
 func (c *Chunker) fill() {
-	copy(c.buf, c.buf[c.start:c.end])
+	if c.fills++; c.fills == 3 && len(c.buf) < bigBuf {
+		c.buf = append(make([]byte, 0, bigBuf), c.buf[c.start:c.end]...)[:bigBuf]
+	} else {
+		copy(c.buf, c.buf[c.start:c.end])
+	}
 	c.end -= c.start
 	c.start = 0
 	for empty := 0; c.end < len(c.buf); {

@@ -24,13 +24,17 @@ type Ref struct {
 	// Depth is the root's level; 0 means the root is a leaf.
 	Depth int
 	Size  int64
-	// ETag is the MD5 of the whole stream, as S3 reports for single-part
-	// objects.
+	// ETag is the stream's digest, S3-multipart style: the first 16 bytes
+	// of SHA-256 over the SHA-256 of each chunk's plaintext, in order.
+	// Equal bytes written under the same chunking have equal digests. It
+	// is not an MD5 (S3 computes those itself): MD5 is sequential and runs
+	// at ~600 MB/s on one core, below what a re-write of stored data costs
+	// otherwise, while the chunk hashes are computed anyway, in parallel.
 	ETag   [16]byte
 	Policy policy.Policy
 }
 
-// ETagHex is the ETag as S3 clients expect it, without quotes.
+// ETagHex is the ETag in hex.
 func (r Ref) ETagHex() string { return hex.EncodeToString(r.ETag[:]) }
 
 // AppendBinary appends the compact encoding of r.

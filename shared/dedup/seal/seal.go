@@ -85,6 +85,16 @@ func (s *Sealer) Encrypted() bool { return s.key != nil }
 // to derive the key) and zero otherwise. When neither compression nor
 // encryption applies, the result is plain itself.
 func (s *Sealer) Seal(dst, plain []byte) (stored []byte, seed block.Address, compressed bool, err error) {
+	var sum block.Address
+	if s.key != nil {
+		sum = block.Sum(plain)
+	}
+	return s.SealSum(dst, plain, sum)
+}
+
+// SealSum is Seal for a caller that already has sum = SHA-256(plain) (it is
+// only used when encrypting).
+func (s *Sealer) SealSum(dst, plain []byte, sum block.Address) (stored []byte, seed block.Address, compressed bool, err error) {
 	body := plain
 	if s.enc != nil && len(plain) >= 64 {
 		out := s.enc.EncodeAll(plain, dst[:0])
@@ -96,7 +106,7 @@ func (s *Sealer) Seal(dst, plain []byte) (stored []byte, seed block.Address, com
 	if s.key == nil {
 		return body, seed, compressed, nil
 	}
-	seed = block.Sum(plain)
+	seed = sum
 	aead, nonce, err := s.aead(seed)
 	if err != nil {
 		return nil, seed, false, err
