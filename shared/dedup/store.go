@@ -14,7 +14,9 @@ type BlockStore interface {
 	// Put stores an immutable block, replicated R/W per the cluster
 	// default; the address is SHA-256(data).
 	Put(ctx context.Context, data []byte) (block.Address, error)
-	// Get returns a block's bytes, verified against addr.
+	// Get returns a block's bytes, verified against addr: when no copy
+	// matches, an error wrapping block.ErrHashMismatch. Readers rely on it
+	// and do not hash again.
 	Get(ctx context.Context, addr block.Address) ([]byte, error)
 	// Has reports, for each address, whether the cluster holds the block.
 	Has(ctx context.Context, addrs []block.Address) ([]bool, error)

@@ -5,6 +5,7 @@ package memstore
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"shoal/shared/block"
@@ -69,6 +70,10 @@ func (s *Store) Get(ctx context.Context, a block.Address) ([]byte, error) {
 	b, ok := s.blocks[a]
 	if !ok {
 		return nil, block.ErrNotFound
+	}
+	// As the dht client does: the reader relies on it.
+	if block.Sum(b) != a {
+		return nil, fmt.Errorf("%w: memstore %s", block.ErrHashMismatch, a)
 	}
 	return append([]byte(nil), b...), nil
 }
