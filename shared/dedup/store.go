@@ -25,7 +25,8 @@ type BlockStore interface {
 	// ranks map to distinct nodes, spread over zones. Storing a shard the
 	// node already holds must replace a copy that no longer verifies.
 	PutShard(ctx context.Context, stripe block.Address, rank int, data []byte) (block.Address, error)
-	// GetShard fetches one shard from the node ranked rank for stripe.
+	// GetShard fetches one shard from the node ranked rank for stripe,
+	// verified against addr as Get is.
 	GetShard(ctx context.Context, stripe block.Address, rank int, addr block.Address) ([]byte, error)
 	// Delete removes a block; only the reclamation sweep calls it.
 	Delete(ctx context.Context, addr block.Address) error

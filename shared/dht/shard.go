@@ -37,14 +37,22 @@ func (c *Client) PutShard(ctx context.Context, stripe block.Address, rank int, d
 	if err != nil {
 		return addr, err
 	}
+	cctx, cancel := c.callCtx(ctx)
+	defer cancel()
+	req := &bpb.PutRequest{Address: addr[:], Data: data, Kind: bpb.BlockKind_BLOCK_KIND_IMMUTABLE}
+	if len(data) <= batchMaxBlock {
+		// Shards of small chunks (16 KiB for 64 KiB chunks under 4+2)
+		// share calls and fsyncs like any small block.
+		if _, err := c.batchPut(cctx, n, req); err != nil {
+			return addr, fmt.Errorf("shard %d on %s: %w", rank, n.Id, err)
+		}
+		return addr, nil
+	}
 	bs, err := c.client(n)
 	if err != nil {
 		return addr, err
 	}
-	cctx, cancel := c.callCtx(ctx)
-	defer cancel()
-	_, err = bs.Put(cctx, &bpb.PutRequest{Address: addr[:], Data: data, Kind: bpb.BlockKind_BLOCK_KIND_IMMUTABLE})
-	if err != nil {
+	if _, err = bs.Put(cctx, req); err != nil {
 		return addr, fmt.Errorf("shard %d on %s: %w", rank, n.Id, rpc.FromStatus(err))
 	}
 	return addr, nil

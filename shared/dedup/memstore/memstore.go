@@ -107,7 +107,7 @@ func (s *Store) PutShard(ctx context.Context, stripe block.Address, rank int, da
 }
 
 // GetShard implements dedup.BlockStore.
-func (s *Store) GetShard(ctx context.Context, stripe block.Address, rank int, _ block.Address) ([]byte, error) {
+func (s *Store) GetShard(ctx context.Context, stripe block.Address, rank int, addr block.Address) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -117,6 +117,9 @@ func (s *Store) GetShard(ctx context.Context, stripe block.Address, rank int, _ 
 	b, ok := s.shards[shardKey{stripe, rank}]
 	if !ok {
 		return nil, block.ErrNotFound
+	}
+	if block.Sum(b) != addr {
+		return nil, fmt.Errorf("%w: memstore shard %d of %s", block.ErrHashMismatch, rank, stripe)
 	}
 	return append([]byte(nil), b...), nil
 }
