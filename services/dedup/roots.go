@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"shoal/shared/block"
+	"shoal/shared/combine"
 	"shoal/shared/dedup/manifest"
 	"shoal/shared/dht"
 )
@@ -30,14 +32,19 @@ type rootSet struct {
 	dht *dht.Client
 	key ed25519.PrivateKey
 	pub ed25519.PublicKey
-	// shardMu queues this replica's changes to one shard: concurrent
-	// proposals from one process would only pre-empt each other, while
-	// queued ones each take a single round trip (the proposer's fast path).
-	shardMu [rootShards]sync.Mutex
+	// queues hold this replica's changes per shard (see add).
+	queues *combine.Queues[int, *rootChange]
 }
 
 func newRootSet(dc *dht.Client, key ed25519.PrivateKey) *rootSet {
-	return &rootSet{dht: dc, key: key, pub: key.Public().(ed25519.PublicKey)}
+	rs := &rootSet{dht: dc, key: key, pub: key.Public().(ed25519.PublicKey)}
+	rs.queues = combine.New(maxRootChanges, roundTimeout, func(ctx context.Context, shard int, batch []*rootChange) {
+		err := rs.apply(ctx, shard, batch)
+		for _, c := range batch {
+			c.err = err
+		}
+	})
+	return rs
 }
 
 func shardName(i int) string { return fmt.Sprintf("shoal/dedup/roots/%03d", i) }
@@ -123,28 +130,56 @@ func decodeRoots(b []byte) (map[string]uint64, error) {
 // errNoChange aborts an update that would not change the set.
 var errNoChange = errors.New("dedup: root set unchanged")
 
+// rootChange is one add waiting for its shard's next round.
+type rootChange struct {
+	k     string
+	delta int
+	err   error // set by the round that ran it
+}
+
+// maxRootChanges bounds the changes applied in one round.
+const maxRootChanges = 1024
+
+// roundTimeout bounds one round.
+const roundTimeout = 30 * time.Second
+
 // add changes the use count of (volume, ref) by delta; an entry whose count
-// reaches zero is removed. Releasing an absent root is a no-op.
+// reaches zero is removed. Releasing an absent root is a no-op. It returns
+// once the change is durable.
+//
+// Changes to one shard are combined (shared/combine): concurrent proposals
+// from one process would only pre-empt each other, and one round per
+// Write made a shard's round trips the limit on small writes per second.
 func (rs *rootSet) add(ctx context.Context, volume string, ref []byte, delta int) error {
 	k := rootKey(volume, ref)
-	shard := shardOf(k)
-	rs.shardMu[shard].Lock()
-	defer rs.shardMu[shard].Unlock()
+	c := &rootChange{k: k, delta: delta}
+	if err := rs.queues.Do(ctx, shardOf(k), c); err != nil {
+		return err
+	}
+	return c.err
+}
+
+// apply makes one round of changes to a shard, creating it if need be.
+func (rs *rootSet) apply(ctx context.Context, shard int, changes []*rootChange) error {
 	name := shardName(shard)
 	addr := block.NamedAddress(rs.pub, name)
-	apply := func(m map[string]uint64) bool {
-		c := m[k]
-		switch {
-		case delta > 0:
-			m[k] = c + uint64(delta)
-		case c == 0:
-			return false
-		case uint64(-delta) >= c:
-			delete(m, k)
-		default:
-			m[k] = c - uint64(-delta)
+	applyAll := func(m map[string]uint64) bool {
+		changed := false
+		for _, ch := range changes {
+			c := m[ch.k]
+			switch {
+			case ch.delta > 0:
+				m[ch.k] = c + uint64(ch.delta)
+			case c == 0:
+				continue
+			case uint64(-ch.delta) >= c:
+				delete(m, ch.k)
+			default:
+				m[ch.k] = c - uint64(-ch.delta)
+			}
+			changed = true
 		}
-		return true
+		return changed
 	}
 	for attempt := 0; ; attempt++ {
 		_, err := rs.dht.Update(ctx, rs.key, addr, func(cur []byte, _ uint64) ([]byte, error) {
@@ -152,7 +187,7 @@ func (rs *rootSet) add(ctx context.Context, volume string, ref []byte, delta int
 			if err != nil {
 				return nil, err
 			}
-			if !apply(m) {
+			if !applyAll(m) {
 				return nil, errNoChange
 			}
 			return encodeRoots(m), nil
@@ -161,11 +196,10 @@ func (rs *rootSet) add(ctx context.Context, volume string, ref []byte, delta int
 		case err == nil, errors.Is(err, errNoChange):
 			return nil
 		case errors.Is(err, block.ErrNotFound) && attempt < 3:
-			if delta < 0 {
-				return nil
-			}
 			m := map[string]uint64{}
-			apply(m)
+			if !applyAll(m) {
+				return nil // only releases of absent roots
+			}
 			err = rs.dht.CreateName(ctx, rs.key, name, encodeRoots(m))
 			if errors.Is(err, dht.ErrExists) {
 				continue // another replica created it first: update it

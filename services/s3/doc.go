@@ -28,8 +28,12 @@
 //
 // Writes are one MetaStore.Update (read-modify-write, retried on conflict)
 // of the shard covering the key, so concurrent PUTs from any number of
-// servers never lose an entry. If the shard no longer covers the key (it
-// split since we looked), the update aborts and the lookup is redone.
+// servers never lose an entry. A server combines its writes to one shard:
+// each round applies every write queued behind the one in progress, each
+// keeping its own outcome (commit.go). A write first goes to the shard the
+// cached directory names; if that shard no longer covers the key (it split
+// since the directory was read), the write alone is refused and the lookup
+// is redone along right links.
 //
 // A shard above ShardSplitBytes is split as in Lehman and Yao's B-link tree:
 // (1) freeze the shard's upper half (one Update: writes to keys at or above

@@ -18,13 +18,13 @@ func NewTestIndex(ctx context.Context, meta MetaStore, splitBytes int) (*Index, 
 	if err != nil {
 		return nil, err
 	}
-	return &index{meta: meta, dir: dir, splitBytes: splitBytes, cache: newDirCache(), splitting: &sync.Map{}}, nil
+	return &index{meta: meta, dir: dir, splitBytes: splitBytes, cache: newDirCache(), splitting: &sync.Map{}, queues: newCommitQueues(meta)}, nil
 }
 
 // Reopen returns a second handle with its own directory cache, as another
 // server would have.
 func (ix *index) Reopen() *Index {
-	return &index{meta: ix.meta, dir: ix.dir, splitBytes: ix.splitBytes, cache: newDirCache(), splitting: &sync.Map{}}
+	return &index{meta: ix.meta, dir: ix.dir, splitBytes: ix.splitBytes, cache: newDirCache(), splitting: &sync.Map{}, queues: newCommitQueues(ix.meta)}
 }
 
 func (ix *index) Put(ctx context.Context, k string, v []byte) error {
@@ -71,3 +71,12 @@ func (ix *index) ReopenSplitting(splitBytes int) *Index {
 	o.splitBytes = splitBytes
 	return o
 }
+
+// Update exposes index.update with the caller's function.
+func (ix *index) Update(ctx context.Context, k string, fn func(cur []byte, found bool) ([]byte, bool, error)) error {
+	return ix.update(ctx, k, fn)
+}
+
+// QueuedWrites counts the writes waiting in ix's commit queues (not those
+// in a round being applied).
+func (ix *index) QueuedWrites() int { return ix.queues.Queued() }

@@ -279,6 +279,8 @@ type index struct {
 	// finds its shard over the limit would otherwise start its own split of
 	// the same shard, and all but one would fail after doing the work.
 	splitting *sync.Map
+	// queues combine this server's writes to each shard.
+	queues *commitQueues
 }
 
 // createIndex makes an empty index: one shard covering everything and a
@@ -383,62 +385,38 @@ func (ix *index) get(ctx context.Context, k string) ([]byte, bool, error) {
 }
 
 // update applies fn to the value under k through the shard's
-// read-modify-write, so concurrent writers never lose an entry. fn may run
+// read-modify-write, so concurrent writers never lose an entry; writes to
+// one shard are combined into shared rounds (see commit.go). fn may run
 // several times and must not have side effects; keep=false deletes the key.
 func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found bool) (next []byte, keep bool, err error)) error {
+	// The first attempt goes to the shard the directory names, unread: the
+	// round reads the shard anyway and refuses a key it does not cover.
+	// Reading it first cost every PUT a quorum read. Only when that fails
+	// does the write look the key up properly (right links, fresh
+	// directory).
+	d, _, err := ix.directory(ctx)
+	if err != nil {
+		return err
+	}
+	addr, guessed := d.find(k), true
 	moves, waits := 0, 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		addr, _, err := ix.locate(ctx, k)
-		if err != nil {
-			return err
+		size, err := ix.commit(ctx, addr, &indexWrite{k: k, fn: fn})
+		if guessed && (errors.Is(err, errMoved) || errors.Is(err, ErrNotFound)) {
+			guessed = false
+			if addr, _, err = ix.locate(ctx, k); err != nil {
+				return err
+			}
+			continue
 		}
-		size := 0
-		_, err = ix.meta.Update(ctx, addr, func(cur []byte) ([]byte, error) {
-			s, err := decodeShard(cur)
-			if err != nil {
-				return nil, err
-			}
-			if s.sealed {
-				return nil, errSealed
-			}
-			if !s.covers(k) {
-				return nil, errMoved
-			}
-			if s.frozenFor(k, time.Now().UnixMilli()) {
-				return nil, errFrozen
-			}
-			i, found := s.search(k)
-			var old []byte
-			if found {
-				old = s.vals[i]
-			}
-			nv, keep, err := fn(old, found)
-			if err != nil {
-				return nil, err
-			}
-			switch {
-			case keep && found:
-				s.vals[i] = nv
-			case keep:
-				s.keys = append(s.keys, "")
-				s.vals = append(s.vals, nil)
-				copy(s.keys[i+1:], s.keys[i:])
-				copy(s.vals[i+1:], s.vals[i:])
-				s.keys[i], s.vals[i] = k, nv
-			case found:
-				s.keys = append(s.keys[:i], s.keys[i+1:]...)
-				s.vals = append(s.vals[:i], s.vals[i+1:]...)
-			}
-			s.gen++
-			out := s.encode()
-			size = len(out)
-			return out, nil
-		})
 		if errors.Is(err, errMoved) && moves < 64 {
 			moves++
+			if addr, _, err = ix.locate(ctx, k); err != nil {
+				return err
+			}
 			continue // a split moved k right; look again
 		}
 		if errors.Is(err, errFrozen) {

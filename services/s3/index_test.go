@@ -2,13 +2,17 @@ package s3_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"shoal/services/s3"
 	"shoal/services/s3/s3test"
@@ -284,5 +288,86 @@ func TestIndexSplitsUnderWrites(t *testing.T) {
 	}
 	if max := meta.MaxSize.Load(); max > 4<<10 {
 		t.Fatalf("a shard grew to %d bytes (split at 1 KiB)", max)
+	}
+}
+
+// gatedMeta holds the first Update until released, counting rounds.
+type gatedMeta struct {
+	*s3test.Meta
+	entered chan struct{}
+	release chan struct{}
+	rounds  atomic.Int64
+	once    sync.Once
+}
+
+func (m *gatedMeta) Update(ctx context.Context, a [32]byte, fn func([]byte) ([]byte, error)) (uint64, error) {
+	m.once.Do(func() {
+		close(m.entered)
+		<-m.release
+	})
+	m.rounds.Add(1)
+	return m.Meta.Update(ctx, a, fn)
+}
+
+// Writes to one shard that queue behind a round in progress go together in
+// the next round, each keeping its own outcome: the one whose function
+// fails fails alone, and every other key lands.
+func TestIndexCombinesWrites(t *testing.T) {
+	ctx := context.Background()
+	meta := &gatedMeta{Meta: s3test.NewMeta(), entered: make(chan struct{}), release: make(chan struct{})}
+	ix, err := s3.NewTestIndex(ctx, meta, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() { first <- ix.Put(ctx, "k000", []byte("v")) }()
+	<-meta.entered // the first round is in progress, holding the shard
+
+	const n = 50
+	errBad := errors.New("refused by its own function")
+	errs := make(chan error, n)
+	for i := 1; i <= n; i++ {
+		go func() {
+			k := fmt.Sprintf("k%03d", i)
+			errs <- ix.Update(ctx, k, func([]byte, bool) ([]byte, bool, error) {
+				if i == 7 {
+					return nil, false, errBad
+				}
+				return []byte(k), true, nil
+			})
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ix.QueuedWrites() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d writes queued", ix.QueuedWrites(), n)
+		}
+		runtime.Gosched()
+	}
+	close(meta.release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for range n {
+		if err := <-errs; err != nil {
+			if !errors.Is(err, errBad) {
+				t.Fatal(err)
+			}
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d writes failed, want the one whose function refused", failed)
+	}
+	if r := meta.rounds.Load(); r != 2 {
+		t.Fatalf("%d rounds for %d writes queued behind one, want 2", r, n)
+	}
+	keys, _, _, err := ix.List(ctx, "", "", "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != n || keys[0] != "k000" || slices.Contains(keys, "k007") {
+		t.Fatalf("listed %d keys: %v", len(keys), keys)
 	}
 }

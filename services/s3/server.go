@@ -41,6 +41,7 @@ type Server struct {
 
 	cache     *metaCache
 	splitting sync.Map // index shards being split (see index.splitting)
+	commits   *commitQueues
 }
 
 // New builds a server. It does not touch the stores until requests arrive.
@@ -60,6 +61,7 @@ func New(cfg Config, data DataStore, meta MetaStore, logger *slog.Logger) (*Serv
 	}
 	s := &Server{cfg: cfg, data: data, meta: meta, log: logger, tel: tel,
 		dirs: newDirCache(), now: time.Now, names: map[string][32]byte{}}
+	s.commits = newCommitQueues(meta)
 	s.cache = newMetaCache(cfg.MetaCacheTTL, func() time.Time { return s.now() })
 	return s, nil
 }

@@ -273,6 +273,17 @@ func (w *Writer) Write(ctx context.Context, r io.Reader) (manifest.Ref, error) {
 	tree := newTreeBuilder(ctx, w.store, w.nodeSeal, pol.Encrypt, pol.Redundancy.Data, pol.Redundancy.Parity)
 	collectErr := p.collect(orderCh, putCh, tree)
 	close(putCh)
+	var (
+		root, seed block.Address
+		depth      int
+		st         manifest.Stats
+		finishErr  error
+	)
+	if collectErr == nil {
+		// The last manifest nodes are stored while the last chunks still
+		// are: a small object's write is then one round of puts, not two.
+		root, seed, depth, st, finishErr = tree.finish()
+	}
 	putWG.Wait()
 	if collectErr != nil {
 		p.fail(collectErr)
@@ -286,9 +297,8 @@ func (w *Writer) Write(ctx context.Context, r io.Reader) (manifest.Ref, error) {
 	if err := context.Cause(ctx); err != nil {
 		return manifest.Ref{}, err
 	}
-	root, seed, depth, st, err := tree.finish()
-	if err != nil {
-		return manifest.Ref{}, err
+	if finishErr != nil {
+		return manifest.Ref{}, finishErr
 	}
 	if st.Logical != size {
 		return manifest.Ref{}, fmt.Errorf("dedup: internal error: tree holds %d bytes of %d", st.Logical, size)
