@@ -471,6 +471,7 @@ func TestBadReferences(t *testing.T) {
 	forgedSize.Size++
 	fs, _ := forgedSize.MarshalBinary()
 	nowhere := ref
+	nowhere.Inline = "" // a small stream's root travels inline; name a stored one
 	nowhere.Root = block.Sum([]byte("no such manifest"))
 	nw, _ := nowhere.MarshalBinary()
 	versioned := append([]byte{9}, good[1:]...)

@@ -13,6 +13,7 @@ import (
 	"shoal/shared/dedup"
 	"shoal/shared/dedup/manifest"
 	"shoal/shared/dedup/memstore"
+	"shoal/shared/dedup/policy"
 )
 
 func TestRoundTripEveryPolicy(t *testing.T) {
@@ -495,5 +496,73 @@ func TestStatRatios(t *testing.T) {
 	}
 	if r := (dedup.Stat{}).CompressionRatio(); r != 1 {
 		t.Fatal(r)
+	}
+}
+
+// A one-chunk stream's root leaf travels in the reference: the stream is
+// one block, it reads back, Stat works, and Reachable (the collector's
+// mark) still reaches its chunk, so reclamation cannot take it.
+func TestSmallStreamInlineRoot(t *testing.T) {
+	for _, ps := range []string{"", "encrypt=on", "compress=none", "redundancy=ec:2+1"} {
+		p := mustPolicy(t, ps)
+		key := keyFor(p)
+		store := memstore.New()
+		data := mixedData(21, 3000)
+		ref := write(t, store, p, key, data)
+		if ref.Inline == "" || !ref.Root.IsZero() {
+			t.Fatalf("%q: a one-chunk stream got a stored root", ps)
+		}
+		held := store.Addresses()
+		want := 1
+		if p.Redundancy.Mode == policy.Erasure {
+			want = p.Redundancy.Data + p.Redundancy.Parity
+		}
+		if len(held) != want {
+			t.Fatalf("%q: %d blocks stored, want %d (no manifest node)", ps, len(held), want)
+		}
+		r := newReader(t, store, dedup.ReaderConfig{VolumeKey: key})
+		if got, err := readRange(t, r, ref, 0, -1); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%q: read back: %v", ps, err)
+		}
+		if got, err := readRange(t, r, ref, 100, 50); err != nil || !bytes.Equal(got, data[100:150]) {
+			t.Fatalf("%q: range: %v", ps, err)
+		}
+		if st, err := r.Stat(context.Background(), ref); err != nil || st.Size != int64(len(data)) || st.Chunks != 1 {
+			t.Fatalf("%q: stat %+v, %v", ps, st, err)
+		}
+		all, err := r.Reachable(context.Background(), []manifest.Ref{ref})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for a := range held {
+			if _, ok := all[a]; !ok {
+				t.Fatalf("%q: stored block %s not reachable from the ref", ps, a)
+			}
+		}
+		// Survives its binary form, as frontends keep it.
+		b, err := ref.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := manifest.ParseRef(b)
+		if err != nil || back != ref {
+			t.Fatalf("%q: ref round trip: %v", ps, err)
+		}
+		if p.Encrypt {
+			// The inline node is sealed like a stored one: tampering shows.
+			bad := ref
+			raw := []byte(bad.Inline)
+			raw[len(raw)/2] ^= 1
+			bad.Inline = string(raw)
+			if _, err := readRange(t, r, bad, 0, -1); !errors.Is(err, dedup.ErrCorrupt) {
+				t.Fatalf("tampered inline root: %v", err)
+			}
+		}
+	}
+	// A stream of many chunks still stores its root.
+	p := mustPolicy(t, "chunk=fixed:4k,compress=none")
+	ref := write(t, memstore.New(), p, nil, mixedData(22, 1<<20))
+	if ref.Inline != "" || ref.Root.IsZero() {
+		t.Fatal("a 256-chunk stream got an inline root")
 	}
 }

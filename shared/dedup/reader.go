@@ -120,33 +120,58 @@ func (r *Reader) node(ctx context.Context, v *view, addr, seed block.Address, le
 		if err != nil {
 			return nil, fmt.Errorf("dedup: manifest node %s: %w", addr, corrupt(err))
 		}
-		size := len(data)
-		if v.ref.Policy.Encrypt {
-			size -= seal.Overhead
-		}
-		plain, err := v.sealer.Open(nil, data, seed, false, size)
-		if err != nil {
-			return nil, fmt.Errorf("%w: manifest node %s: %w", ErrCorrupt, addr, err)
-		}
-		if n, err = manifest.DecodeNode(plain); err != nil {
+		if n, err = decodeSealedNode(v, data, seed); err != nil {
 			return nil, fmt.Errorf("%w: manifest node %s: %w", ErrCorrupt, addr, err)
 		}
 		r.nodes.put(addr, n)
 	}
-	switch {
-	case n.Level != level:
-		return nil, fmt.Errorf("%w: node %s at level %d, expected %d", ErrCorrupt, addr, n.Level, level)
-	case n.Encrypted != v.ref.Policy.Encrypt || n.Data != v.k || n.Parity != v.m:
-		return nil, fmt.Errorf("%w: node %s does not match the policy %s", ErrCorrupt, addr, v.ref.Policy)
-	case n.Stats.Logical != logical || chunks >= 0 && n.Stats.Chunks != chunks:
-		return nil, fmt.Errorf("%w: node %s holds %d bytes in %d chunks, parent says %d in %d",
-			ErrCorrupt, addr, n.Stats.Logical, n.Stats.Chunks, logical, chunks)
+	if err := checkNode(v, n, level, logical, chunks); err != nil {
+		return nil, fmt.Errorf("%w: node %s %w", ErrCorrupt, addr, err)
 	}
 	return n, nil
 }
 
+// decodeSealedNode opens and decodes a node's sealed bytes.
+func decodeSealedNode(v *view, data []byte, seed block.Address) (*manifest.Node, error) {
+	size := len(data)
+	if v.ref.Policy.Encrypt {
+		size -= seal.Overhead
+	}
+	plain, err := v.sealer.Open(nil, data, seed, false, size)
+	if err != nil {
+		return nil, err
+	}
+	return manifest.DecodeNode(plain)
+}
+
+// checkNode checks n is the node its parent (or the ref) described.
+func checkNode(v *view, n *manifest.Node, level int, logical, chunks int64) error {
+	switch {
+	case n.Level != level:
+		return fmt.Errorf("at level %d, expected %d", n.Level, level)
+	case n.Encrypted != v.ref.Policy.Encrypt || n.Data != v.k || n.Parity != v.m:
+		return fmt.Errorf("does not match the policy %s", v.ref.Policy)
+	case n.Stats.Logical != logical || chunks >= 0 && n.Stats.Chunks != chunks:
+		return fmt.Errorf("holds %d bytes in %d chunks, parent says %d in %d",
+			n.Stats.Logical, n.Stats.Chunks, logical, chunks)
+	}
+	return nil
+}
+
+// root returns the ref's root node: from the ref itself when it carries
+// it inline, else fetched.
 func (r *Reader) root(ctx context.Context, v *view) (*manifest.Node, error) {
-	return r.node(ctx, v, v.ref.Root, v.ref.Seed, v.ref.Depth, v.ref.Size, -1)
+	if v.ref.Inline == "" {
+		return r.node(ctx, v, v.ref.Root, v.ref.Seed, v.ref.Depth, v.ref.Size, -1)
+	}
+	n, err := decodeSealedNode(v, []byte(v.ref.Inline), v.ref.Seed)
+	if err == nil {
+		err = checkNode(v, n, 0, v.ref.Size, -1)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: inline root node %w", ErrCorrupt, err)
+	}
+	return n, nil
 }
 
 // Stat is what a stream costs, as recorded when it was written.

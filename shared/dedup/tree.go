@@ -88,13 +88,23 @@ func (t *treeBuilder) addChild(i int, c manifest.Child, sub manifest.Stats) erro
 	return nil
 }
 
+// sealNode encodes and seals one node.
+func (t *treeBuilder) sealNode(n *manifest.Node) (stored []byte, seed block.Address, err error) {
+	t.buf = n.Encode(t.buf[:0])
+	stored, seed, _, err = t.sealer.Seal(nil, t.buf)
+	return stored, seed, err
+}
+
 // store writes one node and returns how a parent points at it.
 func (t *treeBuilder) storeNode(n *manifest.Node) (block.Address, block.Address, error) {
-	t.buf = n.Encode(t.buf[:0])
-	stored, seed, _, err := t.sealer.Seal(nil, t.buf)
+	stored, seed, err := t.sealNode(n)
 	if err != nil {
 		return block.Address{}, block.Address{}, err
 	}
+	return t.put(stored, seed)
+}
+
+func (t *treeBuilder) put(stored []byte, seed block.Address) (block.Address, block.Address, error) {
 	want := block.Sum(stored)
 	got, err := t.store.Put(t.ctx, stored)
 	if err != nil {
@@ -123,18 +133,26 @@ func (t *treeBuilder) flush(i int) error {
 
 // finish closes every open node bottom-up and returns the root, its seed,
 // level and stats. An empty stream gets an empty leaf as its root so every
-// reference points at a real node.
-func (t *treeBuilder) finish() (root, seed block.Address, depth int, st manifest.Stats, err error) {
+// reference has a real node. A root that is a leaf of at most
+// manifest.MaxInline sealed bytes is returned inline, not stored.
+func (t *treeBuilder) finish() (root, seed block.Address, inline []byte, depth int, st manifest.Stats, err error) {
 	t.level(0)
 	for i := 0; ; i++ {
 		lv := t.levels[i]
 		if i == len(t.levels)-1 && lv.flushed == 0 {
-			root, seed, err = t.storeNode(&lv.node)
-			return root, seed, i, lv.node.Stats, err
+			stored, seed, err := t.sealNode(&lv.node)
+			if err != nil {
+				return root, seed, nil, i, st, err
+			}
+			if i == 0 && len(stored) <= manifest.MaxInline {
+				return root, seed, stored, 0, lv.node.Stats, nil
+			}
+			root, seed, err = t.put(stored, seed)
+			return root, seed, nil, i, lv.node.Stats, err
 		}
 		if lv.node.Stats.Chunks > 0 {
 			if err := t.flush(i); err != nil {
-				return root, seed, 0, st, err
+				return root, seed, nil, 0, st, err
 			}
 		}
 	}

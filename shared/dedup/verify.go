@@ -107,7 +107,9 @@ func (r *Reader) Mark(ctx context.Context, refs []manifest.Ref, add func(block.A
 		if err != nil {
 			return err
 		}
-		if !add(ref.Root) {
+		// An inline root is no block: there is nothing to add for it, and
+		// its subtree is walked every time.
+		if ref.Inline == "" && !add(ref.Root) {
 			continue
 		}
 		root, err := r.root(ctx, v)

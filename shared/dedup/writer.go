@@ -275,6 +275,7 @@ func (w *Writer) Write(ctx context.Context, r io.Reader) (manifest.Ref, error) {
 	close(putCh)
 	var (
 		root, seed block.Address
+		inline     []byte
 		depth      int
 		st         manifest.Stats
 		finishErr  error
@@ -282,7 +283,7 @@ func (w *Writer) Write(ctx context.Context, r io.Reader) (manifest.Ref, error) {
 	if collectErr == nil {
 		// The last manifest nodes are stored while the last chunks still
 		// are: a small object's write is then one round of puts, not two.
-		root, seed, depth, st, finishErr = tree.finish()
+		root, seed, inline, depth, st, finishErr = tree.finish()
 	}
 	putWG.Wait()
 	if collectErr != nil {
@@ -305,7 +306,7 @@ func (w *Writer) Write(ctx context.Context, r io.Reader) (manifest.Ref, error) {
 	}
 	var etag [16]byte
 	copy(etag[:], p.digest.Sum(nil))
-	return manifest.Ref{Root: root, Seed: seed, Depth: depth, Size: size, ETag: etag, Policy: pol}, nil
+	return manifest.Ref{Root: root, Inline: string(inline), Seed: seed, Depth: depth, Size: size, ETag: etag, Policy: pol}, nil
 }
 
 func (p *pipeline) produce(ch *chunker.Chunker, workCh, orderCh chan<- *job) (int64, error) {

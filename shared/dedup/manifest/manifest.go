@@ -343,3 +343,15 @@ func (d *reader) addr() block.Address {
 	d.off += block.AddressSize
 	return a
 }
+
+func (d *reader) bytes(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || len(d.b)-d.off < n {
+		d.err = ErrTruncated
+		return nil
+	}
+	d.off += n
+	return d.b[d.off-n : d.off]
+}

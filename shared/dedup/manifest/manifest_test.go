@@ -2,7 +2,9 @@ package manifest
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 
 	"shoal/shared/block"
@@ -141,30 +143,38 @@ func sampleRefs() []Ref {
 	}
 }
 
+// roundTrip checks r survives its binary and string forms, and that no
+// prefix of its binary form, nor an extra byte, is accepted. It returns the
+// binary form.
+func roundTrip(t *testing.T, r Ref) []byte {
+	t.Helper()
+	b, err := r.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseRef(b)
+	if err != nil || got != r {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+	s, err := ParseRefString(r.String())
+	if err != nil || s != r {
+		t.Fatalf("string round trip: %+v, %v", s, err)
+	}
+	for i := range b {
+		if _, err := ParseRef(b[:i]); err == nil {
+			t.Fatalf("%d-byte prefix accepted", i)
+		}
+	}
+	if _, err := ParseRef(append(b, 0)); err == nil {
+		t.Fatal("trailing byte accepted")
+	}
+	return b
+}
+
 func TestRefRoundTrip(t *testing.T) {
 	for _, r := range sampleRefs() {
-		b, err := r.MarshalBinary()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(b) > 100 {
+		if b := roundTrip(t, r); len(b) > 100 {
 			t.Errorf("ref takes %d bytes", len(b))
-		}
-		got, err := ParseRef(b)
-		if err != nil || got != r {
-			t.Fatalf("got %+v, %v", got, err)
-		}
-		s, err := ParseRefString(r.String())
-		if err != nil || s != r {
-			t.Fatalf("string round trip: %+v, %v", s, err)
-		}
-		for i := range b {
-			if _, err := ParseRef(b[:i]); err == nil {
-				t.Fatalf("%d-byte prefix accepted", i)
-			}
-		}
-		if _, err := ParseRef(append(b, 0)); err == nil {
-			t.Fatal("trailing byte accepted")
 		}
 	}
 	bad := sampleRefs()[0]
@@ -213,4 +223,34 @@ func FuzzParseRef(f *testing.F) {
 			t.Fatalf("parsed ref re-encodes differently:\n%x\n%x", b, again)
 		}
 	})
+}
+
+func TestInlineRefRoundTrip(t *testing.T) {
+	node := strings.Repeat("n", 120)
+	for _, r := range []Ref{
+		{Inline: node, Size: 4096, ETag: [16]byte{4}, Policy: policy.Default()},
+		{Inline: node, Seed: addr(5), Size: 1, Policy: func() policy.Policy { p := policy.Default(); p.Encrypt = true; return p }()},
+	} {
+		roundTrip(t, r)
+	}
+	for name, r := range map[string]Ref{
+		"too large":      {Inline: strings.Repeat("n", MaxInline+1)},
+		"with a root":    {Inline: node, Root: addr(1)},
+		"below the leaf": {Inline: node, Depth: 1},
+	} {
+		r.Policy = policy.Default()
+		if _, err := r.MarshalBinary(); err == nil {
+			t.Errorf("%s: marshalled", name)
+		}
+	}
+	// A forged length is refused, not read past.
+	b, _ := Ref{Inline: node, Policy: policy.Default()}.MarshalBinary()
+	pl, _ := policy.Default().AppendBinary(nil)
+	for _, n := range []uint64{0, MaxInline + 1, 1 << 40} {
+		f := binary.AppendUvarint(append([]byte{b[0]}, pl...), n)
+		f = append(f, b[1+len(pl)+1:]...)
+		if _, err := ParseRef(f); err == nil {
+			t.Errorf("inline length %d accepted", n)
+		}
+	}
 }

@@ -11,13 +11,27 @@ import (
 	"shoal/shared/dedup/policy"
 )
 
-const refVersion = 1
+// Reference formats: 1 names the root node by address; 2 carries a small
+// root node (sealed, as it would be stored) in the reference itself.
+const (
+	refVersion       = 1
+	refVersionInline = 2
+)
+
+// MaxInline is the largest sealed root node a reference carries inline: a
+// leaf of a few chunks. A one-chunk stream (most small objects) is then
+// one block, and reading it one block fetch, not two.
+const MaxInline = 512
 
 // Ref names one stored stream: its manifest root, its size, its ETag and
 // the policy it was written with. It is what frontends keep in inodes,
 // object indexes and extent maps. Typically 60-100 bytes encoded.
 type Ref struct {
 	Root block.Address
+	// Inline, when set, is the root node's sealed bytes (Root is then
+	// zero and unused): the node was never stored as a block. A string,
+	// so a Ref stays comparable.
+	Inline string
 	// Seed derives the root node's key in an encrypted tree (zero
 	// otherwise). It is useless without the volume key.
 	Seed block.Address
@@ -45,12 +59,24 @@ func (r Ref) AppendBinary(b []byte) ([]byte, error) {
 	if !r.Policy.Encrypt && !r.Seed.IsZero() {
 		return b, fmt.Errorf("%w: seed on an unencrypted ref", ErrCorrupt)
 	}
-	b = append(b, refVersion)
+	if len(r.Inline) > MaxInline || r.Inline != "" && (r.Depth != 0 || !r.Root.IsZero()) {
+		return b, fmt.Errorf("%w: inline root of %d bytes at depth %d", ErrCorrupt, len(r.Inline), r.Depth)
+	}
+	if r.Inline != "" {
+		b = append(b, refVersionInline)
+	} else {
+		b = append(b, refVersion)
+	}
 	b, err := r.Policy.AppendBinary(b)
 	if err != nil {
 		return b, err
 	}
-	b = append(b, r.Root[:]...)
+	if r.Inline != "" {
+		b = binary.AppendUvarint(b, uint64(len(r.Inline)))
+		b = append(b, r.Inline...)
+	} else {
+		b = append(b, r.Root[:]...)
+	}
 	if r.Policy.Encrypt {
 		b = append(b, r.Seed[:]...)
 	}
@@ -78,7 +104,7 @@ func ParseRef(b []byte) (Ref, error) {
 	if len(b) == 0 {
 		return r, ErrTruncated
 	}
-	if b[0] != refVersion {
+	if b[0] != refVersion && b[0] != refVersionInline {
 		return r, ErrVersion
 	}
 	p, n, err := policy.DecodeBinary(b[1:])
@@ -87,7 +113,15 @@ func ParseRef(b []byte) (Ref, error) {
 	}
 	r.Policy = p
 	d := reader{b: b, off: 1 + n}
-	r.Root = d.addr()
+	if b[0] == refVersionInline {
+		size := d.uvarint()
+		if d.err == nil && (size == 0 || size > MaxInline) {
+			return Ref{}, fmt.Errorf("%w: inline root of %d bytes", ErrCorrupt, size)
+		}
+		r.Inline = string(d.bytes(int(size)))
+	} else {
+		r.Root = d.addr()
+	}
 	if p.Encrypt {
 		r.Seed = d.addr()
 	}
@@ -104,7 +138,7 @@ func ParseRef(b []byte) (Ref, error) {
 	switch {
 	case d.off != len(b):
 		return Ref{}, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(b)-d.off)
-	case r.Depth > MaxDepth:
+	case r.Depth > MaxDepth, r.Inline != "" && r.Depth != 0:
 		return Ref{}, fmt.Errorf("%w: depth %d", ErrCorrupt, r.Depth)
 	case size > math.MaxInt64:
 		return Ref{}, fmt.Errorf("%w: size %d", ErrCorrupt, size)
