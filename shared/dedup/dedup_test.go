@@ -507,7 +507,7 @@ func TestSmallStreamInlineRoot(t *testing.T) {
 		p := mustPolicy(t, ps)
 		key := keyFor(p)
 		store := memstore.New()
-		data := mixedData(21, 3000)
+		data := mixedData(21, 3000) // one chunk
 		ref := write(t, store, p, key, data)
 		if ref.Inline == "" || !ref.Root.IsZero() {
 			t.Fatalf("%q: a one-chunk stream got a stored root", ps)

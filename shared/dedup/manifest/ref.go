@@ -18,10 +18,13 @@ const (
 	refVersionInline = 2
 )
 
-// MaxInline is the largest sealed root node a reference carries inline: a
-// leaf of a few chunks. A one-chunk stream (most small objects) is then
-// one block, and reading it one block fetch, not two.
-const MaxInline = 512
+// MaxInline is the largest sealed root node a reference carries inline. A
+// one-chunk leaf is 55 bytes (103 encrypted, 151 under EC 2+1), so a
+// one-chunk stream (most small objects) is one block, and reading it one
+// fetch, not two. Larger leaves stay blocks: frontends keep references in
+// their indexes, whose density (keys per index shard, shards per
+// directory) would suffer.
+const MaxInline = 160
 
 // Ref names one stored stream: its manifest root, its size, its ETag and
 // the policy it was written with. It is what frontends keep in inodes,
