@@ -298,6 +298,11 @@ func (x replicated) Put(ctx context.Context, data []byte) (block.Address, error)
 	return x.PutReplicated(ctx, data, x.r, x.w)
 }
 
+// PutAt must use the policy's R/W too, not the embedded client's.
+func (x replicated) PutAt(ctx context.Context, addr block.Address, data []byte) error {
+	return x.PutReplicatedAt(ctx, addr, data, x.r, x.w)
+}
+
 func (x replicated) Has(ctx context.Context, addrs []block.Address) ([]bool, error) {
 	return x.HasReplicated(ctx, addrs, x.r, x.w)
 }

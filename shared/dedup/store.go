@@ -3,6 +3,7 @@ package dedup
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"shoal/shared/block"
 )
@@ -30,6 +31,39 @@ type BlockStore interface {
 	GetShard(ctx context.Context, stripe block.Address, rank int, addr block.Address) ([]byte, error)
 	// Delete removes a block; only the reclamation sweep calls it.
 	Delete(ctx context.Context, addr block.Address) error
+}
+
+// AddressedStore is implemented by stores that take a block together with
+// the address its writer already computed and verify it where it is
+// stored (shared/dht: the nodes check every block against its address),
+// sparing the writer a second SHA-256 of everything it sends.
+type AddressedStore interface {
+	PutAt(ctx context.Context, addr block.Address, data []byte) error
+	PutShardAt(ctx context.Context, stripe block.Address, rank int, addr block.Address, data []byte) error
+}
+
+// putBlock stores data, whose address the caller computed, as addr.
+func putBlock(ctx context.Context, store BlockStore, addr block.Address, data []byte) error {
+	if as, ok := store.(AddressedStore); ok {
+		return as.PutAt(ctx, addr, data)
+	}
+	got, err := store.Put(ctx, data)
+	if err == nil && got != addr {
+		err = fmt.Errorf("%w: put returned %s for %s", ErrStore, got, addr)
+	}
+	return err
+}
+
+// putShardBlock stores one shard, whose address the caller computed.
+func putShardBlock(ctx context.Context, store BlockStore, stripe block.Address, rank int, addr block.Address, data []byte) error {
+	if as, ok := store.(AddressedStore); ok {
+		return as.PutShardAt(ctx, stripe, rank, addr, data)
+	}
+	got, err := store.PutShard(ctx, stripe, rank, data)
+	if err == nil && got != addr {
+		err = fmt.Errorf("%w: put shard returned %s for %s", ErrStore, got, addr)
+	}
+	return err
 }
 
 var (

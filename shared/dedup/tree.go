@@ -106,12 +106,8 @@ func (t *treeBuilder) storeNode(n *manifest.Node) (block.Address, block.Address,
 
 func (t *treeBuilder) put(stored []byte, seed block.Address) (block.Address, block.Address, error) {
 	want := block.Sum(stored)
-	got, err := t.store.Put(t.ctx, stored)
-	if err != nil {
+	if err := putBlock(t.ctx, t.store, want, stored); err != nil {
 		return block.Address{}, block.Address{}, fmt.Errorf("dedup: storing manifest node: %w", err)
-	}
-	if got != want {
-		return block.Address{}, block.Address{}, fmt.Errorf("%w: put returned %s for %s", ErrStore, got, want)
 	}
 	t.nodes++
 	return want, seed, nil

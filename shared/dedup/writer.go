@@ -538,12 +538,8 @@ func (p *pipeline) put(j *job) error {
 		}
 	}
 	if j.shards == nil {
-		got, err := p.w.store.Put(p.ctx, j.stored)
-		if err != nil {
+		if err := putBlock(p.ctx, p.w.store, j.entry.Addr, j.stored); err != nil {
 			return fmt.Errorf("dedup: put chunk: %w", err)
-		}
-		if got != j.entry.Addr {
-			return fmt.Errorf("%w: put returned %s for %s", ErrStore, got, j.entry.Addr)
 		}
 		return nil
 	}
@@ -567,12 +563,8 @@ func putShards(ctx context.Context, store BlockStore, stripe block.Address, shar
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			got, err := store.PutShard(ctx, stripe, rank, shards[rank])
-			switch {
-			case err != nil:
+			if err := putShardBlock(ctx, store, stripe, rank, addrs[rank], shards[rank]); err != nil {
 				errs[i] = fmt.Errorf("dedup: put shard %d of %s: %w", rank, stripe, err)
-			case got != addrs[rank]:
-				errs[i] = fmt.Errorf("%w: put shard returned %s for %s", ErrStore, got, addrs[rank])
 			}
 		}()
 	}

@@ -306,11 +306,19 @@ func (c *Client) Put(ctx context.Context, data []byte) (block.Address, error) {
 // instead of the client's defaults.
 func (c *Client) PutReplicated(ctx context.Context, data []byte, r, w int) (block.Address, error) {
 	addr := block.Sum(data)
+	return addr, c.PutReplicatedAt(ctx, addr, data, r, w)
+}
+
+// PutReplicatedAt is PutReplicated for a caller that has already hashed the
+// block: the nodes verify the address against the bytes anyway (a wrong
+// one fails with block.ErrHashMismatch), so hashing here again only cost
+// the caller's CPU.
+func (c *Client) PutReplicatedAt(ctx context.Context, addr block.Address, data []byte, r, w int) error {
 	if r <= 0 || w <= 0 || w > r {
-		return addr, fmt.Errorf("dht: bad replication %d/%d", r, w)
+		return fmt.Errorf("dht: bad replication %d/%d", r, w)
 	}
 	if len(data) > c.cfg.MaxBlockSize {
-		return addr, fmt.Errorf("%w: %d bytes, limit %d", block.ErrTooLarge, len(data), c.cfg.MaxBlockSize)
+		return fmt.Errorf("%w: %d bytes, limit %d", block.ErrTooLarge, len(data), c.cfg.MaxBlockSize)
 	}
 	ctx, sp := telemetry.Tracer().Start(ctx, "dht.put", trace.WithAttributes(
 		attribute.String("block.address", addr.String()), attribute.Int("block.size", len(data))))
@@ -320,7 +328,12 @@ func (c *Client) PutReplicated(ctx context.Context, data []byte, r, w int) (bloc
 		sp.RecordError(err)
 		sp.SetStatus(codes.Error, err.Error())
 	}
-	return addr, err
+	return err
+}
+
+// PutAt is PutReplicatedAt with the client's R and W.
+func (c *Client) PutAt(ctx context.Context, addr block.Address, data []byte) error {
+	return c.PutReplicatedAt(ctx, addr, data, c.cfg.Replicas, c.cfg.WriteQuorum)
 }
 
 func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w int) error {

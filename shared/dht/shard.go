@@ -30,12 +30,18 @@ func (c *Client) shardNode(ctx context.Context, stripe block.Address, rank int) 
 // from replicas.
 func (c *Client) PutShard(ctx context.Context, stripe block.Address, rank int, data []byte) (block.Address, error) {
 	addr := block.Sum(data)
+	return addr, c.PutShardAt(ctx, stripe, rank, addr, data)
+}
+
+// PutShardAt is PutShard for a caller that has already hashed the shard
+// (the node verifies it).
+func (c *Client) PutShardAt(ctx context.Context, stripe block.Address, rank int, addr block.Address, data []byte) error {
 	if len(data) > c.cfg.MaxBlockSize {
-		return addr, fmt.Errorf("%w: %d bytes", block.ErrTooLarge, len(data))
+		return fmt.Errorf("%w: %d bytes", block.ErrTooLarge, len(data))
 	}
 	n, err := c.shardNode(ctx, stripe, rank)
 	if err != nil {
-		return addr, err
+		return err
 	}
 	cctx, cancel := c.callCtx(ctx)
 	defer cancel()
@@ -44,18 +50,18 @@ func (c *Client) PutShard(ctx context.Context, stripe block.Address, rank int, d
 		// Shards of small chunks (16 KiB for 64 KiB chunks under 4+2)
 		// share calls and fsyncs like any small block.
 		if _, err := c.batchPut(cctx, n, req); err != nil {
-			return addr, fmt.Errorf("shard %d on %s: %w", rank, n.Id, err)
+			return fmt.Errorf("shard %d on %s: %w", rank, n.Id, err)
 		}
-		return addr, nil
+		return nil
 	}
 	bs, err := c.client(n)
 	if err != nil {
-		return addr, err
+		return err
 	}
 	if _, err = bs.Put(cctx, req); err != nil {
-		return addr, fmt.Errorf("shard %d on %s: %w", rank, n.Id, rpc.FromStatus(err))
+		return fmt.Errorf("shard %d on %s: %w", rank, n.Id, rpc.FromStatus(err))
 	}
-	return addr, nil
+	return nil
 }
 
 // GetShard fetches a shard from its node and verifies it.
