@@ -359,16 +359,36 @@ func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
 	if err != nil {
 		return toStatus(err)
 	}
-	ref, err := w.Write(ctx, &streamReader{stream: stream, cur: first.Data})
-	if err != nil {
-		return toStatus(err)
+	// The reference is registered as a live root while the write's last
+	// chunks are still being stored (see dedup.Writer.WritePublish).
+	var (
+		bin    []byte
+		rootOf string // the root's volume
+	)
+	publish := func(ctx context.Context, ref manifest.Ref) error {
+		b, err := ref.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		vol := rootVolume(ref, first.Volume)
+		if err := s.roots.add(ctx, vol, b, 1); err != nil {
+			return fmt.Errorf("dedup: registering the reference: %w", err)
+		}
+		bin, rootOf = b, vol
+		return nil
 	}
-	bin, err := ref.MarshalBinary()
+	ref, published, err := w.WritePublish(ctx, &streamReader{stream: stream, cur: first.Data}, publish)
 	if err != nil {
+		if published {
+			// The write failed after its reference became a root: take the
+			// root back, or its blocks would never be reclaimed.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			if rerr := s.roots.add(rctx, rootOf, bin, -1); rerr != nil {
+				s.log.Warn("dedup: a failed write's root was not released", "err", rerr)
+			}
+			cancel()
+		}
 		return toStatus(err)
-	}
-	if err := s.roots.add(ctx, rootVolume(ref, first.Volume), bin, 1); err != nil {
-		return toStatus(fmt.Errorf("dedup: registering the reference: %w", err))
 	}
 	return stream.SendAndClose(&dpb.WriteResponse{Ref: bin, Size: ref.Size, Etag: ref.ETagHex()})
 }

@@ -3,12 +3,16 @@ package dedup
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"shoal/shared/block"
 	"shoal/shared/dedup/chunker"
+	"shoal/shared/dedup/manifest"
 	"shoal/shared/dedup/memstore"
 	"shoal/shared/dedup/policy"
 )
@@ -91,5 +95,72 @@ func TestSealCache(t *testing.T) {
 		if _, err := w.Write(ctx, bytes.NewReader(data)); err == nil || !strings.Contains(err.Error(), "cached as") {
 			t.Fatalf("encrypt=%v: write with a poisoned cache: %v", encrypt, err)
 		}
+	}
+}
+
+// failingStore fails every Put after the first n.
+type failingStore struct {
+	*memstore.Store
+	left atomic.Int32
+}
+
+func (s *failingStore) Put(ctx context.Context, data []byte) (block.Address, error) {
+	if s.left.Add(-1) < 0 {
+		return block.Address{}, errors.New("disk on fire")
+	}
+	return s.Store.Put(ctx, data)
+}
+
+// WritePublish publishes the reference only once the manifest is stored,
+// reports it, and a write whose chunk puts fail after publishing says it
+// published so the caller can undo it.
+func TestWritePublish(t *testing.T) {
+	ctx := context.Background()
+	p := policy.Default()
+	data := bytes.Repeat([]byte("publish me "), 200_000) // many chunks: a stored root
+	store := memstore.New()
+	w, err := NewWriter(store, WriterConfig{Policy: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen manifest.Ref
+	ref, published, err := w.WritePublish(ctx, bytes.NewReader(data), func(_ context.Context, r manifest.Ref) error {
+		// Every manifest node is stored by now.
+		if r.Inline == "" {
+			if _, err := store.Get(ctx, r.Root); err != nil {
+				return fmt.Errorf("root not stored when published: %w", err)
+			}
+		}
+		seen = r
+		return nil
+	})
+	if err != nil || !published || seen != ref {
+		t.Fatalf("published=%v err=%v, published ref equal: %v", published, err, seen == ref)
+	}
+
+	// A publish that fails fails the write.
+	if _, published, err := w.WritePublish(ctx, bytes.NewReader(data), func(context.Context, manifest.Ref) error {
+		return errors.New("no root for you")
+	}); err == nil || published {
+		t.Fatalf("failed publish: published=%v err=%v", published, err)
+	}
+
+	// Chunk puts failing: the write fails, and says whether it published.
+	fs := &failingStore{Store: memstore.New()}
+	fs.left.Store(3)
+	fw, err := NewWriter(fs, WriterConfig{Policy: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	_, published, err = fw.WritePublish(ctx, bytes.NewReader(data), func(context.Context, manifest.Ref) error {
+		calls.Add(1)
+		return nil
+	})
+	if err == nil {
+		t.Fatal("a write whose puts failed succeeded")
+	}
+	if published != (calls.Load() == 1) {
+		t.Fatalf("published=%v but publish ran %d times", published, calls.Load())
 	}
 }

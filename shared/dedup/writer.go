@@ -214,9 +214,27 @@ func (p *pipeline) release(j *job) {
 // overlap: reading and chunking, hashing and sealing (Workers goroutines), Has
 // batches and Puts (Puts goroutines); MaxInFlight bounds what they hold.
 func (w *Writer) Write(ctx context.Context, r io.Reader) (manifest.Ref, error) {
+	ref, _, err := w.WritePublish(ctx, r, nil)
+	return ref, err
+}
+
+// WritePublish is Write that also calls publish (registering the reference
+// somewhere, e.g. as a live root) as soon as every manifest node of the
+// stream is stored, while its last chunks may still be on their way, and
+// returns once both are done: a small write then costs the longer of the
+// two round trips, not their sum. publish runs to its end even if the
+// write fails meanwhile (its context is not cancelled with the write's);
+// published reports whether it succeeded, and if the write failed after
+// it did, the caller undoes it.
+//
+// Publishing before the last chunks are stored is safe for space
+// reclamation: its mark reads manifest nodes, all stored by then, and only
+// names chunks; a chunk still being written is younger than the grace
+// period, so the sweep keeps it either way.
+func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(context.Context, manifest.Ref) error) (ref manifest.Ref, published bool, err error) {
 	cut, err := w.cutter()
 	if err != nil {
-		return manifest.Ref{}, err
+		return manifest.Ref{}, false, err
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -274,16 +292,31 @@ func (w *Writer) Write(ctx context.Context, r io.Reader) (manifest.Ref, error) {
 	collectErr := p.collect(orderCh, putCh, tree)
 	close(putCh)
 	var (
-		root, seed block.Address
-		inline     []byte
-		depth      int
-		st         manifest.Stats
-		finishErr  error
+		finishErr error
+		pubDone   chan error
 	)
 	if collectErr == nil {
 		// The last manifest nodes are stored while the last chunks still
 		// are: a small object's write is then one round of puts, not two.
-		root, seed, inline, depth, st, finishErr = tree.finish()
+		// (collect returning nil means the producer is done: size is set.)
+		root, seed, inline, depth, st, err := tree.finish()
+		switch {
+		case err != nil:
+			finishErr = err
+		case st.Logical != size:
+			finishErr = fmt.Errorf("dedup: internal error: tree holds %d bytes of %d", st.Logical, size)
+		default:
+			var etag [16]byte
+			copy(etag[:], p.digest.Sum(nil))
+			ref = manifest.Ref{Root: root, Inline: string(inline), Seed: seed, Depth: depth, Size: size, ETag: etag, Policy: pol}
+			if publish != nil {
+				pubDone = make(chan error, 1)
+				// Not cancelled with the write: whether it happened must be
+				// known, so a failed write can undo it.
+				pub, pctx := ref, context.WithoutCancel(ctx)
+				go func() { pubDone <- publish(pctx, pub) }()
+			}
+		}
 	}
 	putWG.Wait()
 	if collectErr != nil {
@@ -295,18 +328,21 @@ func (w *Writer) Write(ctx context.Context, r io.Reader) (manifest.Ref, error) {
 		}
 	}
 	p.wg.Wait()
+	var pubErr error
+	if pubDone != nil {
+		pubErr = <-pubDone
+		published = pubErr == nil
+	}
 	if err := context.Cause(ctx); err != nil {
-		return manifest.Ref{}, err
+		return manifest.Ref{}, published, err
 	}
 	if finishErr != nil {
-		return manifest.Ref{}, finishErr
+		return manifest.Ref{}, published, finishErr
 	}
-	if st.Logical != size {
-		return manifest.Ref{}, fmt.Errorf("dedup: internal error: tree holds %d bytes of %d", st.Logical, size)
+	if pubErr != nil {
+		return manifest.Ref{}, false, pubErr
 	}
-	var etag [16]byte
-	copy(etag[:], p.digest.Sum(nil))
-	return manifest.Ref{Root: root, Inline: string(inline), Seed: seed, Depth: depth, Size: size, ETag: etag, Policy: pol}, nil
+	return ref, published, nil
 }
 
 func (p *pipeline) produce(ch *chunker.Chunker, workCh, orderCh chan<- *job) (int64, error) {
