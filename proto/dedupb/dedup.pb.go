@@ -95,7 +95,8 @@ type WriteResponse struct {
 	// Opaque manifest reference (manifest.Ref binary form).
 	Ref  []byte `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
 	Size int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	// Hex MD5 of the whole stream (S3 ETag of a simple upload).
+	// Hex digest of the stream: SHA-256 over its chunks' SHA-256s, first 16
+	// bytes (manifest.Ref.ETag). Not an MD5: S3 computes its own.
 	Etag          string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -468,7 +468,7 @@ func (r *Reader) report(onDamage func(Damage), c *manifest.Chunk, bad []int, err
 
 // Read returns the stream's bytes [off, off+n); n < 0 or past the end reads
 // to the end. Only the chunks overlapping the range are fetched, each
-// verified, and up to Readahead of them ahead of the consumer. The caller
+// verified, and up to ReadaheadBytes of them ahead of the consumer. The caller
 // must Close the result.
 func (r *Reader) Read(ctx context.Context, ref manifest.Ref, off, n int64) (io.ReadCloser, error) {
 	v, err := r.view(ref)

@@ -105,7 +105,8 @@ const writeChunk = 1 << 20
 // = the default) and volume (whose derived key encrypts the stream when
 // the policy says encrypt=on; "" is allowed only without encryption). It
 // returns the reference (manifest.Ref binary form), the stream's size and
-// its hex MD5 (the S3 ETag of a simple upload).
+// its hex digest (manifest.Ref.ETag: SHA-256 over the chunks' SHA-256s; not
+// an MD5).
 //
 // The returned reference holds one retain: it is a live root for space
 // reclamation until Release is called for it. Call Retain once more for
