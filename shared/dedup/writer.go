@@ -77,6 +77,23 @@ const sealEntryBytes = 100
 // digestLabel starts a stream's digest (manifest.Ref.ETag).
 var digestLabel = []byte("shoal/dedup/v1 stream digest\x00")
 
+// streamDigest is a stream's digest in the making: feed it each chunk's
+// plaintext hash, in order.
+type streamDigest struct{ h hash.Hash }
+
+func newStreamDigest() streamDigest {
+	h := sha256.New()
+	h.Write(digestLabel)
+	return streamDigest{h}
+}
+
+func (d streamDigest) add(sum block.Address) { d.h.Write(sum[:]) }
+
+func (d streamDigest) etag() (e [16]byte) {
+	copy(e[:], d.h.Sum(nil))
+	return e
+}
+
 var writerIDs atomic.Uint64
 
 // Writer stores streams under one volume's policy. It is safe for
@@ -129,8 +146,9 @@ func NewWriter(store BlockStore, cfg WriterConfig) (*Writer, error) {
 	return w, nil
 }
 
-func (w *Writer) cutter() (chunker.Cutter, error) {
-	c := w.cfg.Policy.Chunking
+func (w *Writer) cutter() (chunker.Cutter, error) { return cutter(w.cfg.Policy.Chunking) }
+
+func cutter(c policy.Chunking) (chunker.Cutter, error) {
 	if c.Mode == policy.Fixed {
 		return chunker.NewFixed(c.Size)
 	}
@@ -193,8 +211,8 @@ type pipeline struct {
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	budget  *budget
-	costPer float64   // bytes held per plaintext byte
-	digest  hash.Hash // of the chunks' plaintext hashes, in order (collect)
+	costPer float64      // bytes held per plaintext byte
+	digest  streamDigest // fed by collect, in stream order
 	wg      sync.WaitGroup
 }
 
@@ -238,8 +256,7 @@ func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(con
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	p := &pipeline{w: w, ctx: ctx, cancel: cancel, budget: newBudget(w.cfg.MaxInFlight), costPer: 1, digest: sha256.New()}
-	p.digest.Write(digestLabel)
+	p := &pipeline{w: w, ctx: ctx, cancel: cancel, budget: newBudget(w.cfg.MaxInFlight), costPer: 1, digest: newStreamDigest()}
 	pol := w.cfg.Policy
 	if pol.Encrypt || pol.Compression.Algo != policy.NoCompression {
 		p.costPer++
@@ -306,9 +323,7 @@ func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(con
 		case st.Logical != size:
 			finishErr = fmt.Errorf("dedup: internal error: tree holds %d bytes of %d", st.Logical, size)
 		default:
-			var etag [16]byte
-			copy(etag[:], p.digest.Sum(nil))
-			ref = manifest.Ref{Root: root, Inline: string(inline), Seed: seed, Depth: depth, Size: size, ETag: etag, Policy: pol}
+			ref = manifest.Ref{Root: root, Inline: string(inline), Seed: seed, Depth: depth, Size: size, ETag: p.digest.etag(), Policy: pol}
 			if publish != nil {
 				pubDone = make(chan error, 1)
 				// Not cancelled with the write: whether it happened must be
@@ -544,7 +559,7 @@ func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBui
 				seen.add(a)
 				unique = int64(manifest.PhysicalSize(j.entry.Stored, tree.proto.Data, tree.proto.Parity))
 			}
-			p.digest.Write(j.sum[:])
+			p.digest.add(j.sum)
 			if err := tree.addChunk(j.entry, unique); err != nil {
 				return err
 			}
@@ -611,26 +626,20 @@ func putShards(ctx context.Context, store BlockStore, stripe block.Address, shar
 // Digest computes, without storing anything, the digest a Write of r under
 // chunking would return as its reference's ETag.
 func Digest(chunking policy.Chunking, r io.Reader) ([16]byte, error) {
-	var out [16]byte
-	w := Writer{cfg: WriterConfig{Policy: policy.Policy{Chunking: chunking}}}
-	cut, err := w.cutter()
+	cut, err := cutter(chunking)
 	if err != nil {
-		return out, err
+		return [16]byte{}, err
 	}
-	d := sha256.New()
-	d.Write(digestLabel)
+	d := newStreamDigest()
 	ch := chunker.New(r, cut)
 	for {
 		b, err := ch.Next()
 		if errors.Is(err, io.EOF) {
-			break
+			return d.etag(), nil
 		}
 		if err != nil {
-			return out, err
+			return [16]byte{}, err
 		}
-		sum := block.Sum(b)
-		d.Write(sum[:])
+		d.add(block.Sum(b))
 	}
-	copy(out[:], d.Sum(nil))
-	return out, nil
 }

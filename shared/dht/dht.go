@@ -365,16 +365,7 @@ func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w 
 			defer c.bg.Done()
 			cctx, cancel := c.callCtx(bgctx)
 			defer cancel()
-			if len(data) <= batchMaxBlock {
-				_, err := c.batchPut(cctx, n, req)
-				results <- result{n.Id, err}
-				return
-			}
-			bs, err := c.client(n)
-			if err == nil {
-				_, err = bs.Put(cctx, req)
-			}
-			results <- result{n.Id, rpc.FromStatus(err)}
+			results <- result{n.Id, c.putOne(cctx, n, req)}
 		}()
 	}
 	acks := 0
@@ -402,6 +393,20 @@ func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w 
 		}
 	}
 	return fmt.Errorf("%w: %d of %d acknowledged: %w", ErrQuorum, acks, w, errors.Join(errs...))
+}
+
+// putOne stores one block on node n: small ones through the node's batch
+// queue, larger ones in a call of their own.
+func (c *Client) putOne(ctx context.Context, n *ppb.Node, req *bpb.PutRequest) error {
+	if len(req.Data) <= batchMaxBlock {
+		_, err := c.batchPut(ctx, n, req)
+		return err
+	}
+	bs, err := c.client(n)
+	if err == nil {
+		_, err = bs.Put(ctx, req)
+	}
+	return rpc.FromStatus(err)
 }
 
 // Get reads an immutable block from the first replica that returns bytes

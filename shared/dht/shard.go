@@ -8,7 +8,6 @@ import (
 	bpb "shoal/proto/blockstorepb"
 	ppb "shoal/proto/placementpb"
 	"shoal/shared/block"
-	"shoal/shared/rpc"
 )
 
 // shardNode is the node ranked rank for stripe: distinct ranks are distinct
@@ -45,21 +44,11 @@ func (c *Client) PutShardAt(ctx context.Context, stripe block.Address, rank int,
 	}
 	cctx, cancel := c.callCtx(ctx)
 	defer cancel()
+	// Shards of small chunks (16 KiB for 64 KiB chunks under 4+2) share
+	// calls and fsyncs like any small block.
 	req := &bpb.PutRequest{Address: addr[:], Data: data, Kind: bpb.BlockKind_BLOCK_KIND_IMMUTABLE}
-	if len(data) <= batchMaxBlock {
-		// Shards of small chunks (16 KiB for 64 KiB chunks under 4+2)
-		// share calls and fsyncs like any small block.
-		if _, err := c.batchPut(cctx, n, req); err != nil {
-			return fmt.Errorf("shard %d on %s: %w", rank, n.Id, err)
-		}
-		return nil
-	}
-	bs, err := c.client(n)
-	if err != nil {
-		return err
-	}
-	if _, err = bs.Put(cctx, req); err != nil {
-		return fmt.Errorf("shard %d on %s: %w", rank, n.Id, rpc.FromStatus(err))
+	if err := c.putOne(cctx, n, req); err != nil {
+		return fmt.Errorf("shard %d on %s: %w", rank, n.Id, err)
 	}
 	return nil
 }
