@@ -32,7 +32,7 @@ test-unit: ## unit tests only
 test-e2e: build deps-test ## end-to-end suites with the built binary
 	SHOAL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 25m ./e2e/...
 
-bench: build ## benchmarks: the all-in-one cluster against raw fsync'd disk, one table
+bench: build deps-test ## benchmarks: the all-in-one cluster against raw fsync'd disk, one table
 	$(GO) run ./e2e/bench -bin $(BIN) $(BENCH_FLAGS)
 
 vet: ## go vet
@@ -67,6 +67,7 @@ deps-test: ## install the OS packages the tests use, when missing
 	/usr/bin/python3 -c 'import boto3' 2>/dev/null || need="$$need python3-boto3"; \
 	command -v nbdinfo >/dev/null || need="$$need libnbd-bin"; \
 	command -v qemu-img >/dev/null || need="$$need qemu-utils"; \
+	command -v fio >/dev/null || need="$$need fio"; \
 	if [ -n "$$need" ]; then echo "installing:$$need"; $(APT_GET) update && $(APT_GET) install $$need; fi
 
 clean: ## remove build output (not data)

@@ -23,7 +23,7 @@ STACK_ENV := SHOAL_IMAGE=$(IMAGE):$(VERSION) SHOAL_STACK=$(SWARM_STACK) SHOAL_SU
 
 # Swarm secrets of a stack (stacks/shoal.yml: secrets), each 32 random bytes
 # in hex, created when absent and never stored in the image or the config.
-SWARM_SECRETS := dedup-master s3-signing
+SWARM_SECRETS := dedup-master s3-signing nbd-signing
 
 .PHONY: deps-docker images swarm-up swarm-down swarm-scale swarm-status swarm-access-key test-swarm
 

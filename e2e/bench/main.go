@@ -40,7 +40,7 @@ var (
 	clients  = flag.Int("clients", 64, "concurrent clients for 4 KiB operations")
 	bigConc  = flag.Int("big-clients", 8, "concurrent clients for 4 MiB operations")
 	cpuProf  = flag.String("cpuprofile", "", "write the benchmark client's CPU profile here (the cluster's: SHOAL_CPU_PROFILE)")
-	only     = flag.String("only", "", "comma-separated phases to run: core,mutable,dedup,s3,node (default all)")
+	only     = flag.String("only", "", "comma-separated phases to run: core,mutable,dedup,s3,nbd,node (default all)")
 )
 
 type row struct{ name, value, note string }
@@ -76,6 +76,9 @@ func main() {
 	}
 	if phase("s3") {
 		s3Bench(filepath.Join(*dir, "s3"), raw)
+	}
+	if phase("nbd") {
+		nbdBench(filepath.Join(*dir, "nbd"), raw)
 	}
 	if phase("node") && *million > 0 {
 		rss, took := nodeWithBlocks(filepath.Join(*dir, "node"), *million)
@@ -241,7 +244,7 @@ func measureWorkers(n, conc int, op func(w, i int)) result {
 
 func startAllInOne(data string) (*exec.Cmd, string) {
 	cmd := shoalCmd("serve", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0",
-		"-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0")
+		"-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0")
 	out, err := cmd.StdoutPipe()
 	check(err)
 	cmd.Stderr = nil

@@ -36,7 +36,7 @@ func s3Bench(dataDir string, raw float64) {
 		return
 	}
 	cmd := shoalCmd("serve", "-data="+dataDir, "-nodes=4", "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
-		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0")
+		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0")
 	cmd.Env = os.Environ()
 	if *s3Profile != "" {
 		cmd.Env = append(cmd.Env, "SHOAL_CPU_PROFILE="+*s3Profile)

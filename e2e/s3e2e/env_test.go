@@ -40,7 +40,7 @@ func startAllInOne(t testing.TB, extra ...string) *env {
 	t.Helper()
 	data := t.TempDir()
 	args := append([]string{"serve", "-data=" + data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
-		"-blockstore.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0"}, dedupListenFlags...)
+		"-blockstore.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0"}, dedupListenFlags...)
 	args = append(args, extra...)
 	p := framework.StartProc(t, "all-in-one", args...)
 	e := &env{t: t, proc: p, data: data}

@@ -48,11 +48,13 @@ const (
 	// The s3-edge service's host-mode port; not 9000, so the suite runs
 	// beside a `make swarm-up` stack.
 	s3HostPort = "19000"
-	bucket     = "e2e"
+	// The nbd service's host-mode port, likewise not NBD's 10809.
+	nbdHostPort = "20809"
+	bucket      = "e2e"
 )
 
 // secrets are the stack's external swarm secrets (stacks/shoal.yml).
-var secrets = []string{stack + "_dedup-master", stack + "_s3-signing"}
+var secrets = []string{stack + "_dedup-master", stack + "_s3-signing", stack + "_nbd-signing"}
 
 type env struct {
 	t    *testing.T
@@ -68,6 +70,7 @@ func TestSwarm(t *testing.T) {
 	var written, objects []block
 	t.Run("PutGetFromClientContainer", func(t *testing.T) { written = append(written, e.putGet(t)...) })
 	t.Run("S3PutGet", func(t *testing.T) { objects = append(objects, e.s3PutGet(t)...) })
+	t.Run("NBDVolume", e.nbdVolume)
 	t.Run("NATSIsOneCluster", e.natsCluster)
 	t.Run("TraceSpansContainers", e.traceAcrossContainers)
 	t.Run("S3TraceSpansTiers", e.s3Trace)
@@ -242,6 +245,7 @@ func (e *env) deploy() {
 		"SHOAL_IMAGE="+image, "SHOAL_STACK="+stack, "SHOAL_SUBNET="+subnet,
 		"SHOAL_CONFIG_HASH="+hex.EncodeToString(sum[:6]), "SHOAL_BLOCKSTORES=4",
 		"SHOAL_DEDUPS=2", "SHOAL_S3S=2", "SHOAL_S3_PORT="+s3HostPort,
+		"SHOAL_NBD_PORT="+nbdHostPort,
 		"SHOAL_PROBE_IMAGE="+probe,
 		// Every task exports its spans to the suite's receiver.
 		"OTEL_EXPORTER_OTLP_ENDPOINT=http://otlp:4317")

@@ -701,6 +701,104 @@ func (x *CollectResponse) GetFreedBytes() int64 {
 	return 0
 }
 
+type PatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First message only: the policy and volume (as in WriteRequest) and
+	// the stream to patch. An empty base makes a new stream of size zero
+	// bytes (a new block device), size being a multiple of the chunk size.
+	Policy string `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Volume string `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"`
+	Base   []byte `protobuf:"bytes,3,opt,name=base,proto3" json:"base,omitempty"`
+	Size   int64  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	// Any message: one extent, replacing whole chunks of the stream (fixed
+	// chunking only; offset and length multiples of the chunk size): data,
+	// or zero_length zero bytes when data is empty.
+	Offset        int64  `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte `protobuf:"bytes,6,opt,name=data,proto3" json:"data,omitempty"`
+	ZeroLength    int64  `protobuf:"varint,7,opt,name=zero_length,json=zeroLength,proto3" json:"zero_length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PatchRequest) Reset() {
+	*x = PatchRequest{}
+	mi := &file_dedupb_dedup_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PatchRequest) ProtoMessage() {}
+
+func (x *PatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dedupb_dedup_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PatchRequest.ProtoReflect.Descriptor instead.
+func (*PatchRequest) Descriptor() ([]byte, []int) {
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PatchRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PatchRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *PatchRequest) GetBase() []byte {
+	if x != nil {
+		return x.Base
+	}
+	return nil
+}
+
+func (x *PatchRequest) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *PatchRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *PatchRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *PatchRequest) GetZeroLength() int64 {
+	if x != nil {
+		return x.ZeroLength
+	}
+	return 0
+}
+
 var File_dedupb_dedup_proto protoreflect.FileDescriptor
 
 const file_dedupb_dedup_proto_rawDesc = "" +
@@ -748,11 +846,21 @@ const file_dedupb_dedup_proto_rawDesc = "" +
 	"\x06marked\x18\x01 \x01(\x03R\x06marked\x12\x14\n" +
 	"\x05swept\x18\x02 \x01(\x03R\x05swept\x12\x1f\n" +
 	"\vfreed_bytes\x18\x03 \x01(\x03R\n" +
-	"freedBytes2\xf0\x03\n" +
+	"freedBytes\"\xb3\x01\n" +
+	"\fPatchRequest\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x16\n" +
+	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x12\n" +
+	"\x04base\x18\x03 \x01(\fR\x04base\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06offset\x18\x05 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x06 \x01(\fR\x04data\x12\x1f\n" +
+	"\vzero_length\x18\a \x01(\x03R\n" +
+	"zeroLength2\xb8\x04\n" +
 	"\x05Dedup\x12F\n" +
 	"\x05Write\x12\x1c.shoal.dedup.v1.WriteRequest\x1a\x1d.shoal.dedup.v1.WriteResponse(\x01\x12C\n" +
 	"\x04Read\x12\x1b.shoal.dedup.v1.ReadRequest\x1a\x1c.shoal.dedup.v1.ReadResponse0\x01\x12A\n" +
-	"\x04Stat\x12\x1b.shoal.dedup.v1.StatRequest\x1a\x1c.shoal.dedup.v1.StatResponse\x12A\n" +
+	"\x04Stat\x12\x1b.shoal.dedup.v1.StatRequest\x1a\x1c.shoal.dedup.v1.StatResponse\x12F\n" +
+	"\x05Patch\x12\x1c.shoal.dedup.v1.PatchRequest\x1a\x1d.shoal.dedup.v1.WriteResponse(\x01\x12A\n" +
 	"\x06Retain\x12\x1a.shoal.dedup.v1.RefRequest\x1a\x1b.shoal.dedup.v1.RefResponse\x12B\n" +
 	"\aRelease\x12\x1a.shoal.dedup.v1.RefRequest\x1a\x1b.shoal.dedup.v1.RefResponse\x12D\n" +
 	"\x05Usage\x12\x1c.shoal.dedup.v1.UsageRequest\x1a\x1d.shoal.dedup.v1.UsageResponse\x12J\n" +
@@ -770,7 +878,7 @@ func file_dedupb_dedup_proto_rawDescGZIP() []byte {
 	return file_dedupb_dedup_proto_rawDescData
 }
 
-var file_dedupb_dedup_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_dedupb_dedup_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_dedupb_dedup_proto_goTypes = []any{
 	(*WriteRequest)(nil),    // 0: shoal.dedup.v1.WriteRequest
 	(*WriteResponse)(nil),   // 1: shoal.dedup.v1.WriteResponse
@@ -784,24 +892,27 @@ var file_dedupb_dedup_proto_goTypes = []any{
 	(*UsageResponse)(nil),   // 9: shoal.dedup.v1.UsageResponse
 	(*CollectRequest)(nil),  // 10: shoal.dedup.v1.CollectRequest
 	(*CollectResponse)(nil), // 11: shoal.dedup.v1.CollectResponse
+	(*PatchRequest)(nil),    // 12: shoal.dedup.v1.PatchRequest
 }
 var file_dedupb_dedup_proto_depIdxs = []int32{
 	0,  // 0: shoal.dedup.v1.Dedup.Write:input_type -> shoal.dedup.v1.WriteRequest
 	2,  // 1: shoal.dedup.v1.Dedup.Read:input_type -> shoal.dedup.v1.ReadRequest
 	4,  // 2: shoal.dedup.v1.Dedup.Stat:input_type -> shoal.dedup.v1.StatRequest
-	6,  // 3: shoal.dedup.v1.Dedup.Retain:input_type -> shoal.dedup.v1.RefRequest
-	6,  // 4: shoal.dedup.v1.Dedup.Release:input_type -> shoal.dedup.v1.RefRequest
-	8,  // 5: shoal.dedup.v1.Dedup.Usage:input_type -> shoal.dedup.v1.UsageRequest
-	10, // 6: shoal.dedup.v1.Dedup.Collect:input_type -> shoal.dedup.v1.CollectRequest
-	1,  // 7: shoal.dedup.v1.Dedup.Write:output_type -> shoal.dedup.v1.WriteResponse
-	3,  // 8: shoal.dedup.v1.Dedup.Read:output_type -> shoal.dedup.v1.ReadResponse
-	5,  // 9: shoal.dedup.v1.Dedup.Stat:output_type -> shoal.dedup.v1.StatResponse
-	7,  // 10: shoal.dedup.v1.Dedup.Retain:output_type -> shoal.dedup.v1.RefResponse
-	7,  // 11: shoal.dedup.v1.Dedup.Release:output_type -> shoal.dedup.v1.RefResponse
-	9,  // 12: shoal.dedup.v1.Dedup.Usage:output_type -> shoal.dedup.v1.UsageResponse
-	11, // 13: shoal.dedup.v1.Dedup.Collect:output_type -> shoal.dedup.v1.CollectResponse
-	7,  // [7:14] is the sub-list for method output_type
-	0,  // [0:7] is the sub-list for method input_type
+	12, // 3: shoal.dedup.v1.Dedup.Patch:input_type -> shoal.dedup.v1.PatchRequest
+	6,  // 4: shoal.dedup.v1.Dedup.Retain:input_type -> shoal.dedup.v1.RefRequest
+	6,  // 5: shoal.dedup.v1.Dedup.Release:input_type -> shoal.dedup.v1.RefRequest
+	8,  // 6: shoal.dedup.v1.Dedup.Usage:input_type -> shoal.dedup.v1.UsageRequest
+	10, // 7: shoal.dedup.v1.Dedup.Collect:input_type -> shoal.dedup.v1.CollectRequest
+	1,  // 8: shoal.dedup.v1.Dedup.Write:output_type -> shoal.dedup.v1.WriteResponse
+	3,  // 9: shoal.dedup.v1.Dedup.Read:output_type -> shoal.dedup.v1.ReadResponse
+	5,  // 10: shoal.dedup.v1.Dedup.Stat:output_type -> shoal.dedup.v1.StatResponse
+	1,  // 11: shoal.dedup.v1.Dedup.Patch:output_type -> shoal.dedup.v1.WriteResponse
+	7,  // 12: shoal.dedup.v1.Dedup.Retain:output_type -> shoal.dedup.v1.RefResponse
+	7,  // 13: shoal.dedup.v1.Dedup.Release:output_type -> shoal.dedup.v1.RefResponse
+	9,  // 14: shoal.dedup.v1.Dedup.Usage:output_type -> shoal.dedup.v1.UsageResponse
+	11, // 15: shoal.dedup.v1.Dedup.Collect:output_type -> shoal.dedup.v1.CollectResponse
+	8,  // [8:16] is the sub-list for method output_type
+	0,  // [0:8] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name
@@ -818,7 +929,7 @@ func file_dedupb_dedup_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dedupb_dedup_proto_rawDesc), len(file_dedupb_dedup_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	Dedup_Write_FullMethodName   = "/shoal.dedup.v1.Dedup/Write"
 	Dedup_Read_FullMethodName    = "/shoal.dedup.v1.Dedup/Read"
 	Dedup_Stat_FullMethodName    = "/shoal.dedup.v1.Dedup/Stat"
+	Dedup_Patch_FullMethodName   = "/shoal.dedup.v1.Dedup/Patch"
 	Dedup_Retain_FullMethodName  = "/shoal.dedup.v1.Dedup/Retain"
 	Dedup_Release_FullMethodName = "/shoal.dedup.v1.Dedup/Release"
 	Dedup_Usage_FullMethodName   = "/shoal.dedup.v1.Dedup/Usage"
@@ -40,6 +41,12 @@ type DedupClient interface {
 	Write(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteRequest, WriteResponse], error)
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
 	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*StatResponse, error)
+	// Patch returns a new reference: base with the request's extents
+	// written, sharing every untouched chunk and manifest node with it. Like
+	// Write, it registers the new reference as a live root (one retain).
+	// The new reference's etag is empty: a patch does not read the chunks
+	// it keeps.
+	Patch(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PatchRequest, WriteResponse], error)
 	// Retain registers a reference as a live root (an object, a file);
 	// Release drops it. Space reclamation marks from the live roots.
 	Retain(ctx context.Context, in *RefRequest, opts ...grpc.CallOption) (*RefResponse, error)
@@ -98,6 +105,19 @@ func (c *dedupClient) Stat(ctx context.Context, in *StatRequest, opts ...grpc.Ca
 	return out, nil
 }
 
+func (c *dedupClient) Patch(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PatchRequest, WriteResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Dedup_ServiceDesc.Streams[2], Dedup_Patch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PatchRequest, WriteResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Dedup_PatchClient = grpc.ClientStreamingClient[PatchRequest, WriteResponse]
+
 func (c *dedupClient) Retain(ctx context.Context, in *RefRequest, opts ...grpc.CallOption) (*RefResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RefResponse)
@@ -145,6 +165,12 @@ type DedupServer interface {
 	Write(grpc.ClientStreamingServer[WriteRequest, WriteResponse]) error
 	Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
 	Stat(context.Context, *StatRequest) (*StatResponse, error)
+	// Patch returns a new reference: base with the request's extents
+	// written, sharing every untouched chunk and manifest node with it. Like
+	// Write, it registers the new reference as a live root (one retain).
+	// The new reference's etag is empty: a patch does not read the chunks
+	// it keeps.
+	Patch(grpc.ClientStreamingServer[PatchRequest, WriteResponse]) error
 	// Retain registers a reference as a live root (an object, a file);
 	// Release drops it. Space reclamation marks from the live roots.
 	Retain(context.Context, *RefRequest) (*RefResponse, error)
@@ -169,6 +195,9 @@ func (UnimplementedDedupServer) Read(*ReadRequest, grpc.ServerStreamingServer[Re
 }
 func (UnimplementedDedupServer) Stat(context.Context, *StatRequest) (*StatResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Stat not implemented")
+}
+func (UnimplementedDedupServer) Patch(grpc.ClientStreamingServer[PatchRequest, WriteResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Patch not implemented")
 }
 func (UnimplementedDedupServer) Retain(context.Context, *RefRequest) (*RefResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Retain not implemented")
@@ -238,6 +267,13 @@ func _Dedup_Stat_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Dedup_Patch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(DedupServer).Patch(&grpc.GenericServerStream[PatchRequest, WriteResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Dedup_PatchServer = grpc.ClientStreamingServer[PatchRequest, WriteResponse]
 
 func _Dedup_Retain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RefRequest)
@@ -349,6 +385,11 @@ var Dedup_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Read",
 			Handler:       _Dedup_Read_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Patch",
+			Handler:       _Dedup_Patch_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "dedupb/dedup.proto",

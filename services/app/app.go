@@ -20,6 +20,7 @@ import (
 	"shoal/services/blockstore"
 	"shoal/services/dedup"
 	"shoal/services/natsd"
+	"shoal/services/nbd"
 	"shoal/services/placement"
 	"shoal/services/s3"
 	"shoal/shared/dht"
@@ -42,6 +43,7 @@ type Config struct {
 	S3         s3.Config         `yaml:"s3"`
 
 	Dedup dedup.Config `yaml:"dedup"`
+	NBD   nbd.Config   `yaml:"nbd"`
 }
 
 // RegisterFlags registers every flag of the process; each is registered here
@@ -58,6 +60,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.S3.RegisterFlags("s3.", fs)
 
 	c.Dedup.RegisterFlags("dedup.", fs)
+	c.NBD.RegisterFlags("nbd.", fs)
 }
 
 func envOr(k, def string) string {
@@ -109,6 +112,7 @@ type Process struct {
 	Nodes    []*blockstore.Node
 	s3       *s3Service
 	Dedup    *dedup.Service
+	NBD      *nbd.Service
 	stoppers []func() error
 }
 
@@ -236,6 +240,8 @@ func (p *Process) start(ctx context.Context, t string) error {
 
 	case Dedup:
 		return p.startDedup(ctx)
+	case NBD:
+		return p.startNBD(ctx)
 	}
 	return nil
 }
@@ -284,6 +290,7 @@ func (p *Process) Endpoints() []string {
 	}
 	out = append(out, p.s3Endpoints()...)
 	out = append(out, p.dedupEndpoints()...)
+	out = append(out, p.nbdEndpoints()...)
 	out = append(out, "data        "+p.cfg.DataDir)
 	return out
 }

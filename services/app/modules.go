@@ -22,6 +22,9 @@ const (
 // Dedup is the dedup tier (services/dedup).
 const Dedup = "dedup"
 
+// NBD is the block-device frontend (services/nbd).
+const NBD = "nbd"
+
 // deps declares, for each service, the services that must be running before
 // it starts when they are in the same process. A dependency outside the
 // process is reached through its address flag instead.
@@ -34,11 +37,13 @@ var deps = map[string][]string{
 
 	// The dedup tier reaches storage nodes through placement's view.
 	Dedup: {Placement},
+	// Like S3: volume heads are written once storage nodes are up.
+	NBD: {Placement, Blockstore, Dedup},
 }
 
 // allTargets is what -target=all runs.
 var allTargets = []string{NATS, Placement, Blockstore, S3,
-	Dedup,
+	Dedup, NBD,
 }
 
 // ParseTargets expands a -target value into services in start order.

@@ -185,6 +185,7 @@ var statusTable = []struct {
 	{policy.ErrTruncated, codes.InvalidArgument},
 	{dedup.ErrConfig, codes.InvalidArgument},
 	{dedup.ErrKey, codes.InvalidArgument},
+	{dedup.ErrPatch, codes.InvalidArgument},
 	{dedup.ErrRange, codes.OutOfRange},
 	{dedup.ErrCorrupt, codes.DataLoss},
 	{block.ErrNotFound, codes.NotFound},
@@ -391,6 +392,95 @@ func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
 		return toStatus(err)
 	}
 	return stream.SendAndClose(&dpb.WriteResponse{Ref: bin, Size: ref.Size, Etag: ref.ETagHex()})
+}
+
+// maxPatchBytes bounds the data one Patch carries: it is held in memory
+// until the patch is applied. Block-device frontends flush well below it.
+const maxPatchBytes = 256 << 20
+
+// Patch applies whole-chunk extents to a stream (or makes a new stream of
+// zeros) and registers the result as a live root, as Write does.
+func (s *Service) Patch(stream dpb.Dedup_PatchServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return toStatus(invalid("empty patch stream: the first message carries the policy"))
+	}
+	if err != nil {
+		return toStatus(err)
+	}
+	var (
+		ref     manifest.Ref
+		r       *dedup.Reader
+		created bool
+	)
+	if len(first.Base) > 0 {
+		if ref, r, _, err = s.open(ctx, first.Base, first.Volume); err != nil {
+			return toStatus(err)
+		}
+	} else {
+		p := policy.Default()
+		if first.Policy != "" {
+			if p, err = policy.Parse(first.Policy); err != nil {
+				return toStatus(err)
+			}
+		}
+		ref.Policy, created = p, true
+	}
+	w, err := s.writer(ref.Policy, first.Volume)
+	if err != nil {
+		return toStatus(err)
+	}
+	if created {
+		if ref, err = w.Zeros(ctx, first.Size); err != nil {
+			return toStatus(err)
+		}
+		if r, err = s.reader(ref.Policy, first.Volume); err != nil {
+			return toStatus(err)
+		}
+	}
+	var (
+		ext   []dedup.Extent
+		bytes int64
+	)
+	for m := first; ; {
+		switch {
+		case len(m.Data) > 0:
+			// A client sends a large extent in pieces that need not be
+			// whole chunks: contiguous data is one extent.
+			if n := len(ext); n > 0 && ext[n-1].Data != nil && ext[n-1].Off+int64(len(ext[n-1].Data)) == m.Offset {
+				ext[n-1].Data = append(ext[n-1].Data, m.Data...)
+			} else {
+				ext = append(ext, dedup.Extent{Off: m.Offset, Data: m.Data})
+			}
+			bytes += int64(len(m.Data))
+		case m.ZeroLength != 0:
+			ext = append(ext, dedup.Extent{Off: m.Offset, Length: m.ZeroLength})
+		}
+		if bytes > maxPatchBytes {
+			return toStatus(invalid("a patch carries at most %d bytes of data", maxPatchBytes))
+		}
+		if m, err = stream.Recv(); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return toStatus(err)
+		}
+	}
+	if ref, err = w.Patch(ctx, r, ref, ext); err != nil {
+		return toStatus(err)
+	}
+	bin, err := ref.MarshalBinary()
+	if err != nil {
+		return toStatus(err)
+	}
+	if err := s.roots.add(ctx, rootVolume(ref, first.Volume), bin, 1); err != nil {
+		return toStatus(fmt.Errorf("dedup: registering the reference: %w", err))
+	}
+	var etag string
+	if ref.ETag != ([16]byte{}) {
+		etag = ref.ETagHex()
+	}
+	return stream.SendAndClose(&dpb.WriteResponse{Ref: bin, Size: ref.Size, Etag: etag})
 }
 
 // open parses a reference from the network and checks that its root is a

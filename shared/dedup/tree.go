@@ -25,6 +25,9 @@ type treeBuilder struct {
 	levels []*openNode
 	buf    []byte
 	nodes  int64 // node blocks written
+	// last is the node stored last: runs of equal nodes (a long run of
+	// zeros) are stored once.
+	last block.Address
 }
 
 type openNode struct {
@@ -106,10 +109,14 @@ func (t *treeBuilder) storeNode(n *manifest.Node) (block.Address, block.Address,
 
 func (t *treeBuilder) put(stored []byte, seed block.Address) (block.Address, block.Address, error) {
 	want := block.Sum(stored)
+	if want == t.last {
+		return want, seed, nil
+	}
 	if err := putBlock(t.ctx, t.store, want, stored); err != nil {
 		return block.Address{}, block.Address{}, fmt.Errorf("dedup: storing manifest node: %w", err)
 	}
 	t.nodes++
+	t.last = want
 	return want, seed, nil
 }
 

@@ -43,6 +43,7 @@ commands:
   health ADDR           check a service's gRPC health (exit 0 when serving)
   s3 key create|list|delete       manage S3 access keys (eval $(shoal s3 key create))
   bucket create NAME [-policy P]  create an S3 bucket with a storage policy
+  nbd create|list|stat|delete     manage block-device volumes (served at nbd://HOST:10809/NAME)
   put FILE|- [--policy P] [--volume V]   store a stream through the dedup tier, print its reference
   get REF [-o FILE]     read a stream back (verified) to stdout or FILE
   stat REF              size, chunks, stored bytes, dedup and compression ratios
@@ -82,6 +83,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdS3(ctx, args[1:], stdout, stderr)
 	case "bucket":
 		err = cmdBucket(ctx, args[1:], stdout, stderr)
+	case "nbd":
+		err = cmdNBD(ctx, args[1:], stdout, stderr)
 	case "put":
 		err = cmdPut(ctx, args[1:], stdin, stdout, stderr)
 	case "get":

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"flag"
 	"fmt"
@@ -98,11 +99,35 @@ func cmdBucket(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // runs fn with an S3 server object bound to the cluster's metadata.
 func withS3(ctx context.Context, name string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
 	fn func(ctx context.Context, srv *s3.Server, args []string) error) error {
+	return withCluster(ctx, name, "s3", s3Usage, args, stderr, nargs, extra,
+		func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, pos []string) error {
+			// Key and bucket administration never touches object data; the
+			// dedup connection is lazy and stays unused.
+			conn, err := rpc.Dial(s3.DefaultConfig().Dedup)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			srv, err := s3.New(s3.DefaultConfig(), cluster.NewData(conn), cluster.NewMeta(cl, key), nil)
+			if err != nil {
+				return err
+			}
+			return fn(ctx, srv, pos)
+		})
+}
+
+// withCluster is what the admin commands of a frontend share: it parses
+// flags (before or after the nargs positional arguments), loads the
+// frontend's signing key (-key-file, default <data>/<frontend>/signing.key),
+// connects to the cluster through -placement and waits for a write quorum
+// of storage nodes, then runs fn.
+func withCluster(ctx context.Context, name, frontend, usage string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
+	fn func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, args []string) error) error {
 	fs := newFlags(name, stderr)
 	var dc dht.Config
 	dc.RegisterFlags("", fs)
 	data := fs.String("data", envOr("SHOAL_DATA", "./data"), "data directory of the all-in-one (for the default key file)")
-	keyFile := fs.String("key-file", "", "S3 signing key file (default <data>/s3/signing.key)")
+	keyFile := fs.String("key-file", "", frontend+" signing key file (default <data>/"+frontend+"/signing.key)")
 	wait := fs.Duration("wait", 10*time.Second, "how long to wait for enough storage nodes")
 	if extra != nil {
 		extra(fs)
@@ -119,15 +144,15 @@ func withS3(ctx context.Context, name string, args []string, stderr io.Writer, n
 		args = fs.Args()[1:]
 	}
 	if len(pos) != nargs {
-		return usagef("%s", s3Usage)
+		return usagef("%s", usage)
 	}
 	kf := *keyFile
 	if kf == "" {
-		kf = filepath.Join(*data, "s3", "signing.key")
+		kf = filepath.Join(*data, frontend, "signing.key")
 	}
 	key, err := identity.LoadFile(kf)
 	if err != nil {
-		return fmt.Errorf("s3 signing key: %w (see -key-file)", err)
+		return fmt.Errorf("%s signing key: %w (see -key-file)", frontend, err)
 	}
 	if err := dc.Validate(); err != nil {
 		return err
@@ -142,18 +167,7 @@ func withS3(ctx context.Context, name string, args []string, stderr io.Writer, n
 	if err := cl.WaitForNodes(wctx, cl.Config().WriteQuorum); err != nil {
 		return err
 	}
-	// Key and bucket administration never touches object data; the dedup
-	// connection is lazy and stays unused.
-	conn, err := rpc.Dial(s3.DefaultConfig().Dedup)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	srv, err := s3.New(s3.DefaultConfig(), cluster.NewData(conn), cluster.NewMeta(cl, key), nil)
-	if err != nil {
-		return err
-	}
-	return fn(ctx, srv, pos)
+	return fn(ctx, cl, key, pos)
 }
 
 func envOr(k, def string) string {

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -82,8 +84,15 @@ func bytesHuman(b uint64) string {
 func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("health", stderr)
 	httpURL := fs.String("http", "", "check an HTTP service instead (the S3 frontend): healthy when URL answers with a status below 500")
+	nbdAddr := fs.String("nbd", "", "check an NBD server instead: healthy when HOST:PORT greets as fixed-newstyle NBD")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *nbdAddr != "" {
+		if fs.NArg() != 0 {
+			return usagef("usage: shoal health -nbd HOST:PORT")
+		}
+		return nbdHealth(ctx, *nbdAddr, stdout)
 	}
 	if *httpURL != "" {
 		if fs.NArg() != 0 {
@@ -107,6 +116,38 @@ func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if resp.Status != healthpb.HealthCheckResponse_SERVING {
 		return fmt.Errorf("%s: %s", fs.Arg(0), resp.Status)
+	}
+	fmt.Fprintln(stdout, "SERVING")
+	return nil
+}
+
+// nbdHealth is the health check of the NBD frontend: the server's greeting,
+// then an orderly NBD_OPT_ABORT, so the check leaves no half-open session.
+func nbdHealth(ctx context.Context, addr string, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	dl, _ := ctx.Deadline()
+	_ = c.SetDeadline(dl)
+	var greet [18]byte
+	if _, err := io.ReadFull(c, greet[:]); err != nil {
+		return fmt.Errorf("%s: no NBD greeting: %w", addr, err)
+	}
+	const optMagic = 0x49484156454F5054 // "IHAVEOPT"
+	if string(greet[:8]) != "NBDMAGIC" || binary.BigEndian.Uint64(greet[8:16]) != optMagic {
+		return fmt.Errorf("%s: not a newstyle NBD server", addr)
+	}
+	var msg [20]byte
+	binary.BigEndian.PutUint32(msg[0:4], 1) // NBD_FLAG_C_FIXED_NEWSTYLE
+	binary.BigEndian.PutUint64(msg[4:12], optMagic)
+	binary.BigEndian.PutUint32(msg[12:16], 2) // NBD_OPT_ABORT, no data
+	if _, err := c.Write(msg[:]); err != nil {
+		return err
 	}
 	fmt.Fprintln(stdout, "SERVING")
 	return nil

@@ -154,6 +154,63 @@ func (c *Client) Write(ctx context.Context, policy, volume string, r io.Reader) 
 	return resp.Ref, resp.Size, resp.Etag, nil
 }
 
+// Extent is one piece of a Patch: Data at Off, or ZeroLength zero bytes
+// when Data is empty. Offsets and lengths are multiples of the stream's
+// chunk size.
+type Extent struct {
+	Off        int64
+	Data       []byte
+	ZeroLength int64
+}
+
+// Patch returns a new reference: the stream behind base with the extents
+// written (fixed chunking only), sharing everything else with base. An
+// empty base makes a new stream of size zero bytes under policy (a new
+// block device); otherwise policy and size are ignored. Like Write, the
+// new reference holds one retain; base keeps its own.
+func (c *Client) Patch(ctx context.Context, policy, volume string, base []byte, size int64, extents []Extent) ([]byte, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.api.Patch(ctx)
+	if err != nil {
+		return nil, fromStatus(err)
+	}
+	send := func(m *dpb.PatchRequest) error {
+		if err := stream.Send(m); err != nil {
+			if errors.Is(err, io.EOF) {
+				_, err = stream.CloseAndRecv()
+			}
+			return fromStatus(err)
+		}
+		return nil
+	}
+	if err := send(&dpb.PatchRequest{Policy: policy, Volume: volume, Base: base, Size: size}); err != nil {
+		return nil, err
+	}
+	for _, e := range extents {
+		// Large extents go in pieces, so no message nears the limit.
+		for off, data := e.Off, e.Data; len(data) > 0 || e.ZeroLength > 0; {
+			m := &dpb.PatchRequest{Offset: off, ZeroLength: e.ZeroLength}
+			if len(data) > 0 {
+				n := min(len(data), writeChunk)
+				m.Data, m.ZeroLength = data[:n], 0
+				data, off = data[n:], off+int64(n)
+			}
+			if err := send(m); err != nil {
+				return nil, err
+			}
+			if m.ZeroLength > 0 || len(data) == 0 {
+				break
+			}
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return nil, fromStatus(err)
+	}
+	return resp.Ref, nil
+}
+
 // Read streams the bytes [off, off+n) of the stream behind ref; n < 0
 // reads to the end. Every block is verified by the tier. The caller must
 // Close the result; errors met mid-stream come out of Read.
