@@ -96,20 +96,35 @@ func (m *Manager) Describe(ctx context.Context, name string) (wire.ExportInfo, e
 func (m *Manager) Open(ctx context.Context, name string) (wire.Backend, wire.ExportInfo, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	v := m.open[name]
-	if v == nil || v.closed {
-		var err error
-		if v, err = m.openVolume(ctx, name); err != nil {
-			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
-				err = fmt.Errorf("%w: %w", wire.ErrUnknownExport, err)
+	for {
+		v := m.open[name]
+		if v != nil && v.closed {
+			// Its last connection just went: wait for its final commit and
+			// the lease to be given back, then open it afresh.
+			m.mu.Unlock()
+			select {
+			case <-v.released:
+			case <-ctx.Done():
+				m.mu.Lock()
+				return nil, wire.ExportInfo{}, ctx.Err()
 			}
-			return nil, wire.ExportInfo{}, err
+			m.mu.Lock()
+			continue
 		}
-		m.open[name] = v
+		if v == nil {
+			var err error
+			if v, err = m.openVolume(ctx, name); err != nil {
+				if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
+					err = fmt.Errorf("%w: %w", wire.ErrUnknownExport, err)
+				}
+				return nil, wire.ExportInfo{}, err
+			}
+			m.open[name] = v
+		}
+		v.conns++
+		info := wire.ExportInfo{Name: name, Description: "shoal volume, " + v.policy, Size: v.size, PreferredBlockSize: uint32(min(v.cs, 64<<10))}
+		return &conn{v: v}, info, nil
 	}
-	v.conns++
-	info := wire.ExportInfo{Name: name, Description: "shoal volume, " + v.policy, Size: v.size, PreferredBlockSize: uint32(min(v.cs, 64<<10))}
-	return &conn{v: v}, info, nil
 }
 
 func (m *Manager) openVolume(ctx context.Context, name string) (*Volume, error) {
@@ -128,8 +143,8 @@ func (m *Manager) openVolume(ctx context.Context, name string) (*Volume, error) 
 		return nil, fmt.Errorf("%w: volume %s is held by %s until %s", ErrBusy, name, who, h.Expires.Format(time.RFC3339))
 	}
 	v := &Volume{m: m, name: name, dvol: dataVolume(name), cs: cs, size: h.Size, policy: h.Policy,
-		dirty: map[int64][]byte{}, clean: sizedcache.New[int64, []byte](int(m.cfg.CacheBytes)),
-		stop: make(chan struct{}), done: make(chan struct{})}
+		dirty: map[int64][]byte{}, partial: map[int64]*partialExtent{}, clean: sizedcache.New[int64, []byte](int(m.cfg.CacheBytes)),
+		stop: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1), released: make(chan struct{})}
 	var made []byte
 	if len(h.Ref) == 0 {
 		// First use: the stream of zeros it starts as.
@@ -184,17 +199,23 @@ type Volume struct {
 	// committing never are.
 	dirty      map[int64][]byte
 	committing map[int64][]byte
+	// partial holds extents written only in part, in whole sectors,
+	// whose rest is still only in the stream.
+	partial    map[int64]*partialExtent
 	dirtyBytes int64
-	// gen counts writes, so a read that fetched from the stream while
-	// one happened does not cache what may be stale.
-	gen   uint64
+	// swaps counts commits begun and ended: a base read from the stream
+	// while it did not change is still the extent's base.
+	swaps uint64
 	clean *sizedcache.Cache[int64, []byte]
 	lost  error // set once the lease is lost: every request fails
 	conns int
-	// closed: the last connection went; the manager opens anew.
-	closed bool
+	// closed: the last connection went; released is closed once its
+	// final commit is done and the lease given back.
+	closed   bool
+	released chan struct{}
 
 	stop, done chan struct{}
+	kick       chan struct{} // asks background for a commit now
 }
 
 // conn is one connection's handle on a shared Volume.
@@ -230,14 +251,19 @@ func (v *Volume) release() error {
 	last := v.conns == 0
 	if last {
 		v.closed = true
-		if m.open[v.name] == v {
-			delete(m.open, v.name)
-		}
 	}
 	m.mu.Unlock()
 	if !last {
 		return nil
 	}
+	defer func() {
+		m.mu.Lock()
+		if m.open[v.name] == v {
+			delete(m.open, v.name)
+		}
+		m.mu.Unlock()
+		close(v.released)
+	}()
 	close(v.stop)
 	<-v.done
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -278,12 +304,18 @@ func (v *Volume) background() {
 			}
 			cancel()
 		case <-flush.C:
-			ctx, cancel := context.WithTimeout(context.Background(), cfg.LeaseTTL)
-			if err := v.Flush(ctx); err != nil {
-				v.m.log.Warn("background flush failed", "volume", v.name, "err", err)
-			}
-			cancel()
+			v.commitNow("timer")
+		case <-v.kick:
+			v.commitNow("dirty")
 		}
+	}
+}
+
+func (v *Volume) commitNow(why string) {
+	ctx, cancel := context.WithTimeout(context.Background(), v.m.cfg.LeaseTTL)
+	defer cancel()
+	if err := v.Flush(ctx); err != nil {
+		v.m.log.Warn("background commit failed", "volume", v.name, "why", why, "err", err)
 	}
 }
 
@@ -360,11 +392,14 @@ func (v *Volume) check(off, n int64) error {
 	return nil
 }
 
-// lookup returns extent i's bytes if held in memory (nil, true for zeros),
-// and whether it was found. v.mu held.
+// lookup returns extent i's bytes if held whole in memory (nil, true for
+// zeros), and whether it was found. v.mu held.
 func (v *Volume) lookup(i int64) ([]byte, bool) {
 	if d, ok := v.dirty[i]; ok {
 		return d, true
+	}
+	if _, ok := v.partial[i]; ok {
+		return nil, false // needs its base
 	}
 	if d, ok := v.committing[i]; ok {
 		return d, true
@@ -373,6 +408,25 @@ func (v *Volume) lookup(i int64) ([]byte, bool) {
 		return d, true
 	}
 	return nil, false
+}
+
+// held reports whether anything of extent i is in memory. v.mu held.
+func (v *Volume) held(i int64) bool {
+	if _, ok := v.lookup(i); ok {
+		return true
+	}
+	_, ok := v.partial[i]
+	return ok
+}
+
+// base returns what the stream side holds for extent i, for completing a
+// partial extent: the extent being committed, a clean copy, or (false) the
+// stream must be read. v.mu held.
+func (v *Volume) base(i int64) ([]byte, bool) {
+	if d, ok := v.committing[i]; ok {
+		return d, true
+	}
+	return v.clean.Get(i)
 }
 
 // ReadAt reads p at off.
@@ -388,6 +442,25 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 			v.mu.Unlock()
 			return err
 		}
+		if pe := v.partial[i]; pe != nil {
+			if b, ok := v.base(i); ok {
+				v.promote(i, b)
+			} else {
+				swaps := v.swaps
+				ref := v.h.Ref
+				v.mu.Unlock()
+				buf, err := v.fetch(ctx, ref, i, i+1)
+				if err != nil {
+					return err
+				}
+				v.mu.Lock()
+				if v.swaps == swaps && v.partial[i] != nil {
+					v.promote(i, buf)
+				}
+			}
+			v.mu.Unlock()
+			continue // read it from dirty now (or look again)
+		}
 		d, ok := v.lookup(i)
 		if ok {
 			n := copyExtent(p, d, off-i*cs, cs)
@@ -399,25 +472,27 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		j := i + 1
 		end := (off + int64(len(p)) + cs - 1) / cs
 		for ; j < end && j-i < maxFetch; j++ {
-			if _, ok := v.lookup(j); ok {
+			if v.held(j) {
 				break
 			}
 		}
-		ref, gen := v.h.Ref, v.gen
+		ref, swaps := v.h.Ref, v.swaps
 		v.mu.Unlock()
 		buf, err := v.fetch(ctx, ref, i, j)
 		if err != nil {
 			return err
 		}
 		v.mu.Lock()
-		cacheable := v.gen == gen
-		for k := i; k < j; k++ {
-			e := buf[(k-i)*cs : (k-i+1)*cs : (k-i+1)*cs]
-			if _, held := v.lookup(k); !held && cacheable {
-				v.clean.Put(k, e, int(cs))
+		if v.swaps == swaps {
+			for k := i; k < j; k++ {
+				if !v.held(k) {
+					v.clean.Put(k, buf[(k-i)*cs:(k-i+1)*cs:(k-i+1)*cs], int(cs))
+				}
 			}
 		}
 		v.mu.Unlock()
+		// What the stream held when the read began: a write racing this
+		// read may or may not show, as NBD allows.
 		n := copy(p, buf[off-i*cs:])
 		p, off = p[n:], off+int64(n)
 	}
@@ -478,13 +553,21 @@ func (v *Volume) zero(ctx context.Context, off, n int64, fua bool) error {
 }
 
 // after commits when asked to, or when the dirty extents reach their bound
-// (which is how a fast writer gets pushed back).
+// (which is how a fast writer gets pushed back). From a quarter of the
+// bound on, a commit starts in the background, so a streaming writer
+// overlaps its next writes with the commit of its last ones.
 func (v *Volume) after(ctx context.Context, fua bool) error {
 	v.mu.Lock()
-	full := v.dirtyBytes >= v.m.cfg.MaxDirty
+	dirty := v.dirtyBytes
 	v.mu.Unlock()
-	if fua || full {
+	if fua || dirty >= v.m.cfg.MaxDirty {
 		return v.Flush(ctx)
+	}
+	if dirty >= v.m.cfg.MaxDirty/4 {
+		select {
+		case v.kick <- struct{}{}:
+		default: // one is pending already
+		}
 	}
 	return nil
 }
@@ -511,9 +594,48 @@ func (v *Volume) write(ctx context.Context, p []byte, off, n int64) error {
 	return nil
 }
 
+// sector is the granularity at which a partial extent tracks what was
+// written to it.
+const sector = 512
+
+// partialExtent is an extent written in part, whose other sectors are still
+// only in the stream: random small writes need no read first, the commit
+// reads the bases of all of them together.
+type partialExtent struct {
+	data  []byte
+	valid []uint64 // one bit per sector written
+}
+
+func (pe *partialExtent) mark(at, k int64) {
+	for s := at / sector; s < (at+k)/sector; s++ {
+		pe.valid[s/64] |= 1 << (s % 64)
+	}
+}
+
+// overlay copies pe's written sectors onto base.
+func (pe *partialExtent) overlay(base []byte) {
+	for s := range int64(len(pe.data)) / sector {
+		if pe.valid[s/64]&(1<<(s%64)) != 0 {
+			copy(base[s*sector:(s+1)*sector], pe.data[s*sector:])
+		}
+	}
+}
+
+// promote completes partial extent i over its base (nil: zeros) and makes
+// it a whole dirty extent. v.mu held.
+func (v *Volume) promote(i int64, base []byte) {
+	pe := v.partial[i]
+	nd := make([]byte, v.cs)
+	copy(nd, base)
+	pe.overlay(nd)
+	delete(v.partial, i)
+	v.dirty[i] = nd
+}
+
 // writeExtent writes src (nil: k zeros) at offset at of extent i.
 func (v *Volume) writeExtent(ctx context.Context, i, at int64, src []byte, k int64) error {
 	cs := v.cs
+	aligned := at%sector == 0 && k%sector == 0
 	for {
 		v.mu.Lock()
 		if err := v.usable(); err != nil {
@@ -539,29 +661,53 @@ func (v *Volume) writeExtent(ctx context.Context, i, at int64, src []byte, k int
 			v.mu.Unlock()
 			return nil
 		}
-		if d, ok := v.lookup(i); ok {
-			nd := make([]byte, cs)
-			copy(nd, d) // nil d leaves zeros
-			v.patchInto(nd, at, src, k)
-			v.put(i, nd)
+		pe := v.partial[i]
+		if pe == nil {
+			if d, ok := v.lookup(i); ok {
+				nd := make([]byte, cs)
+				copy(nd, d) // nil d leaves zeros
+				v.patchInto(nd, at, src, k)
+				v.put(i, nd)
+				v.mu.Unlock()
+				return nil
+			}
+			if aligned {
+				pe = &partialExtent{data: make([]byte, cs), valid: make([]uint64, (cs/sector+63)/64)}
+				v.partial[i] = pe
+				v.dirtyBytes += cs
+				v.clean.Drop(i)
+			}
+		}
+		if pe != nil && aligned {
+			v.patchInto(pe.data, at, src, k)
+			pe.mark(at, k)
 			v.mu.Unlock()
 			return nil
 		}
-		// Read-modify-write of an extent only the stream holds.
-		ref, gen := v.h.Ref, v.gen
+		// An unaligned write where only the stream has the rest: read,
+		// modify, write.
+		if b, ok := v.base(i); ok {
+			v.promote(i, b)
+			v.mu.Unlock()
+			continue
+		}
+		ref, swaps := v.h.Ref, v.swaps
 		v.mu.Unlock()
 		buf, err := v.fetch(ctx, ref, i, i+1)
 		if err != nil {
 			return err
 		}
 		v.mu.Lock()
-		if v.gen == gen {
-			v.patchInto(buf, at, src, k)
-			v.put(i, buf)
-			v.mu.Unlock()
-			return nil
+		if v.swaps == swaps {
+			switch {
+			case v.partial[i] != nil:
+				v.promote(i, buf)
+			case !v.held(i):
+				v.put(i, buf)
+			}
 		}
-		// Something was written (or committed) meanwhile; look again.
+		// The extent is whole in memory now, unless a commit moved
+		// things meanwhile: look again.
 		v.mu.Unlock()
 	}
 }
@@ -574,20 +720,82 @@ func (v *Volume) patchInto(d []byte, at int64, src []byte, k int64) {
 	}
 }
 
-// put records extent i as dirty. v.mu held.
+// put records extent i as whole and dirty. v.mu held.
 func (v *Volume) put(i int64, d []byte) {
-	if _, ok := v.dirty[i]; !ok {
+	_, isDirty := v.dirty[i]
+	_, isPartial := v.partial[i]
+	if !isDirty && !isPartial {
 		v.dirtyBytes += v.cs
 	}
+	delete(v.partial, i)
 	v.dirty[i] = d
 	v.clean.Drop(i)
-	v.gen++
+}
+
+// complete makes every partial extent written before the call whole,
+// reading their bases from the stream in runs. commitMu held, so the
+// stream does not change meanwhile.
+func (v *Volume) complete(ctx context.Context) error {
+	v.mu.Lock()
+	var need []int64
+	for i := range v.partial {
+		if b, ok := v.base(i); ok {
+			v.promote(i, b)
+		} else {
+			need = append(need, i)
+		}
+	}
+	ref := v.h.Ref
+	v.mu.Unlock()
+	if len(need) == 0 {
+		return nil
+	}
+	slices.Sort(need)
+	type run struct{ i, j int64 }
+	var runs []run
+	for _, i := range need {
+		if n := len(runs); n > 0 && runs[n-1].j == i && i-runs[n-1].i < maxFetch {
+			runs[n-1].j++
+		} else {
+			runs = append(runs, run{i, i + 1})
+		}
+	}
+	bufs := make([][]byte, len(runs))
+	errs := make([]error, len(runs))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for r, rn := range runs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			bufs[r], errs[r] = v.fetch(ctx, ref, rn.i, rn.j)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	cs := v.cs
+	for r, rn := range runs {
+		for i := rn.i; i < rn.j; i++ {
+			if v.partial[i] != nil {
+				v.promote(i, bufs[r][(i-rn.i)*cs:(i-rn.i+1)*cs])
+			}
+		}
+	}
+	return nil
 }
 
 // Flush commits every write completed before it was called.
 func (v *Volume) Flush(ctx context.Context) error {
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
+	if err := v.complete(ctx); err != nil {
+		return err
+	}
 	v.mu.Lock()
 	if err := v.usable(); err != nil {
 		v.mu.Unlock()
@@ -597,8 +805,12 @@ func (v *Volume) Flush(ctx context.Context) error {
 		v.mu.Unlock()
 		return nil
 	}
+	// Partial extents begun since complete stay behind: they were written
+	// after this flush was asked for.
 	batch := v.dirty
-	v.committing, v.dirty, v.dirtyBytes = batch, map[int64][]byte{}, 0
+	v.committing, v.dirty = batch, map[int64][]byte{}
+	v.dirtyBytes = int64(len(v.partial)) * v.cs
+	v.swaps++
 	h, ver := v.h, v.ver
 	v.mu.Unlock()
 
@@ -625,27 +837,31 @@ func (v *Volume) Flush(ctx context.Context) error {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.swaps++
 	if err != nil {
 		// Not committed: the batch is dirty again, under anything
-		// written since.
+		// written since (a partial extent begun since lies over it).
 		for i, d := range batch {
-			if _, newer := v.dirty[i]; !newer {
-				v.dirty[i] = d
-				v.dirtyBytes += v.cs
+			if _, newer := v.dirty[i]; newer {
+				continue
 			}
+			if v.partial[i] != nil {
+				v.promote(i, d)
+				continue
+			}
+			v.dirty[i] = d
+			v.dirtyBytes += v.cs
 		}
 		v.committing = nil
-		v.gen++
 		return err
 	}
 	v.h, v.ver = h, nv
 	for i, d := range batch {
-		if _, newer := v.dirty[i]; !newer && d != nil {
+		if d != nil && !v.held(i) {
 			v.clean.Put(i, d, int(v.cs))
 		}
 	}
 	v.committing = nil
-	v.gen++
 	return nil
 }
 
