@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -85,8 +86,15 @@ func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlags("health", stderr)
 	httpURL := fs.String("http", "", "check an HTTP service instead (the S3 frontend): healthy when URL answers with a status below 500")
 	nbdAddr := fs.String("nbd", "", "check an NBD server instead: healthy when HOST:PORT greets as fixed-newstyle NBD")
+	natsURL := fs.String("nats", "", "check a NATS server instead: healthy when URL accepts a client and answers a ping")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *natsURL != "" {
+		if fs.NArg() != 0 {
+			return usagef("usage: shoal health -nats URL")
+		}
+		return natsHealth(*natsURL, stdout)
 	}
 	if *nbdAddr != "" {
 		if fs.NArg() != 0 {
@@ -116,6 +124,21 @@ func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if resp.Status != healthpb.HealthCheckResponse_SERVING {
 		return fmt.Errorf("%s: %s", fs.Arg(0), resp.Status)
+	}
+	fmt.Fprintln(stdout, "SERVING")
+	return nil
+}
+
+// natsHealth is the health check of the NATS tier: a client connection and
+// a ping round trip (PING/PONG), which a member only answers once it serves.
+func natsHealth(url string, stdout io.Writer) error {
+	nc, err := nats.Connect(url, nats.Timeout(3*time.Second), nats.NoReconnect(), nats.Name("shoal health"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if err := nc.FlushTimeout(3 * time.Second); err != nil {
+		return fmt.Errorf("%s: %w", url, err)
 	}
 	fmt.Fprintln(stdout, "SERVING")
 	return nil
