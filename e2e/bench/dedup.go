@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -100,27 +99,13 @@ func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 func startDedupCluster(data string, nodes int) (*exec.Cmd, string) {
 	cmd := shoalCmd("serve", "-target=nats,placement,blockstore,dedup", "-data="+data, fmt.Sprintf("-nodes=%d", nodes),
 		"-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0")
-	out, err := cmd.StdoutPipe()
-	check(err)
-	check(cmd.Start())
-	sc := bufio.NewScanner(out)
 	addr := ""
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) >= 2 && f[0] == "dedup" {
-			addr = f[1]
-		}
-		if len(f) >= 1 && strings.HasPrefix(sc.Text(), "stop with") {
-			break
-		}
+	if f := startBanner(cmd)["dedup"]; len(f) > 0 {
+		addr = f[0]
 	}
 	if addr == "" {
-		check(fmt.Errorf("dedup cluster exited before printing its endpoints"))
+		check(fmt.Errorf("dedup cluster printed no dedup endpoint"))
 	}
-	go func() {
-		for sc.Scan() {
-		}
-	}()
 	// The banner is printed once every node is started, but placement
 	// learns of them from heartbeats: wait until a tiny write succeeds.
 	cl, err := client.Dial(addr)

@@ -245,23 +245,50 @@ func measureWorkers(n, conc int, op func(w, i int)) result {
 func startAllInOne(data string) (*exec.Cmd, string) {
 	cmd := shoalCmd("serve", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0",
 		"-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0")
+	cmd.Stderr = nil
+	return cmd, startBanner(cmd)["placement"][0]
+}
+
+// startBanner starts a `shoal serve` command and returns its start-up
+// banner's lines by first word ("placement" -> its other words), read up
+// to the "data" line; the rest of its output is drained.
+func startBanner(cmd *exec.Cmd) map[string][]string {
 	out, err := cmd.StdoutPipe()
 	check(err)
-	cmd.Stderr = nil
 	check(cmd.Start())
+	fields := map[string][]string{}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) >= 2 && f[0] == "placement" {
+		if len(f) >= 2 {
+			if _, seen := fields[f[0]]; !seen {
+				fields[f[0]] = f[1:]
+			}
+		}
+		if len(f) >= 1 && f[0] == "data" {
 			go func() {
 				for sc.Scan() {
 				}
 			}()
-			return cmd, f[1]
+			return fields
 		}
 	}
-	check(fmt.Errorf("all-in-one exited before printing its endpoints"))
-	return nil, ""
+	check(fmt.Errorf("%s exited before printing its endpoints", cmd.Path))
+	return nil
+}
+
+// stopGracefully signals a cluster (so a SHOAL_CPU_PROFILE gets written)
+// and kills it if it has not exited 30 s later.
+func stopGracefully(cmd *exec.Cmd, sig os.Signal) {
+	_ = cmd.Process.Signal(sig)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
 }
 
 func rssMiB(pid int) float64 {

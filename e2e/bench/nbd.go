@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -35,40 +34,18 @@ func nbdBench(dataDir string, raw float64) {
 	}
 	cmd := shoalCmd("serve", "-data="+dataDir, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
 		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0")
-	out, err := cmd.StdoutPipe()
-	check(err)
-	check(cmd.Start())
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}()
+	b := startBanner(cmd)
+	defer stopGracefully(cmd, syscall.SIGTERM)
 	var nbdAddr, place, dedupAddr string
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		switch {
-		case len(f) >= 2 && f[0] == "nbd":
-			nbdAddr = strings.TrimSuffix(strings.TrimPrefix(f[1], "nbd://"), "/VOLUME")
-		case len(f) >= 2 && f[0] == "placement":
-			place = f[1]
-		case len(f) >= 2 && f[0] == "dedup":
-			dedupAddr = f[1]
-		}
-		if len(f) >= 1 && f[0] == "data" {
-			break
-		}
+	if f := b["nbd"]; len(f) > 0 {
+		nbdAddr = strings.TrimSuffix(strings.TrimPrefix(f[0], "nbd://"), "/VOLUME")
 	}
-	go func() {
-		for sc.Scan() {
-		}
-	}()
+	if f := b["placement"]; len(f) > 0 {
+		place = f[0]
+	}
+	if f := b["dedup"]; len(f) > 0 {
+		dedupAddr = f[0]
+	}
 	if nbdAddr == "" {
 		check(fmt.Errorf("all-in-one printed no NBD endpoint"))
 	}

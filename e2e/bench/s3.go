@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"flag"
@@ -41,39 +40,16 @@ func s3Bench(dataDir string, raw float64) {
 	if *s3Profile != "" {
 		cmd.Env = append(cmd.Env, "SHOAL_CPU_PROFILE="+*s3Profile)
 	}
-	out, err := cmd.StdoutPipe()
-	check(err)
-	check(cmd.Start())
-	defer func() {
-		// SIGINT lets the process write its CPU profile.
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}()
+	b := startBanner(cmd)
+	// SIGINT lets the process write its CPU profile.
+	defer stopGracefully(cmd, syscall.SIGINT)
 	var endpoint, id, secret string
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) >= 2 && f[0] == "s3" {
-			endpoint = f[1]
-		}
-		if len(f) >= 3 && f[0] == "s3-key" {
-			id, secret = strings.TrimPrefix(f[1], "AWS_ACCESS_KEY_ID="), strings.TrimPrefix(f[2], "AWS_SECRET_ACCESS_KEY=")
-		}
-		if len(f) >= 1 && f[0] == "data" {
-			break
-		}
+	if f := b["s3"]; len(f) > 0 {
+		endpoint = f[0]
 	}
-	go func() {
-		for sc.Scan() {
-		}
-	}()
+	if f := b["s3-key"]; len(f) >= 2 {
+		id, secret = strings.TrimPrefix(f[0], "AWS_ACCESS_KEY_ID="), strings.TrimPrefix(f[1], "AWS_SECRET_ACCESS_KEY=")
+	}
 	if endpoint == "" || id == "" {
 		check(fmt.Errorf("all-in-one printed no S3 endpoint or key"))
 	}
