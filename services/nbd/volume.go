@@ -158,12 +158,29 @@ func (m *Manager) openVolume(ctx context.Context, name string) (*Volume, error) 
 	t0 := time.Now()
 	h.Expires = t0.Add(m.cfg.LeaseTTL)
 	nv, err := m.reg.cas(ctx, name, ver, h)
+	keep := false // the head names made: never release it
+	if err == nil && nv != ver+1 {
+		// Decided on top of other changes (see casHead): take the lease
+		// only if the head is what we wrote.
+		cur, cv, gerr := m.reg.get(ctx, name)
+		switch {
+		case gerr != nil:
+			err, keep = gerr, true
+		case cur.Holder != m.id || cur.Epoch != h.Epoch || !bytes.Equal(cur.Ref, h.Ref):
+			err, keep = errOpenRaced, made != nil && bytes.Equal(cur.Ref, made)
+		default:
+			h, nv = cur, cv
+		}
+	}
 	if err != nil {
-		if made != nil {
+		var ce *dht.ConflictError
+		lost := errors.As(err, &ce) || errors.Is(err, errOpenRaced)
+		// Only a write known not to have happened frees the new stream;
+		// after an ambiguous one, the head may name it.
+		if made != nil && lost && !keep {
 			_ = m.data.Release(context.WithoutCancel(ctx), made, v.dvol)
 		}
-		var ce *dht.ConflictError
-		if errors.As(err, &ce) {
+		if lost {
 			return nil, fmt.Errorf("%w: volume %s changed while opening; retry", ErrBusy, name)
 		}
 		return nil, err
@@ -173,6 +190,9 @@ func (m *Manager) openVolume(ctx context.Context, name string) (*Volume, error) 
 	go v.background()
 	return v, nil
 }
+
+// errOpenRaced: another change to the head won over an open's.
+var errOpenRaced = errors.New("nbd: the head changed while opening")
 
 // Volume is one open volume. Reads and writes are served from the dirty
 // extents, the extents being committed, a cache of clean extents, and
@@ -276,7 +296,7 @@ func (v *Volume) release() error {
 	v.mu.Unlock()
 	if lost == nil {
 		h.Holder, h.Expires = "", time.Time{}
-		if _, cerr := v.casHead(ctx, ver, h); cerr != nil {
+		if _, _, cerr := v.casHead(ctx, ver, h); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("nbd: giving back %s's lease: %w", v.name, cerr))
 		}
 	}
@@ -330,7 +350,7 @@ func (v *Volume) renew(ctx context.Context) error {
 	}
 	t0 := time.Now()
 	h.Expires = t0.Add(v.m.cfg.LeaseTTL)
-	nv, err := v.casHead(ctx, ver, h)
+	nv, _, err := v.casHead(ctx, ver, h)
 	if err != nil {
 		return err
 	}
@@ -344,32 +364,39 @@ func (v *Volume) renew(ctx context.Context) error {
 var errNotApplied = errors.New("nbd: head not updated")
 
 // casHead writes h over version ver of the head. A failed or ambiguous
-// compare-and-set (a timeout may hide a decision) is settled by reading the
-// head: if it is h, the write happened; if the lease is still ours (same
-// holder and epoch), it did not (errNotApplied; v.h and v.ver are brought up
-// to date); else the lease is lost. An unreadable head leaves the outcome
-// unknown. commitMu held.
-func (v *Volume) casHead(ctx context.Context, ver uint64, h head) (uint64, error) {
-	nv, err := v.m.reg.cas(ctx, v.name, ver, h)
+// compare-and-set (a timeout may hide a decision), or one decided at
+// another version than ver+1 (an earlier uncertain round of ours carried
+// forward, others' changes on top), is settled by reading the head: if it
+// is h, the write happened; if the lease is still ours (same holder and
+// epoch), it did not (errNotApplied; v.h and v.ver are brought up to
+// date); else the lease is lost. An unreadable head leaves the outcome
+// unknown. inUse reports whether the head read names stream ref (then it
+// must not be released whatever the outcome). commitMu held.
+func (v *Volume) casHead(ctx context.Context, ver uint64, h head) (nv uint64, inUse bool, err error) {
+	nv, err = v.m.reg.cas(ctx, v.name, ver, h)
+	if err == nil && nv == ver+1 {
+		return nv, true, nil
+	}
 	if err == nil {
-		return nv, nil
+		err = fmt.Errorf("head decided at version %d, not %d", nv, ver+1)
 	}
 	cur, cv, gerr := v.m.reg.get(ctx, v.name)
 	if gerr != nil {
-		return 0, fmt.Errorf("nbd: updating %s's head: %w (outcome unknown: %v)", v.name, err, gerr)
+		return 0, true, fmt.Errorf("nbd: updating %s's head: %w (outcome unknown: %v)", v.name, err, gerr)
 	}
+	inUse = bytes.Equal(cur.Ref, h.Ref)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if cur.Holder != v.m.id || cur.Epoch != h.Epoch {
 		v.lost = fmt.Errorf("%w: volume %s was taken over by %q (lease lost)", wire.ErrShutdown, v.name, cur.Holder)
 		v.m.log.Error("lease lost", "volume", v.name, "holder", cur.Holder)
-		return 0, v.lost
+		return 0, inUse, v.lost
 	}
-	if bytes.Equal(cur.Ref, h.Ref) && cur.Expires.Equal(h.Expires) {
-		return cv, nil
+	if inUse && cur.Expires.Equal(h.Expires) {
+		return cv, true, nil
 	}
 	v.h, v.ver = cur, cv
-	return 0, fmt.Errorf("%w: %w", errNotApplied, err)
+	return 0, inUse, fmt.Errorf("%w: %w", errNotApplied, err)
 }
 
 // usable reports why the volume cannot serve a request. v.mu held.
@@ -819,7 +846,8 @@ func (v *Volume) Flush(ctx context.Context) error {
 	if err == nil {
 		old := h.Ref
 		h.Ref = ref
-		nv, err = v.casHead(ctx, ver, h)
+		var inUse bool
+		nv, inUse, err = v.casHead(ctx, ver, h)
 		rctx := context.WithoutCancel(ctx)
 		switch {
 		case err == nil:
@@ -827,12 +855,17 @@ func (v *Volume) Flush(ctx context.Context) error {
 				// Only space is at stake: the old stream stays a root.
 				v.m.log.Warn("releasing a volume's previous stream", "volume", v.name, "err", rerr)
 			}
-		case errors.Is(err, errNotApplied), errors.Is(err, wire.ErrShutdown):
+		case inUse && errors.Is(err, wire.ErrShutdown):
+			// Committed, then taken over: the head names the new stream,
+			// so the old one is ours to release.
+			_ = v.m.data.Release(rctx, old, v.dvol)
+		case !inUse && (errors.Is(err, errNotApplied) || errors.Is(err, wire.ErrShutdown)):
 			// The new stream is nobody's: give its retain back.
 			_ = v.m.data.Release(rctx, ref, v.dvol)
 		default:
-			// The head may name the new stream: keep its retain (at
-			// worst its space leaks) rather than let it be reclaimed.
+			// The head names, or may name, the new stream: keep its
+			// retain (at worst its space leaks) rather than let it be
+			// reclaimed.
 		}
 	}
 	v.mu.Lock()
