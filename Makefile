@@ -68,6 +68,7 @@ deps-test: ## install the OS packages the tests use, when missing
 	command -v nbdinfo >/dev/null || need="$$need libnbd-bin"; \
 	command -v qemu-img >/dev/null || need="$$need qemu-utils"; \
 	command -v fio >/dev/null || need="$$need fio"; \
+	dpkg -s busybox-static >/dev/null 2>&1 || need="$$need busybox-static"; \
 	if [ -n "$$need" ]; then echo "installing:$$need"; $(APT_GET) update && $(APT_GET) install $$need; fi
 
 clean: ## remove build output (not data)

@@ -25,7 +25,7 @@ STACK_ENV := SHOAL_IMAGE=$(IMAGE):$(VERSION) SHOAL_STACK=$(SWARM_STACK) SHOAL_SU
 # in hex, created when absent and never stored in the image or the config.
 SWARM_SECRETS := dedup-master s3-signing nbd-signing
 
-.PHONY: deps-docker images swarm-up swarm-down swarm-scale swarm-status swarm-access-key test-swarm
+.PHONY: plugin deps-docker images swarm-up swarm-down swarm-scale swarm-status swarm-access-key test-swarm
 
 deps-docker: ## install docker.io and start dockerd when absent (idempotent)
 	@command -v dockerd >/dev/null || { echo "installing docker.io"; $(APT_GET) update && $(APT_GET) install docker.io; }
@@ -47,6 +47,21 @@ images: deps-docker ## build the $(IMAGE):$(VERSION) image (FROM scratch, static
 	@if [ -r /etc/ssl/certs/ca-certificates.crt ]; then cp /etc/ssl/certs/ca-certificates.crt $(IMAGE_CTX)/; else : > $(IMAGE_CTX)/ca-certificates.crt; fi
 	DOCKER_BUILDKIT=0 docker build -q -f stacks/Dockerfile -t $(IMAGE):$(VERSION) $(IMAGE_CTX)
 	@docker image inspect -f 'image $(IMAGE):$(VERSION) {{.Size}} bytes' $(IMAGE):$(VERSION)
+
+# The Docker volume plugin, a managed plugin: a root file system holding
+# the static binary, and stacks/plugin/config.json, which asks for what
+# swarm services cannot have (CAP_SYS_ADMIN, /dev/fuse, a propagated mount).
+PLUGIN ?= shoal
+PLUGIN_CTX := bin/plugin
+plugin: deps-docker ## build and install the Docker volume plugin $(PLUGIN):$(VERSION) (disabled; see stacks/README.md)
+	@rm -rf $(PLUGIN_CTX) && mkdir -p $(PLUGIN_CTX)/rootfs/usr/local/bin $(PLUGIN_CTX)/rootfs/run/docker/plugins \
+	  $(PLUGIN_CTX)/rootfs/mnt/volumes $(PLUGIN_CTX)/rootfs/var/lib/shoal $(PLUGIN_CTX)/rootfs/tmp \
+	  $(PLUGIN_CTX)/rootfs/dev $(PLUGIN_CTX)/rootfs/proc $(PLUGIN_CTX)/rootfs/sys $(PLUGIN_CTX)/rootfs/etc
+	@chmod 1777 $(PLUGIN_CTX)/rootfs/tmp
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(PLUGIN_CTX)/rootfs/usr/local/bin/shoal ./services/cmd/shoal
+	@cp stacks/plugin/config.json $(PLUGIN_CTX)/
+	@docker plugin rm -f $(PLUGIN):$(VERSION) >/dev/null 2>&1 || true
+	docker plugin create $(PLUGIN):$(VERSION) $(PLUGIN_CTX)
 
 swarm-up: images ## single-node swarm (created if none), deploy $(SWARM_STACK), wait until every tier is healthy
 	@state=$$(docker info -f '{{.Swarm.LocalNodeState}}'); \

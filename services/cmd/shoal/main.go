@@ -44,6 +44,9 @@ commands:
   s3 key create|list|delete       manage S3 access keys (eval $(shoal s3 key create))
   bucket create NAME [-policy P]  create an S3 bucket with a storage policy
   nbd create|list|stat|delete     manage block-device volumes (served at nbd://HOST:10809/NAME)
+  fs create|list|delete NAME      manage file-system volumes
+  mount VOLUME DIR      mount a file-system volume with FUSE (foreground; Ctrl-C or fusermount3 -u ends it)
+  volume-plugin         serve the Docker volume plugin (the managed plugin's entrypoint, see stacks/README.md)
   put FILE|- [--policy P] [--volume V]   store a stream through the dedup tier, print its reference
   get REF [-o FILE]     read a stream back (verified) to stdout or FILE
   stat REF              size, chunks, stored bytes, dedup and compression ratios
@@ -85,6 +88,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdBucket(ctx, args[1:], stdout, stderr)
 	case "nbd":
 		err = cmdNBD(ctx, args[1:], stdout, stderr)
+	case "fs":
+		err = cmdFS(ctx, args[1:], stdout, stderr)
+	case "mount":
+		err = cmdMount(ctx, args[1:], stdout, stderr)
+	case "volume-plugin":
+		err = cmdVolumePlugin(ctx, args[1:], stdout, stderr)
 	case "put":
 		err = cmdPut(ctx, args[1:], stdin, stdout, stderr)
 	case "get":
