@@ -22,8 +22,10 @@ import (
 )
 
 const (
-	plugin = "shoal-e2e:test"
-	bbox   = "shoal-e2e-busybox:test"
+	// dockerLog is where `make deps-docker` has dockerd log (DOCKER_LOG).
+	dockerLog = "/var/log/shoal-dockerd.log"
+	plugin    = "shoal-e2e:test"
+	bbox      = "shoal-e2e-busybox:test"
 )
 
 func docker(t *testing.T, args ...string) string {
@@ -108,6 +110,15 @@ func setup(t *testing.T) (data, place, keyFile string) {
 	copyFile(t, "../../stacks/plugin/config.json", filepath.Join(dir, "config.json"), 0o644)
 	_, _ = tryDocker("plugin", "rm", "-f", plugin)
 	docker(t, "plugin", "create", plugin, dir)
+	t.Cleanup(func() {
+		// The plugin's own output goes to dockerd's log.
+		if t.Failed() {
+			if b, err := os.ReadFile(dockerLog); err == nil {
+				lines := strings.Split(string(b), "\n")
+				t.Logf("--- dockerd log (tail) ---\n%s", strings.Join(lines[max(0, len(lines)-60):], "\n"))
+			}
+		}
+	})
 	t.Cleanup(func() {
 		_, _ = tryDocker("volume", "rm", "-f", "pv1")
 		_, _ = tryDocker("plugin", "disable", "-f", plugin)

@@ -19,13 +19,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
-	"slices"
 	"time"
 
 	"shoal/services/dedup/client"
 	"shoal/services/nbd/wire"
 	"shoal/shared/block"
+	"shoal/shared/catalog"
 	"shoal/shared/dedup/policy"
 	"shoal/shared/dht"
 )
@@ -83,15 +82,16 @@ type Info struct {
 // Registry keeps the volumes' heads and the catalog of their names in the
 // cluster.
 type Registry struct {
-	dht *dht.Client
-	key ed25519.PrivateKey
-	pub ed25519.PublicKey
+	dht     *dht.Client
+	key     ed25519.PrivateKey
+	pub     ed25519.PublicKey
+	catalog *catalog.Catalog
 }
 
 // NewRegistry returns the registry signed by key (every NBD server and
 // the admin CLI of a cluster share it).
 func NewRegistry(dc *dht.Client, key ed25519.PrivateKey) *Registry {
-	return &Registry{dht: dc, key: key, pub: key.Public().(ed25519.PublicKey)}
+	return &Registry{dht: dc, key: key, pub: key.Public().(ed25519.PublicKey), catalog: catalog.New(dc, key, catalogName)}
 }
 
 const catalogName = "shoal/nbd/catalog"
@@ -101,11 +101,9 @@ func headName(volume string) string { return "shoal/nbd/volume/" + volume }
 // dataVolume is the dedup volume (encryption key scope) of an NBD volume.
 func dataVolume(name string) string { return "nbd/" + name }
 
-var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
-
 // ValidateName refuses names an NBD client could not ask for plainly.
 func ValidateName(name string) error {
-	if !validName.MatchString(name) {
+	if !catalog.ValidName(name) {
 		return fmt.Errorf("%w: volume name %q: 1-63 of a-z A-Z 0-9 . _ -, starting with a letter or digit", ErrInvalid, name)
 	}
 	return nil
@@ -147,43 +145,7 @@ func (r *Registry) Create(ctx context.Context, name string, size int64, pol stri
 		}
 		return err
 	}
-	return r.updateCatalog(ctx, func(names []string) []string {
-		if i, ok := slices.BinarySearch(names, name); !ok {
-			names = slices.Insert(names, i, name)
-		}
-		return names
-	})
-}
-
-func (r *Registry) updateCatalog(ctx context.Context, fn func([]string) []string) error {
-	addr := block.NamedAddress(r.pub, catalogName)
-	_, err := r.dht.Update(ctx, r.key, addr, func(cur []byte, _ uint64) ([]byte, error) {
-		names, err := decodeCatalog(cur)
-		if err != nil {
-			return nil, err
-		}
-		return json.Marshal(fn(names))
-	})
-	if errors.Is(err, block.ErrNotFound) {
-		// The first volume of the cluster: create the catalog, or, if
-		// another server just did, update it.
-		b, _ := json.Marshal(fn(nil))
-		if err = r.dht.CreateName(ctx, r.key, catalogName, b); errors.Is(err, dht.ErrExists) {
-			return r.updateCatalog(ctx, fn)
-		}
-	}
-	return err
-}
-
-func decodeCatalog(b []byte) ([]string, error) {
-	var names []string
-	if len(b) == 0 {
-		return nil, nil
-	}
-	if err := json.Unmarshal(b, &names); err != nil {
-		return nil, fmt.Errorf("nbd: catalog: %w", err)
-	}
-	return names, nil
+	return r.catalog.Add(ctx, name)
 }
 
 // get reads a volume's head and its version.
@@ -223,14 +185,7 @@ func (r *Registry) Stat(ctx context.Context, name string) (Info, error) {
 
 // List describes every volume, by name.
 func (r *Registry) List(ctx context.Context) ([]Info, error) {
-	m, err := r.dht.ResolveName(ctx, r.pub, catalogName)
-	if errors.Is(err, block.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	names, err := decodeCatalog(m.Payload)
+	names, err := r.catalog.Names(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -298,10 +253,5 @@ func (r *Registry) Delete(ctx context.Context, name string, data Data) error {
 	if err := r.dht.DeleteName(ctx, r.key, headName(name)); err != nil {
 		return err
 	}
-	return r.updateCatalog(ctx, func(names []string) []string {
-		if i, ok := slices.BinarySearch(names, name); ok {
-			names = slices.Delete(names, i, i+1)
-		}
-		return names
-	})
+	return r.catalog.Remove(ctx, name)
 }

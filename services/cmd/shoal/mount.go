@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -18,7 +17,6 @@ import (
 	"shoal/services/dedup/client"
 	shoalfs "shoal/services/fs"
 	"shoal/shared/dht"
-	"shoal/shared/identity"
 )
 
 // The file-system commands talk to the cluster directly (DHT through
@@ -149,61 +147,18 @@ func cmdMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // storage nodes and dials the dedup tier (lazily), then runs fn.
 func withFS(ctx context.Context, name string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
 	fn func(ctx context.Context, reg *shoalfs.Registry, dc *client.Client, args []string) error) error {
-	fs := newFlags(name, stderr)
-	var cfg dht.Config
-	cfg.RegisterFlags("", fs)
-	data := fs.String("data", envOr("SHOAL_DATA", "./data"), "data directory (for the default key file)")
-	keyFile := fs.String("key-file", "", "fs signing key file (default <data>/fs/signing.key, created when missing)")
-	wait := fs.Duration("wait", 10*time.Second, "how long to wait for enough storage nodes")
-	dedupAddr := fs.String("dedup", defaultDedupAddr, "dedup service address")
-	if extra != nil {
-		extra(fs)
-	}
-	var pos []string
-	for {
-		if err := parse(fs, args); err != nil {
+	var dedupAddr string
+	return withCluster(ctx, name, "fs", true, fsUsage, args, stderr, nargs, func(fs *flag.FlagSet) {
+		fs.StringVar(&dedupAddr, "dedup", defaultDedupAddr, "dedup service address")
+		if extra != nil {
+			extra(fs)
+		}
+	}, func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, pos []string) error {
+		dc, err := client.Dial(dedupAddr)
+		if err != nil {
 			return err
 		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-	if len(pos) != nargs {
-		return usagef("%s", fsUsage)
-	}
-	var key ed25519.PrivateKey
-	if *keyFile != "" {
-		k, err := identity.LoadFile(*keyFile)
-		if err != nil {
-			return fmt.Errorf("fs signing key: %w (see -key-file)", err)
-		}
-		key = k
-	} else {
-		u, _, err := identity.Store{Dir: filepath.Join(*data, "fs")}.LoadOrCreate("signing")
-		if err != nil {
-			return fmt.Errorf("fs signing key: %w (see -key-file)", err)
-		}
-		key = u.Key
-	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	cl, err := dht.New(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	wctx, cancel := context.WithTimeout(ctx, *wait)
-	defer cancel()
-	if err := cl.WaitForNodes(wctx, cl.Config().WriteQuorum); err != nil {
-		return err
-	}
-	dc, err := client.Dial(*dedupAddr)
-	if err != nil {
-		return err
-	}
-	defer dc.Close()
-	return fn(ctx, shoalfs.NewRegistry(cl, key), dc, pos)
+		defer dc.Close()
+		return fn(ctx, shoalfs.NewRegistry(cl, key), dc, pos)
+	})
 }

@@ -144,7 +144,7 @@ func parseSize(s string) (int64, error) {
 func withNBD(ctx context.Context, name string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
 	fn func(ctx context.Context, reg *nbd.Registry, dc *client.Client, args []string) error) error {
 	var dedupAddr string
-	return withCluster(ctx, name, "nbd", nbdUsage, args, stderr, nargs, func(fs *flag.FlagSet) {
+	return withCluster(ctx, name, "nbd", false, nbdUsage, args, stderr, nargs, func(fs *flag.FlagSet) {
 		fs.StringVar(&dedupAddr, "dedup", nbd.DefaultConfig().Dedup, "dedup service address")
 		if extra != nil {
 			extra(fs)

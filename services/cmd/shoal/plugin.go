@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -64,26 +65,59 @@ func cmdVolumePlugin(ctx context.Context, args []string, _, stderr io.Writer) er
 			cfg.NATS = nc
 		}
 	}
-	vols := &pluginVolumes{reg: fs.NewRegistry(cl, key), data: dc, cfg: cfg}
+	vols := &pluginVolumes{cl: cl, reg: fs.NewRegistry(cl, key), data: dc, cfg: cfg}
 	log.Info("volume plugin serving", "socket", *socket, "mount_root", *root)
 	return volumeplugin.New(vols, *root, log).Serve(ctx, *socket)
 }
 
 // pluginVolumes adapts the file-system frontend to the driver.
 type pluginVolumes struct {
-	reg  *fs.Registry
-	data *client.Client
-	cfg  fs.Config
+	cl    *dht.Client
+	reg   *fs.Registry
+	data  *client.Client
+	cfg   fs.Config
+	ready atomic.Bool
+}
+
+// wait holds the first calls until the cluster's view has a write quorum
+// of storage nodes: Docker calls the plugin as soon as its socket is up,
+// before the placement watch has delivered a view.
+func (v *pluginVolumes) wait(ctx context.Context) error {
+	if v.ready.Load() {
+		return nil
+	}
+	if err := v.cl.WaitForNodes(ctx, v.cl.Config().WriteQuorum); err != nil {
+		return err
+	}
+	v.ready.Store(true)
+	return nil
 }
 
 func (v *pluginVolumes) Create(ctx context.Context, name, policy string) error {
+	if err := v.wait(ctx); err != nil {
+		return err
+	}
 	return v.reg.Create(ctx, name, policy)
 }
+
 func (v *pluginVolumes) Stat(ctx context.Context, name string) (fs.Info, error) {
+	if err := v.wait(ctx); err != nil {
+		return fs.Info{}, err
+	}
 	return v.reg.Stat(ctx, name)
 }
-func (v *pluginVolumes) List(ctx context.Context) ([]fs.Info, error) { return v.reg.List(ctx) }
+
+func (v *pluginVolumes) List(ctx context.Context) ([]fs.Info, error) {
+	if err := v.wait(ctx); err != nil {
+		return nil, err
+	}
+	return v.reg.List(ctx)
+}
+
 func (v *pluginVolumes) Delete(ctx context.Context, name string) error {
+	if err := v.wait(ctx); err != nil {
+		return err
+	}
 	return v.reg.Delete(ctx, name, v.data)
 }
 
@@ -91,6 +125,9 @@ func (v *pluginVolumes) Delete(ctx context.Context, name string) error {
 // has none; it holds CAP_SYS_ADMIN instead) and lets the containers' users
 // in, whatever their uid.
 func (v *pluginVolumes) Mount(ctx context.Context, name, dir string) (volumeplugin.Mount, error) {
+	if err := v.wait(ctx); err != nil {
+		return nil, err
+	}
 	f, err := v.reg.Open(ctx, name, v.data, v.cfg)
 	if err != nil {
 		return nil, err

@@ -99,7 +99,7 @@ func cmdBucket(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // runs fn with an S3 server object bound to the cluster's metadata.
 func withS3(ctx context.Context, name string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
 	fn func(ctx context.Context, srv *s3.Server, args []string) error) error {
-	return withCluster(ctx, name, "s3", s3Usage, args, stderr, nargs, extra,
+	return withCluster(ctx, name, "s3", false, s3Usage, args, stderr, nargs, extra,
 		func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, pos []string) error {
 			// Key and bucket administration never touches object data; the
 			// dedup connection is lazy and stays unused.
@@ -118,10 +118,11 @@ func withS3(ctx context.Context, name string, args []string, stderr io.Writer, n
 
 // withCluster is what the admin commands of a frontend share: it parses
 // flags (before or after the nargs positional arguments), loads the
-// frontend's signing key (-key-file, default <data>/<frontend>/signing.key),
-// connects to the cluster through -placement and waits for a write quorum
-// of storage nodes, then runs fn.
-func withCluster(ctx context.Context, name, frontend, usage string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
+// frontend's signing key (-key-file, default <data>/<frontend>/signing.key,
+// created when missing if createKey: no server creates the file-system
+// key), connects to the cluster through -placement and waits for a write
+// quorum of storage nodes, then runs fn.
+func withCluster(ctx context.Context, name, frontend string, createKey bool, usage string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
 	fn func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, args []string) error) error {
 	fs := newFlags(name, stderr)
 	var dc dht.Config
@@ -146,13 +147,26 @@ func withCluster(ctx context.Context, name, frontend, usage string, args []strin
 	if len(pos) != nargs {
 		return usagef("%s", usage)
 	}
-	kf := *keyFile
-	if kf == "" {
-		kf = filepath.Join(*data, frontend, "signing.key")
-	}
-	key, err := identity.LoadFile(kf)
-	if err != nil {
-		return fmt.Errorf("%s signing key: %w (see -key-file)", frontend, err)
+	var key ed25519.PrivateKey
+	switch {
+	case *keyFile != "":
+		k, err := identity.LoadFile(*keyFile)
+		if err != nil {
+			return fmt.Errorf("%s signing key: %w (see -key-file)", frontend, err)
+		}
+		key = k
+	case createKey:
+		u, _, err := identity.Store{Dir: filepath.Join(*data, frontend)}.LoadOrCreate("signing")
+		if err != nil {
+			return fmt.Errorf("%s signing key: %w (see -key-file)", frontend, err)
+		}
+		key = u.Key
+	default:
+		k, err := identity.LoadFile(filepath.Join(*data, frontend, "signing.key"))
+		if err != nil {
+			return fmt.Errorf("%s signing key: %w (see -key-file)", frontend, err)
+		}
+		key = k
 	}
 	if err := dc.Validate(); err != nil {
 		return err
