@@ -40,7 +40,7 @@ var (
 	clients  = flag.Int("clients", 64, "concurrent clients for 4 KiB operations")
 	bigConc  = flag.Int("big-clients", 8, "concurrent clients for 4 MiB operations")
 	cpuProf  = flag.String("cpuprofile", "", "write the benchmark client's CPU profile here (the cluster's: SHOAL_CPU_PROFILE)")
-	only     = flag.String("only", "", "comma-separated phases to run: core,mutable,dedup,s3,nbd,node (default all)")
+	only     = flag.String("only", "", "comma-separated phases to run: core,mutable,dedup,s3,nbd,fs,node (default all)")
 )
 
 type row struct{ name, value, note string }
@@ -79,6 +79,9 @@ func main() {
 	}
 	if phase("nbd") {
 		nbdBench(filepath.Join(*dir, "nbd"), raw)
+	}
+	if phase("fs") {
+		fsBench(filepath.Join(*dir, "fs"), raw)
 	}
 	if phase("node") && *million > 0 {
 		rss, took := nodeWithBlocks(filepath.Join(*dir, "node"), *million)
