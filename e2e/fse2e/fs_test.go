@@ -713,3 +713,42 @@ func TestInvalidation(t *testing.T) {
 	mustWrite(t, pb("d/new"), []byte("new"))
 	mustRead(t, pa("d/new"), []byte("new"))
 }
+
+// TestEncryptedVolumeKeepsNoPlaintext: an encrypted volume's files, small
+// ones too (which an unencrypted volume keeps inside their inode blocks),
+// leave no plaintext on the storage nodes' disks. The unencrypted volume
+// is the control: its small file is found, so the scan can find one.
+func TestEncryptedVolumeKeepsNoPlaintext(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	if err := e.reg.Create(ctx, "secret", "encrypt=on"); err != nil {
+		t.Fatal(err)
+	}
+	e.create(t, "plain")
+	marker := func(vol string) []byte { return []byte("SHOAL-FS-PLAINTEXT-" + vol + "-7f3a91") }
+	scan := func(m []byte) bool {
+		found := false
+		_ = filepath.Walk(e.c.Dir(), func(p string, fi os.FileInfo, err error) error {
+			if err != nil || fi.IsDir() || found {
+				return nil
+			}
+			if raw, err := os.ReadFile(p); err == nil && bytes.Contains(raw, m) {
+				found = true
+			}
+			return nil
+		})
+		return found
+	}
+	for _, vol := range []string{"secret", "plain"} {
+		mnt, _ := e.mount(t, vol)
+		for _, n := range []int{100, 3000, 20000} {
+			body := bytes.Repeat(append(marker(vol), '\n'), n/len(marker(vol))+1)[:n]
+			mustWrite(t, filepath.Join(mnt, fmt.Sprintf("f%d", n)), body)
+			mustRead(t, filepath.Join(mnt, fmt.Sprintf("f%d", n)), body)
+		}
+	}
+	framework.Eventually(t, 10*time.Second, "the unencrypted volume's plaintext on disk (control)", func() bool { return scan(marker("plain")) })
+	if scan(marker("secret")) {
+		t.Fatal("plaintext of an encrypted volume found on the storage nodes' disks")
+	}
+}

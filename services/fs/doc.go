@@ -10,7 +10,9 @@
 // signed by the same key, in a compact binary encoding (inode.go: about
 // 20 bytes for an empty file, name + 34 bytes per directory entry). A
 // directory's inode holds its entries (name → inode address, kind); a
-// file's holds its data inline up to 4 KiB, or a reference to a dedup
+// file's holds its data inline up to 4 KiB (never in a volume whose policy
+// encrypts: inodes are not sealed, so there every file goes through the
+// dedup tier), or a reference to a dedup
 // stream written under the volume's policy into dedup volume "fs/NAME"
 // (so encryption keys are per volume; the dedup volume is derived from
 // the volume name rather than repeated in every inode); a symlink's holds
@@ -89,6 +91,8 @@
 //     the new inode; if the update was in fact decided, the name is left
 //     pointing at nothing (ENOENT on lookup; unlink removes it).
 //   - No hard links, xattrs, device nodes, FIFOs or sockets.
+//   - Encryption covers file data only: names, symlink targets and
+//     attributes are stored in the inode blocks in clear.
 //   - Throughput is bound by round trips: creating a file costs an inode
 //     create and a directory compare-and-set, closing it a dedup write and
 //     a compare-and-set (about 40 small files/s extracted by tar on the

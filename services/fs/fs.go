@@ -22,6 +22,7 @@ import (
 
 	"shoal/services/dedup/client"
 	"shoal/shared/block"
+	"shoal/shared/dedup/policy"
 	"shoal/shared/dht"
 	"shoal/shared/sizedcache"
 )
@@ -78,6 +79,9 @@ type FS struct {
 	data   Data
 	name   string
 	policy string
+	// inline: small files may be kept in their inode (not when the policy
+	// encrypts: inodes are not sealed).
+	inline bool
 	dvol   string
 	root   block.Address
 	cfg    Config
@@ -103,8 +107,19 @@ func (r *Registry) Open(ctx context.Context, name string, data Data, cfg Config)
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	// Inline data lives in the inode block as it is: an encrypting volume
+	// sends every file, however small, through the dedup tier to be sealed.
+	inline := true
+	if in.Policy != "" {
+		p, err := policy.Parse(in.Policy)
+		if err != nil {
+			return nil, fmt.Errorf("fs: volume %s policy: %w", name, err)
+		}
+		inline = !p.Encrypt
+	}
 	return &FS{
-		dht: r.dht, key: r.key, data: data, name: name, policy: in.Policy, dvol: DataVolume(name),
+		inline: inline,
+		dht:    r.dht, key: r.key, data: data, name: name, policy: in.Policy, dvol: DataVolume(name),
 		root: in.Root, cfg: cfg, log: cfg.Log,
 		pages:    sizedcache.New[pageKey, []byte](cfg.CacheBytes),
 		inflight: map[pageKey]*fetch{},

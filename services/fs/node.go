@@ -852,7 +852,7 @@ func (n *node) commitLocked(ctx context.Context) error {
 	defer cancel()
 	size := n.spool.size
 	var data, ref []byte
-	if size <= InlineMax {
+	if size <= InlineMax && n.fsys.inline {
 		data = make([]byte, size)
 		if _, err := n.spool.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
 			return err
