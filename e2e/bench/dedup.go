@@ -99,10 +99,7 @@ func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 func startDedupCluster(data string, nodes int) (*exec.Cmd, string) {
 	cmd := shoalCmd("serve", "-target=nats,placement,blockstore,dedup", "-data="+data, fmt.Sprintf("-nodes=%d", nodes),
 		"-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0")
-	addr := ""
-	if f := startBanner(cmd)["dedup"]; len(f) > 0 {
-		addr = f[0]
-	}
+	addr := startBanner(cmd).get("dedup")
 	if addr == "" {
 		check(fmt.Errorf("dedup cluster printed no dedup endpoint"))
 	}

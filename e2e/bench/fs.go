@@ -29,22 +29,17 @@ func fsBench(dataDir string, raw float64) {
 	if *fsFiles <= 0 {
 		return
 	}
-	for _, tool := range []string{"tar", "fusermount3"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			check(fmt.Errorf("%s is needed for the FS section (apt-get install tar fuse3): %w", tool, err))
-		}
-	}
-	cmd := shoalCmd("serve", "-data="+dataDir, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
-		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0")
+	needTools("FS", "tar fuse3", "tar", "fusermount3")
+	cmd := allInOneCmd(dataDir)
 	b := startBanner(cmd)
 	defer stopGracefully(cmd, syscall.SIGTERM)
-	common := []string{"-placement", b["placement"][0], "-dedup", b["dedup"][0], "-data", dataDir}
+	common := []string{"-placement", b.get("placement"), "-dedup", b.get("dedup"), "-data", dataDir}
 	if out, err := shoalCmd(append([]string{"fs", "create", "bench"}, common...)...).CombinedOutput(); err != nil {
 		check(fmt.Errorf("fs create: %v: %s", err, out))
 	}
 	mnt := filepath.Join(*dir, "fs-mnt")
 	check(os.MkdirAll(mnt, 0o755))
-	mount := shoalCmd(append([]string{"mount", "bench", mnt, "-nats", b["nats"][0]}, common...)...)
+	mount := shoalCmd(append([]string{"mount", "bench", mnt, "-nats", b.get("nats")}, common...)...)
 	out, err := mount.StdoutPipe()
 	check(err)
 	check(mount.Start())

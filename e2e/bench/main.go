@@ -246,20 +246,46 @@ func measureWorkers(n, conc int, op func(w, i int)) result {
 }
 
 func startAllInOne(data string) (*exec.Cmd, string) {
-	cmd := shoalCmd("serve", "-data="+data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0",
-		"-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0")
+	cmd := allInOneCmd(data)
 	cmd.Stderr = nil
-	return cmd, startBanner(cmd)["placement"][0]
+	return cmd, startBanner(cmd).get("placement")
+}
+
+// allInOneCmd is `shoal serve` of every service, on ports the kernel
+// picks.
+func allInOneCmd(data string, extra ...string) *exec.Cmd {
+	return shoalCmd(append([]string{"serve", "-data=" + data, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
+		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0"}, extra...)...)
+}
+
+// banner is a start-up banner's lines by first word, holding the others.
+type banner map[string][]string
+
+// get is the second word of the line starting with key ("" if none).
+func (b banner) get(key string) string {
+	if f := b[key]; len(f) > 0 {
+		return f[0]
+	}
+	return ""
+}
+
+// needTools stops the benchmark when a section's tools are missing.
+func needTools(section, packages string, tools ...string) {
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			check(fmt.Errorf("%s is needed for the %s section (apt-get install %s): %w", tool, section, packages, err))
+		}
+	}
 }
 
 // startBanner starts a `shoal serve` command and returns its start-up
 // banner's lines by first word ("placement" -> its other words), read up
 // to the "data" line; the rest of its output is drained.
-func startBanner(cmd *exec.Cmd) map[string][]string {
+func startBanner(cmd *exec.Cmd) banner {
 	out, err := cmd.StdoutPipe()
 	check(err)
 	check(cmd.Start())
-	fields := map[string][]string{}
+	fields := banner{}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())

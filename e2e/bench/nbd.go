@@ -27,25 +27,12 @@ func nbdBench(dataDir string, raw float64) {
 	if *nbdMiB <= 0 {
 		return
 	}
-	for _, tool := range []string{"nbdcopy", "fio"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			check(fmt.Errorf("%s is needed for the NBD section (apt-get install libnbd-bin fio): %w", tool, err))
-		}
-	}
-	cmd := shoalCmd("serve", "-data="+dataDir, "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
-		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0")
+	needTools("NBD", "libnbd-bin fio", "nbdcopy", "fio")
+	cmd := allInOneCmd(dataDir)
 	b := startBanner(cmd)
 	defer stopGracefully(cmd, syscall.SIGTERM)
-	var nbdAddr, place, dedupAddr string
-	if f := b["nbd"]; len(f) > 0 {
-		nbdAddr = strings.TrimSuffix(strings.TrimPrefix(f[0], "nbd://"), "/VOLUME")
-	}
-	if f := b["placement"]; len(f) > 0 {
-		place = f[0]
-	}
-	if f := b["dedup"]; len(f) > 0 {
-		dedupAddr = f[0]
-	}
+	nbdAddr := strings.TrimSuffix(strings.TrimPrefix(b.get("nbd"), "nbd://"), "/VOLUME")
+	place, dedupAddr := b.get("placement"), b.get("dedup")
 	if nbdAddr == "" {
 		check(fmt.Errorf("all-in-one printed no NBD endpoint"))
 	}

@@ -34,8 +34,7 @@ func s3Bench(dataDir string, raw float64) {
 	if *s3Big <= 0 && *s3Small <= 0 {
 		return
 	}
-	cmd := shoalCmd("serve", "-data="+dataDir, "-nodes=4", "-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0",
-		"-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0", "-nbd.addr=127.0.0.1:0")
+	cmd := allInOneCmd(dataDir, "-nodes=4")
 	cmd.Env = os.Environ()
 	if *s3Profile != "" {
 		cmd.Env = append(cmd.Env, "SHOAL_CPU_PROFILE="+*s3Profile)
@@ -43,10 +42,8 @@ func s3Bench(dataDir string, raw float64) {
 	b := startBanner(cmd)
 	// SIGINT lets the process write its CPU profile.
 	defer stopGracefully(cmd, syscall.SIGINT)
-	var endpoint, id, secret string
-	if f := b["s3"]; len(f) > 0 {
-		endpoint = f[0]
-	}
+	endpoint := b.get("s3")
+	var id, secret string
 	if f := b["s3-key"]; len(f) >= 2 {
 		id, secret = strings.TrimPrefix(f[0], "AWS_ACCESS_KEY_ID="), strings.TrimPrefix(f[1], "AWS_SECRET_ACCESS_KEY=")
 	}

@@ -440,8 +440,8 @@ func (s *Service) Patch(stream dpb.Dedup_PatchServer) error {
 		}
 	}
 	var (
-		ext   []dedup.Extent
-		bytes int64
+		ext  []dedup.Extent
+		held int64
 	)
 	for m := first; ; {
 		switch {
@@ -453,11 +453,11 @@ func (s *Service) Patch(stream dpb.Dedup_PatchServer) error {
 			} else {
 				ext = append(ext, dedup.Extent{Off: m.Offset, Data: m.Data})
 			}
-			bytes += int64(len(m.Data))
+			held += int64(len(m.Data))
 		case m.ZeroLength != 0:
 			ext = append(ext, dedup.Extent{Off: m.Offset, Length: m.ZeroLength})
 		}
-		if bytes > maxPatchBytes {
+		if held > maxPatchBytes {
 			return toStatus(invalid("a patch carries at most %d bytes of data", maxPatchBytes))
 		}
 		if m, err = stream.Recv(); errors.Is(err, io.EOF) {

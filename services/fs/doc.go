@@ -49,10 +49,9 @@
 // changes made while the file holds unflushed writes (tar's fchown,
 // fchmod, futimens) travel in the same compare-and-set.
 //
-// A compare-and-set whose change was decided by an earlier, uncertain
-// round and then built upon by others returns a later version than the
-// next one; the inode is then read again rather than cached as written
-// (caching it lost the others' changes at the next write).
+// A compare-and-set returns the version that holds our change; others may
+// have built on it already (when an earlier, uncertain attempt was carried
+// forward), in which case the next change conflicts and reads them.
 //
 // Reads come from the spool while one exists, else from the inode: inline,
 // or 1 MiB pages of the stream kept in a per-mount cache

@@ -153,13 +153,6 @@ func (n *node) updateLocked(ctx context.Context, fn func(*Inode) error) (*Inode,
 			return nil, err
 		}
 		n.fsys.announce(n.addr, v)
-		if v != n.ver+1 {
-			// Our change was decided on an earlier, uncertain attempt and
-			// others have built on it since: version v is not next but
-			// next plus their changes. Read it.
-			n.ino, n.ver = nil, 0
-			return n.loadLocked(ctx, 0)
-		}
 		n.ino, n.ver, n.fetched = next, v, time.Now()
 		return next, nil
 	}

@@ -69,8 +69,8 @@ func DataVolume(name string) string { return "fs/" + name }
 
 // ValidateName refuses volume names other than 1-63 of a-z A-Z 0-9 . _ -.
 func ValidateName(name string) error {
-	if !catalog.ValidName(name) {
-		return fmt.Errorf("%w: volume name %q: 1-63 of a-z A-Z 0-9 . _ -, starting with a letter or digit", ErrInvalid, name)
+	if err := catalog.CheckName(name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }

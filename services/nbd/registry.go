@@ -103,8 +103,8 @@ func dataVolume(name string) string { return "nbd/" + name }
 
 // ValidateName refuses names an NBD client could not ask for plainly.
 func ValidateName(name string) error {
-	if !catalog.ValidName(name) {
-		return fmt.Errorf("%w: volume name %q: 1-63 of a-z A-Z 0-9 . _ -, starting with a letter or digit", ErrInvalid, name)
+	if err := catalog.CheckName(name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }

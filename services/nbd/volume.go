@@ -158,26 +158,12 @@ func (m *Manager) openVolume(ctx context.Context, name string) (*Volume, error) 
 	t0 := time.Now()
 	h.Expires = t0.Add(m.cfg.LeaseTTL)
 	nv, err := m.reg.cas(ctx, name, ver, h)
-	keep := false // the head names made: never release it
-	if err == nil && nv != ver+1 {
-		// Decided on top of other changes (see casHead): take the lease
-		// only if the head is what we wrote.
-		cur, cv, gerr := m.reg.get(ctx, name)
-		switch {
-		case gerr != nil:
-			err, keep = gerr, true
-		case cur.Holder != m.id || cur.Epoch != h.Epoch || !bytes.Equal(cur.Ref, h.Ref):
-			err, keep = errOpenRaced, made != nil && bytes.Equal(cur.Ref, made)
-		default:
-			h, nv = cur, cv
-		}
-	}
 	if err != nil {
 		var ce *dht.ConflictError
-		lost := errors.As(err, &ce) || errors.Is(err, errOpenRaced)
+		lost := errors.As(err, &ce)
 		// Only a write known not to have happened frees the new stream;
 		// after an ambiguous one, the head may name it.
-		if made != nil && lost && !keep {
+		if made != nil && lost {
 			_ = m.data.Release(context.WithoutCancel(ctx), made, v.dvol)
 		}
 		if lost {
@@ -190,9 +176,6 @@ func (m *Manager) openVolume(ctx context.Context, name string) (*Volume, error) 
 	go v.background()
 	return v, nil
 }
-
-// errOpenRaced: another change to the head won over an open's.
-var errOpenRaced = errors.New("nbd: the head changed while opening")
 
 // Volume is one open volume. Reads and writes are served from the dirty
 // extents, the extents being committed, a cache of clean extents, and
@@ -364,21 +347,16 @@ func (v *Volume) renew(ctx context.Context) error {
 var errNotApplied = errors.New("nbd: head not updated")
 
 // casHead writes h over version ver of the head. A failed or ambiguous
-// compare-and-set (a timeout may hide a decision), or one decided at
-// another version than ver+1 (an earlier uncertain round of ours carried
-// forward, others' changes on top), is settled by reading the head: if it
-// is h, the write happened; if the lease is still ours (same holder and
-// epoch), it did not (errNotApplied; v.h and v.ver are brought up to
-// date); else the lease is lost. An unreadable head leaves the outcome
-// unknown. inUse reports whether the head read names stream ref (then it
+// compare-and-set (a timeout may hide a decision) is settled by reading the
+// head: if it is h, the write happened; if the lease is still ours (same
+// holder and epoch), it did not (errNotApplied; v.h and v.ver are brought up
+// to date); else the lease is lost. An unreadable head leaves the outcome
+// unknown. inUse reports whether the head read names stream h.Ref (then it
 // must not be released whatever the outcome). commitMu held.
 func (v *Volume) casHead(ctx context.Context, ver uint64, h head) (nv uint64, inUse bool, err error) {
 	nv, err = v.m.reg.cas(ctx, v.name, ver, h)
-	if err == nil && nv == ver+1 {
-		return nv, true, nil
-	}
 	if err == nil {
-		err = fmt.Errorf("head decided at version %d, not %d", nv, ver+1)
+		return nv, true, nil
 	}
 	cur, cv, gerr := v.m.reg.get(ctx, v.name)
 	if gerr != nil {

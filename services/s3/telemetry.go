@@ -6,9 +6,9 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	shtel "shoal/shared/telemetry"
 )
 
 const instrumentation = "shoal/services/s3"
@@ -16,40 +16,18 @@ const instrumentation = "shoal/services/s3"
 // telemetry uses the global OpenTelemetry providers, which shared/telemetry
 // configures once per process (no-ops until then).
 type telemetry struct {
-	tracer   trace.Tracer
-	requests metric.Int64Counter
-	bytesIn  metric.Int64Counter
-	bytesOut metric.Int64Counter
-	duration metric.Float64Histogram
+	tracer trace.Tracer
+	*shtel.Requests
 }
 
 func newTelemetry() (*telemetry, error) {
-	m := otel.Meter(instrumentation)
-	t := &telemetry{tracer: otel.Tracer(instrumentation)}
-	var err error
-	if t.requests, err = m.Int64Counter("s3.requests", metric.WithDescription("S3 requests by operation and status.")); err != nil {
+	r, err := shtel.NewRequests(otel.Meter(instrumentation), "s3", "S3")
+	if err != nil {
 		return nil, err
 	}
-	if t.bytesIn, err = m.Int64Counter("s3.bytes.in", metric.WithUnit("By")); err != nil {
-		return nil, err
-	}
-	if t.bytesOut, err = m.Int64Counter("s3.bytes.out", metric.WithUnit("By")); err != nil {
-		return nil, err
-	}
-	if t.duration, err = m.Float64Histogram("s3.request.duration", metric.WithUnit("s")); err != nil {
-		return nil, err
-	}
-	return t, nil
+	return &telemetry{tracer: otel.Tracer(instrumentation), Requests: r}, nil
 }
 
 func (t *telemetry) record(ctx context.Context, op string, status int, in, out int64, d time.Duration) {
-	opAttr := attribute.String("operation", op)
-	t.requests.Add(ctx, 1, metric.WithAttributes(opAttr, attribute.String("status", strconv.Itoa(status))))
-	if in > 0 {
-		t.bytesIn.Add(ctx, in, metric.WithAttributes(opAttr))
-	}
-	if out > 0 {
-		t.bytesOut.Add(ctx, out, metric.WithAttributes(opAttr))
-	}
-	t.duration.Record(ctx, d.Seconds(), metric.WithAttributes(opAttr))
+	t.Record(ctx, op, strconv.Itoa(status), in, out, d)
 }

@@ -97,6 +97,14 @@ func (c *Catalog) decode(b []byte) ([]string, error) {
 
 var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 
+// CheckName is ValidName as an error that says what a name may be.
+func CheckName(name string) error {
+	if !ValidName(name) {
+		return fmt.Errorf("volume name %q: 1-63 of a-z A-Z 0-9 . _ -, starting with a letter or digit", name)
+	}
+	return nil
+}
+
 // ValidName reports whether name is a volume name every frontend and
 // client can carry plainly (an NBD export name, a Docker volume name, a
 // path element): 1-63 of a-z A-Z 0-9 . _ -, starting with a letter or

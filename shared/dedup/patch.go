@@ -91,7 +91,9 @@ type storedChunk struct {
 func (w *Writer) storeChunks(ctx context.Context, chunks [][]byte) ([]storedChunk, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	p := &pipeline{w: w, ctx: ctx, cancel: cancel, budget: newBudget(w.cfg.MaxInFlight), digest: newStreamDigest()}
+	// Only seal and put are used: no budget (the caller holds the chunks
+	// already) and no digest.
+	p := &pipeline{w: w, ctx: ctx, cancel: cancel}
 	out := make([]storedChunk, len(chunks))
 	sem := make(chan struct{}, w.cfg.Puts)
 	var wg sync.WaitGroup

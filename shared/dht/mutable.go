@@ -227,18 +227,16 @@ func (c *Client) Update(ctx context.Context, key ed25519.PrivateKey, addr block.
 
 // CompareAndSet writes payload as version expect+1 if the block is still at
 // version expect; otherwise it returns a *ConflictError with the current
-// value.
+// value. On success it returns expect+1, the version holding payload.
 //
-// It returns the version of the state the decision left, which is not
-// always expect+1: when an earlier, uncertain attempt of this call was
-// carried forward by another proposer and further changes were made on
-// top of it before this call learned so, the write did happen (as version
-// expect+1) and the version returned is the later one, whose payload is
-// not ours. A caller that keeps the payload it wrote as the block's
-// current value must check the version and read the block again when it
-// is not expect+1 (services/fs and services/nbd do).
+// That is not always the block's version by the time the call returns:
+// an earlier, uncertain attempt of this call may have been carried forward
+// by another proposer, and further changes made on top of it before this
+// call learned so. A caller keeping payload as version expect+1 is then
+// merely behind, and its next compare-and-set conflicts and shows it the
+// current value, as after any concurrent change.
 func (c *Client) CompareAndSet(ctx context.Context, key ed25519.PrivateKey, addr block.Address, expect uint64, payload []byte) (uint64, error) {
-	st, err := c.propose(ctx, "cas", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+	_, err := c.propose(ctx, "cas", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
 		if cur == nil || cur.Tombstone {
 			return nil, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
 		}
@@ -250,7 +248,7 @@ func (c *Client) CompareAndSet(ctx context.Context, key ed25519.PrivateKey, addr
 	if err != nil {
 		return 0, err
 	}
-	return st.Version, nil
+	return expect + 1, nil
 }
 
 // CreateName binds name (under key's owner) to value, once: it fails with

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -48,10 +47,7 @@ func cmdFS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fs.StringVar(&pol, "policy", "", "storage policy of the files' data, e.g. chunk=cdc:16k/64k/256k,redundancy=ec:4+2 (default: the dedup tier's)")
 		}, func(ctx context.Context, reg *shoalfs.Registry, _ *client.Client, a []string) error {
 			if err := reg.Create(ctx, a[0], pol); err != nil {
-				if errors.Is(err, shoalfs.ErrInvalid) || errors.Is(err, shoalfs.ErrExists) {
-					return usageError{err.Error()}
-				}
-				return err
+				return asUsage(err, shoalfs.ErrInvalid, shoalfs.ErrExists)
 			}
 			fmt.Fprintln(stdout, a[0])
 			return nil
@@ -75,11 +71,7 @@ func cmdFS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		})
 	case "delete":
 		return withFS(ctx, "fs delete", args[1:], stderr, 1, nil, func(ctx context.Context, reg *shoalfs.Registry, dc *client.Client, a []string) error {
-			err := reg.Delete(ctx, a[0], dc)
-			if errors.Is(err, shoalfs.ErrNotFound) || errors.Is(err, shoalfs.ErrInvalid) {
-				return usageError{err.Error()}
-			}
-			return err
+			return asUsage(reg.Delete(ctx, a[0], dc), shoalfs.ErrNotFound, shoalfs.ErrInvalid)
 		})
 	}
 	return usagef("%s", fsUsage)
@@ -111,11 +103,8 @@ func cmdMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 		fsys, err := reg.Open(ctx, vol, dc, cfg)
-		if errors.Is(err, shoalfs.ErrNotFound) || errors.Is(err, shoalfs.ErrInvalid) {
-			return usageError{err.Error()}
-		}
 		if err != nil {
-			return err
+			return asUsage(err, shoalfs.ErrNotFound, shoalfs.ErrInvalid)
 		}
 		srv, err := fsys.Mount(dir)
 		if err != nil {
@@ -147,18 +136,8 @@ func cmdMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // storage nodes and dials the dedup tier (lazily), then runs fn.
 func withFS(ctx context.Context, name string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
 	fn func(ctx context.Context, reg *shoalfs.Registry, dc *client.Client, args []string) error) error {
-	var dedupAddr string
-	return withCluster(ctx, name, "fs", true, fsUsage, args, stderr, nargs, func(fs *flag.FlagSet) {
-		fs.StringVar(&dedupAddr, "dedup", defaultDedupAddr, "dedup service address")
-		if extra != nil {
-			extra(fs)
-		}
-	}, func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, pos []string) error {
-		dc, err := client.Dial(dedupAddr)
-		if err != nil {
-			return err
-		}
-		defer dc.Close()
-		return fn(ctx, shoalfs.NewRegistry(cl, key), dc, pos)
-	})
+	return withDedup(ctx, name, "fs", true, fsUsage, args, stderr, nargs, extra,
+		func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, dc *client.Client, pos []string) error {
+			return fn(ctx, shoalfs.NewRegistry(cl, key), dc, pos)
+		})
 }

@@ -46,10 +46,7 @@ func cmdNBD(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				return usageError{err.Error()}
 			}
 			if err := reg.Create(ctx, a[0], n, pol); err != nil {
-				if errors.Is(err, nbd.ErrInvalid) || errors.Is(err, nbd.ErrExists) {
-					return usageError{err.Error()}
-				}
-				return err
+				return asUsage(err, nbd.ErrInvalid, nbd.ErrExists)
 			}
 			fmt.Fprintln(stdout, a[0])
 			return nil
@@ -65,22 +62,16 @@ func cmdNBD(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	case "stat":
 		return withNBD(ctx, "nbd stat", args[1:], stderr, 1, nil, func(ctx context.Context, reg *nbd.Registry, _ *client.Client, a []string) error {
 			v, err := reg.Stat(ctx, a[0])
-			if errors.Is(err, nbd.ErrNotFound) {
-				return usageError{err.Error()}
-			}
 			if err != nil {
-				return err
+				return asUsage(err, nbd.ErrNotFound)
 			}
 			return printVolumes(stdout, []nbd.Info{v})
 		})
 	case "unlock":
 		return withNBD(ctx, "nbd unlock", args[1:], stderr, 1, nil, func(ctx context.Context, reg *nbd.Registry, _ *client.Client, a []string) error {
 			was, err := reg.BreakLease(ctx, a[0])
-			if errors.Is(err, nbd.ErrNotFound) {
-				return usageError{err.Error()}
-			}
 			if err != nil {
-				return err
+				return asUsage(err, nbd.ErrNotFound)
 			}
 			if was == "" {
 				was = "nobody"
@@ -90,11 +81,7 @@ func cmdNBD(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		})
 	case "delete":
 		return withNBD(ctx, "nbd delete", args[1:], stderr, 1, nil, func(ctx context.Context, reg *nbd.Registry, dc *client.Client, a []string) error {
-			err := reg.Delete(ctx, a[0], dc)
-			if errors.Is(err, nbd.ErrNotFound) {
-				return usageError{err.Error()}
-			}
-			return err
+			return asUsage(reg.Delete(ctx, a[0], dc), nbd.ErrNotFound)
 		})
 	}
 	return usagef("%s", nbdUsage)
@@ -139,22 +126,11 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// withNBD runs fn with the volume registry and a (lazily connected) dedup
-// client; flags as withCluster, plus -dedup.
+// withNBD runs fn with the volume registry and a dedup client.
 func withNBD(ctx context.Context, name string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
 	fn func(ctx context.Context, reg *nbd.Registry, dc *client.Client, args []string) error) error {
-	var dedupAddr string
-	return withCluster(ctx, name, "nbd", false, nbdUsage, args, stderr, nargs, func(fs *flag.FlagSet) {
-		fs.StringVar(&dedupAddr, "dedup", nbd.DefaultConfig().Dedup, "dedup service address")
-		if extra != nil {
-			extra(fs)
-		}
-	}, func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, pos []string) error {
-		dc, err := client.Dial(dedupAddr)
-		if err != nil {
-			return err
-		}
-		defer dc.Close()
-		return fn(ctx, nbd.NewRegistry(cl, key), dc, pos)
-	})
+	return withDedup(ctx, name, "nbd", false, nbdUsage, args, stderr, nargs, extra,
+		func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, dc *client.Client, pos []string) error {
+			return fn(ctx, nbd.NewRegistry(cl, key), dc, pos)
+		})
 }

@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"shoal/services/dedup/client"
 	"shoal/services/s3"
 	"shoal/services/s3/cluster"
 	"shoal/shared/dht"
@@ -114,6 +115,37 @@ func withS3(ctx context.Context, name string, args []string, stderr io.Writer, n
 			}
 			return fn(ctx, srv, pos)
 		})
+}
+
+// withDedup is withCluster plus -dedup and a (lazily connected) client of
+// the dedup tier, for the frontends whose admin commands store data.
+func withDedup(ctx context.Context, name, frontend string, createKey bool, usage string, args []string, stderr io.Writer, nargs int, extra func(*flag.FlagSet),
+	fn func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, dc *client.Client, args []string) error) error {
+	var dedupAddr string
+	return withCluster(ctx, name, frontend, createKey, usage, args, stderr, nargs, func(fs *flag.FlagSet) {
+		fs.StringVar(&dedupAddr, "dedup", defaultDedupAddr, "dedup service address")
+		if extra != nil {
+			extra(fs)
+		}
+	}, func(ctx context.Context, cl *dht.Client, key ed25519.PrivateKey, pos []string) error {
+		dc, err := client.Dial(dedupAddr)
+		if err != nil {
+			return err
+		}
+		defer dc.Close()
+		return fn(ctx, cl, key, dc, pos)
+	})
+}
+
+// asUsage makes err a usage error (exit 2) when it is one of the
+// sentinels: the user's mistake, not a failure.
+func asUsage(err error, sentinels ...error) error {
+	for _, s := range sentinels {
+		if errors.Is(err, s) {
+			return usageError{err.Error()}
+		}
+	}
+	return err
 }
 
 // withCluster is what the admin commands of a frontend share: it parses

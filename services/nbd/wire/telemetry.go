@@ -5,10 +5,11 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
+
+	shtel "shoal/shared/telemetry"
 )
 
 const instrumentation = "shoal/nbd"
@@ -16,11 +17,8 @@ const instrumentation = "shoal/nbd"
 // telemetry uses the global OpenTelemetry providers, which shared/telemetry
 // configures once per process (no-ops until then).
 type telemetry struct {
-	tracer   trace.Tracer
-	requests metric.Int64Counter
-	bytesIn  metric.Int64Counter
-	bytesOut metric.Int64Counter
-	duration metric.Float64Histogram
+	tracer trace.Tracer
+	*shtel.Requests
 }
 
 func newTelemetry() (*telemetry, error) {
@@ -35,31 +33,13 @@ func noopTelemetry() *telemetry {
 }
 
 func buildTelemetry(m metric.Meter) (*telemetry, error) {
-	t := &telemetry{tracer: otel.Tracer(instrumentation)}
-	var err error
-	if t.requests, err = m.Int64Counter("nbd.requests", metric.WithDescription("NBD requests by operation and status.")); err != nil {
+	r, err := shtel.NewRequests(m, "nbd", "NBD")
+	if err != nil {
 		return nil, err
 	}
-	if t.bytesIn, err = m.Int64Counter("nbd.bytes.in", metric.WithUnit("By")); err != nil {
-		return nil, err
-	}
-	if t.bytesOut, err = m.Int64Counter("nbd.bytes.out", metric.WithUnit("By")); err != nil {
-		return nil, err
-	}
-	if t.duration, err = m.Float64Histogram("nbd.request.duration", metric.WithUnit("s")); err != nil {
-		return nil, err
-	}
-	return t, nil
+	return &telemetry{tracer: otel.Tracer(instrumentation), Requests: r}, nil
 }
 
 func (t *telemetry) record(ctx context.Context, op string, status uint32, in, out int64, d time.Duration) {
-	opAttr := attribute.String("operation", op)
-	t.requests.Add(ctx, 1, metric.WithAttributes(opAttr, attribute.String("status", errnoName(status))))
-	if in > 0 {
-		t.bytesIn.Add(ctx, in, metric.WithAttributes(opAttr))
-	}
-	if out > 0 {
-		t.bytesOut.Add(ctx, out, metric.WithAttributes(opAttr))
-	}
-	t.duration.Record(ctx, d.Seconds(), metric.WithAttributes(opAttr))
+	t.Record(ctx, op, errnoName(status), in, out, d)
 }
