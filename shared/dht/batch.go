@@ -125,9 +125,11 @@ func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) batchRe
 		q.inflight++
 	}
 	q.mu.Unlock()
-	if start {
-		c.bg.Add(1)
-		go c.drain(q)
+	if start && !c.background(func() { c.drain(q) }) {
+		q.mu.Lock()
+		q.inflight--
+		q.mu.Unlock()
+		return batchResult{err: ErrClosed}
 	}
 	select {
 	case r := <-op.done:
@@ -139,7 +141,6 @@ func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) batchRe
 
 // drain sends batches from q until it is empty.
 func (c *Client) drain(q *nodeQueue) {
-	defer c.bg.Done()
 	for {
 		q.mu.Lock()
 		ops := q.take()

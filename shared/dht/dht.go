@@ -36,6 +36,8 @@ var (
 	ErrNoNodes = errors.New("dht: no storage nodes in view")
 	// ErrNoView means no placement replica could be reached.
 	ErrNoView = errors.New("dht: no placement view")
+	// ErrClosed means the client was closed.
+	ErrClosed = errors.New("dht: client closed")
 )
 
 // Client reads and writes blocks on the cluster.
@@ -64,6 +66,11 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	bg     sync.WaitGroup // background replica writes and repairs
+	// bgMu orders starting background work (bg.Add) with Close (bg.Wait):
+	// work that outlives its caller (a Paxos learn, a replica write) may
+	// call in while the client closes.
+	bgMu   sync.Mutex
+	closed bool
 }
 
 // New dials the placement replicas and starts following the view. It does
@@ -102,6 +109,9 @@ func (c *Client) Close() error {
 		c.cancel()
 	}
 	c.wg.Wait()
+	c.bgMu.Lock()
+	c.closed = true
+	c.bgMu.Unlock()
 	c.bg.Wait()
 	for _, cc := range c.pconns {
 		_ = cc.Close()
@@ -113,6 +123,22 @@ func (c *Client) Close() error {
 	c.conns = map[string]*grpc.ClientConn{}
 	c.connMu.Unlock()
 	return nil
+}
+
+// background runs fn on its own goroutine, which Close waits for, unless
+// the client is closed (then it reports false and runs nothing).
+func (c *Client) background(fn func()) bool {
+	c.bgMu.Lock()
+	defer c.bgMu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		fn()
+	}()
+	return true
 }
 
 // follow keeps the view current through Watch, moving to the next placement
@@ -360,13 +386,13 @@ func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w 
 	// they run on a context that keeps the trace but not the cancellation.
 	bgctx := context.WithoutCancel(ctx)
 	for _, n := range targets {
-		c.bg.Add(1)
-		go func() {
-			defer c.bg.Done()
+		if !c.background(func() {
 			cctx, cancel := c.callCtx(bgctx)
 			defer cancel()
 			results <- result{n.Id, c.putOne(cctx, n, req)}
-		}()
+		}) {
+			results <- result{n.Id, ErrClosed}
+		}
 	}
 	acks := 0
 	var errs []error
@@ -487,9 +513,7 @@ func (c *Client) repair(ctx context.Context, addr block.Address, data []byte, no
 	bgctx := context.WithoutCancel(ctx)
 	data = bytes.Clone(data) // the caller owns what Get returned
 	for _, n := range nodes {
-		c.bg.Add(1)
-		go func() {
-			defer c.bg.Done()
+		c.background(func() {
 			_, sp := telemetry.Tracer().Start(bgctx, "dht.repair", trace.WithAttributes(attribute.String("node", n.Id)))
 			defer sp.End()
 			cctx, cancel := c.callCtx(bgctx)
@@ -502,7 +526,7 @@ func (c *Client) repair(ctx context.Context, addr block.Address, data []byte, no
 				c.log.Warn("read repair failed", "block", addr.String(), "node", n.Id, "err", err)
 				sp.RecordError(err)
 			}
-		}()
+		})
 	}
 }
 
