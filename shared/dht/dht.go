@@ -156,7 +156,7 @@ func (c *Client) follow(ctx context.Context) {
 				if rerr != nil {
 					break
 				}
-				c.setView(v)
+				c.installView(v, false)
 				backoff = 50 * time.Millisecond
 			}
 		}
@@ -174,21 +174,30 @@ func (c *Client) follow(ctx context.Context) {
 	}
 }
 
-// setView installs v. A view from another placement replica may carry a
-// lower epoch right after a failover; it is still taken when it is the only
-// source, because the replicas converge on the same node set.
-func (c *Client) setView(v *ppb.View) {
+// installView installs v. A view from another placement replica may carry
+// a lower epoch right after a failover; the Watch stream's views are still
+// taken (onlyNewer false), because it is the only source and the replicas
+// converge on the same node set. A view fetched outside the stream
+// (onlyNewer) is dropped when the client already holds a newer one: a
+// GetView answer can arrive after a Watch update that superseded it, and
+// installing it would leave the client on the stale view until the next
+// change, possibly for good in a quiet cluster (seen as WaitForNodes
+// missing a node that was up).
+func (c *Client) installView(v *ppb.View, onlyNewer bool) {
 	tab := placement.FromView(v)
 	byID := make(map[string]*ppb.Node, len(v.Nodes))
 	for _, n := range v.Nodes {
 		byID[n.Id] = n
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if onlyNewer && c.haveView && v.Epoch < c.view.Epoch {
+		return
+	}
 	c.haveView = true
 	c.view, c.table, c.byID = v, tab, byID
 	close(c.changed)
 	c.changed = make(chan struct{})
-	c.mu.Unlock()
 }
 
 // View returns the cached view.
@@ -198,13 +207,14 @@ func (c *Client) View() *ppb.View {
 	return c.view
 }
 
-// RefreshView fetches the view from any placement replica right away.
+// RefreshView fetches the view from any placement replica right away and
+// returns it; the client keeps it unless it already holds a newer one.
 func (c *Client) RefreshView(ctx context.Context) (*ppb.View, error) {
 	var errs []error
 	for _, cc := range c.pconns {
 		v, err := ppb.NewPlacementClient(cc).GetView(ctx, &ppb.GetViewRequest{})
 		if err == nil {
-			c.setView(v)
+			c.installView(v, true)
 			return v, nil
 		}
 		errs = append(errs, err)
