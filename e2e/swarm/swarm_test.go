@@ -50,7 +50,9 @@ const (
 	s3HostPort = "19000"
 	// The nbd service's host-mode port, likewise not NBD's 10809.
 	nbdHostPort = "20809"
-	bucket      = "e2e"
+	// The edge service's host-mode port, likewise not 7400.
+	edgeHostPort = "17400"
+	bucket       = "e2e"
 )
 
 // secrets are the stack's external swarm secrets (stacks/shoal.yml).
@@ -71,6 +73,7 @@ func TestSwarm(t *testing.T) {
 	t.Run("PutGetFromClientContainer", func(t *testing.T) { written = append(written, e.putGet(t)...) })
 	t.Run("S3PutGet", func(t *testing.T) { objects = append(objects, e.s3PutGet(t)...) })
 	t.Run("NBDVolume", e.nbdVolume)
+	t.Run("FSVolumeThroughPlugin", e.fsVolume)
 	t.Run("NATSIsOneCluster", e.natsCluster)
 	t.Run("TraceSpansContainers", e.traceAcrossContainers)
 	t.Run("S3TraceSpansTiers", e.s3Trace)
@@ -245,7 +248,7 @@ func (e *env) deploy() {
 		"SHOAL_IMAGE="+image, "SHOAL_STACK="+stack, "SHOAL_SUBNET="+subnet,
 		"SHOAL_CONFIG_HASH="+hex.EncodeToString(sum[:6]), "SHOAL_BLOCKSTORES=4",
 		"SHOAL_DEDUPS=2", "SHOAL_S3S=2", "SHOAL_S3_PORT="+s3HostPort,
-		"SHOAL_NBD_PORT="+nbdHostPort,
+		"SHOAL_NBD_PORT="+nbdHostPort, "SHOAL_EDGE_PORT="+edgeHostPort,
 		"SHOAL_PROBE_IMAGE="+probe,
 		// Every task exports its spans to the suite's receiver.
 		"OTEL_EXPORTER_OTLP_ENDPOINT=http://otlp:4317")

@@ -6,14 +6,6 @@
 package volumeplugin
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
-	"debug/elf"
-	"encoding/hex"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,61 +14,22 @@ import (
 )
 
 const (
-	// dockerLog is where `make deps-docker` has dockerd log (DOCKER_LOG).
-	dockerLog = "/var/log/shoal-dockerd.log"
-	plugin    = "shoal-e2e:test"
-	bbox      = "shoal-e2e-busybox:test"
+	plugin = "shoal-e2e:test"
+	bbox   = "shoal-e2e-busybox:test"
 )
 
 func docker(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := tryDocker(args...)
-	if err != nil {
-		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
+	return framework.Docker(t, args...)
 }
 
-func tryDocker(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, "docker", args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
-}
-
-func copyFile(t *testing.T, from, to string, mode os.FileMode) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, mode); err != nil {
-		t.Fatal(err)
-	}
-}
+func tryDocker(args ...string) (string, error) { return framework.TryDocker(args...) }
 
 // setup builds and enables the plugin against a fresh all-in-one and
 // builds a busybox image for the containers. Everything goes at test end.
 func setup(t *testing.T) (data, place, keyFile string) {
 	if _, err := tryDocker("info"); err != nil {
 		t.Fatalf("docker is not running (make test starts it: make deps-docker): %v", err)
-	}
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatalf("busybox is not installed (make deps-test installs busybox-static): %v", err)
-	}
-	if f, err := elf.Open(bb); err != nil {
-		t.Fatalf("%s: %v", bb, err)
-	} else {
-		for _, p := range f.Progs {
-			if p.Type == elf.PT_INTERP {
-				t.Fatalf("%s is dynamically linked: install busybox-static", bb)
-			}
-		}
-		f.Close()
 	}
 	data = t.TempDir()
 	p := framework.StartProc(t, "all-in-one", "serve", "-data="+data, "-nats.listen=127.0.0.1:0",
@@ -87,60 +40,11 @@ func setup(t *testing.T) (data, place, keyFile string) {
 	natsURL := p.Field("nats", time.Second)
 
 	// The signing key, in a host directory the plugin mounts read-only.
-	keys := t.TempDir()
-	seed := make([]byte, 32)
-	_, _ = rand.Read(seed)
-	keyFile = filepath.Join(keys, "fs-signing.key")
-	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(seed)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	// The managed plugin, as `make plugin` lays it out.
-	dir := t.TempDir()
-	root := filepath.Join(dir, "rootfs")
-	for _, d := range []string{"usr/local/bin", "run/docker/plugins", "mnt/volumes", "var/lib/shoal", "tmp", "dev", "proc", "sys", "etc"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Chmod(filepath.Join(root, "tmp"), 0o1777); err != nil {
-		t.Fatal(err)
-	}
-	copyFile(t, framework.Binary(t), filepath.Join(root, "usr/local/bin/shoal"), 0o755)
-	copyFile(t, "../../stacks/plugin/config.json", filepath.Join(dir, "config.json"), 0o644)
-	_, _ = tryDocker("plugin", "rm", "-f", plugin)
-	docker(t, "plugin", "create", plugin, dir)
-	t.Cleanup(func() {
-		// The plugin's own output goes to dockerd's log.
-		if t.Failed() {
-			if b, err := os.ReadFile(dockerLog); err == nil {
-				lines := strings.Split(string(b), "\n")
-				t.Logf("--- dockerd log (tail) ---\n%s", strings.Join(lines[max(0, len(lines)-60):], "\n"))
-			}
-		}
-	})
-	t.Cleanup(func() {
-		_, _ = tryDocker("volume", "rm", "-f", "pv1")
-		_, _ = tryDocker("plugin", "disable", "-f", plugin)
-		if out, err := tryDocker("plugin", "rm", "-f", plugin); err != nil {
-			t.Errorf("removing the plugin: %v %s", err, out)
-		}
-	})
-	docker(t, "plugin", "set", plugin, "keys.source="+keys, "SHOAL_PLACEMENT="+place, "SHOAL_DEDUP="+dedup, "SHOAL_NATS="+natsURL)
-	docker(t, "plugin", "enable", plugin)
-
+	keys, keyFile := framework.FSKeyDir(t)
+	framework.InstallPlugin(t, plugin, []string{"keys.source=" + keys, "SHOAL_PLACEMENT=" + place,
+		"SHOAL_DEDUP=" + dedup, "SHOAL_NATS=" + natsURL}, []string{"pv1"})
 	// A container image with a shell: busybox, static, FROM scratch.
-	ctxDir := t.TempDir()
-	copyFile(t, bb, filepath.Join(ctxDir, "busybox"), 0o755)
-	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte("FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("docker", "build", "-q", "-t", bbox, ctxDir)
-	cmd.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", bbox, err, out)
-	}
-	t.Cleanup(func() { _, _ = tryDocker("image", "rm", "-f", bbox) })
+	framework.BusyboxImage(t, bbox)
 	return data, place, keyFile
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"shoal/services/blockstore"
 	"shoal/services/dedup"
+	"shoal/services/edge"
 	"shoal/services/natsd"
 	"shoal/services/nbd"
 	"shoal/services/placement"
@@ -44,6 +45,7 @@ type Config struct {
 
 	Dedup dedup.Config `yaml:"dedup"`
 	NBD   nbd.Config   `yaml:"nbd"`
+	Edge  edge.Config  `yaml:"edge"`
 }
 
 // RegisterFlags registers every flag of the process; each is registered here
@@ -61,6 +63,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 
 	c.Dedup.RegisterFlags("dedup.", fs)
 	c.NBD.RegisterFlags("nbd.", fs)
+	c.Edge.RegisterFlags("edge.", fs)
 }
 
 func envOr(k, def string) string {
@@ -113,6 +116,7 @@ type Process struct {
 	s3       *s3Service
 	Dedup    *dedup.Service
 	NBD      *nbd.Service
+	Edge     *edge.Service
 	stoppers []func() error
 }
 
@@ -242,6 +246,14 @@ func (p *Process) start(ctx context.Context, t string) error {
 		return p.startDedup(ctx)
 	case NBD:
 		return p.startNBD(ctx)
+	case Edge:
+		e, err := edge.New(p.cfg.Edge, p.log.With("svc", "edge"))
+		if err != nil {
+			return err
+		}
+		e.Start()
+		p.Edge = e
+		p.stoppers = append(p.stoppers, e.Stop)
 	}
 	return nil
 }
@@ -291,6 +303,9 @@ func (p *Process) Endpoints() []string {
 	out = append(out, p.s3Endpoints()...)
 	out = append(out, p.dedupEndpoints()...)
 	out = append(out, p.nbdEndpoints()...)
+	if p.Edge != nil {
+		out = append(out, "edge        "+p.Edge.Addr()+"   (SHOAL_PROXY="+p.Edge.Addr()+" for clients outside the overlay)")
+	}
 	out = append(out, "data        "+p.cfg.DataDir)
 	return out
 }

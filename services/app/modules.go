@@ -25,6 +25,10 @@ const Dedup = "dedup"
 // NBD is the block-device frontend (services/nbd).
 const NBD = "nbd"
 
+// Edge is a stack's CONNECT proxy into its overlay (services/edge). Not
+// part of -target=all: the all-in-one has no overlay to enter.
+const Edge = "edge"
+
 // deps declares, for each service, the services that must be running before
 // it starts when they are in the same process. A dependency outside the
 // process is reached through its address flag instead.
@@ -39,6 +43,8 @@ var deps = map[string][]string{
 	Dedup: {Placement},
 	// Like S3: volume heads are written once storage nodes are up.
 	NBD: {Placement, Blockstore, Dedup},
+	// Forwards bytes only; what it reaches runs elsewhere.
+	Edge: {},
 }
 
 // allTargets is what -target=all runs.

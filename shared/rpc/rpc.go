@@ -6,7 +6,9 @@ package rpc
 import (
 	"context"
 	"errors"
+	"net"
 	"runtime"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"shoal/shared/block"
+	"shoal/shared/edge"
 	"shoal/shared/telemetry"
 )
 
@@ -62,8 +65,9 @@ func ServerOptions() []grpc.ServerOption {
 // goroutines of their own.
 var streamWorkers = uint32(max(16, 4*runtime.GOMAXPROCS(0)))
 
-// Dial opens a client connection with tracing and Shoal's limits. The
-// connection is lazy: errors surface on the first call.
+// Dial opens a client connection with tracing and Shoal's limits, through
+// the process's edge proxy when one is set (shared/edge). The connection
+// is lazy: errors surface on the first call.
 func Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -76,6 +80,16 @@ func Dial(addr string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 		grpc.WithWriteBufferSize(256 << 10),
 		experimental.WithBufferPool(messagePool),
 	}, extra...)
+	if proxy := edge.Proxy(); proxy != "" {
+		// Through a stack's edge: the proxy resolves the name inside the
+		// overlay, so gRPC must hand it over unresolved.
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+			return edge.Dial(ctx, proxy, a)
+		}))
+		if !strings.Contains(addr, ":///") {
+			addr = "passthrough:///" + addr
+		}
+	}
 	return grpc.NewClient(addr, opts...)
 }
 

@@ -16,6 +16,7 @@ import (
 	"shoal/services/dedup/client"
 	shoalfs "shoal/services/fs"
 	"shoal/shared/dht"
+	"shoal/shared/edge"
 )
 
 // The file-system commands talk to the cluster directly (DHT through
@@ -33,8 +34,6 @@ common flags: -placement HOST:PORT[,...] -data DIR -key-file FILE -dedup HOST:PO
 mount flags: -nats URL (invalidations between mounts) -cache-mib N -spool-dir DIR`
 
 const defaultDedupAddr = "127.0.0.1:7300"
-
-// The dispatch in main.go names these; until it does, this keeps them
 
 func cmdFS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) < 1 {
@@ -94,7 +93,7 @@ func cmdMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		cfg := shoalfs.Config{CacheBytes: cacheMiB << 20, SpoolDir: spoolDir, Log: log}
 		if natsURL != "" {
-			nc, err := nats.Connect(natsURL, nats.Name("shoal mount "+vol), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+			nc, err := nats.Connect(natsURL, append(edge.NATSOptions(), nats.Name("shoal mount "+vol), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))...)
 			if err != nil {
 				log.Warn("no invalidations between mounts (changes seen at open and within 1 s)", "nats", natsURL, "err", err)
 			} else {

@@ -17,6 +17,7 @@ import (
 	"shoal/services/fs"
 	"shoal/services/volumeplugin"
 	"shoal/shared/dht"
+	"shoal/shared/edge"
 	"shoal/shared/identity"
 )
 
@@ -55,7 +56,7 @@ func cmdVolumePlugin(ctx context.Context, args []string, _, stderr io.Writer) er
 	defer dc.Close()
 	cfg := fs.Config{SpoolDir: *spool, Log: log}
 	if *natsURL != "" {
-		nc, err := nats.Connect(*natsURL, nats.Name("shoal volume plugin"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+		nc, err := nats.Connect(*natsURL, append(edge.NATSOptions(), nats.Name("shoal volume plugin"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))...)
 		if err != nil {
 			// Mounts still work: other nodes' changes show at open and
 			// within the attribute timeout.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	ppb "shoal/proto/placementpb"
+	"shoal/shared/edge"
 	"shoal/shared/rpc"
 )
 
@@ -87,8 +89,15 @@ func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	httpURL := fs.String("http", "", "check an HTTP service instead (the S3 frontend): healthy when URL answers with a status below 500")
 	nbdAddr := fs.String("nbd", "", "check an NBD server instead: healthy when HOST:PORT greets as fixed-newstyle NBD")
 	natsURL := fs.String("nats", "", "check a NATS server instead: healthy when URL accepts a client and answers a ping")
+	proxy := fs.String("proxy", "", "reach the gRPC service through this edge proxy (HOST:PORT; the edge's own health check)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *proxy != "" {
+		// rpc.Dial takes the proxy from the environment (shared/edge).
+		if err := os.Setenv(edge.Env, *proxy); err != nil {
+			return err
+		}
 	}
 	if *natsURL != "" {
 		if fs.NArg() != 0 {
