@@ -355,6 +355,12 @@ func (q *request) completeUpload() error {
 	}
 	nv, err := q.commit(b, q.key, v, nil)
 	if err != nil {
+		if !notCommitted(err) {
+			// The object may exist: giving the upload back would let an
+			// abort free the parts it is made of.
+			s.log.WarnContext(q.ctx, "s3: complete: index write outcome unknown; the upload's parts are kept", "bucket", q.bucket, "key", q.key, "err", err)
+			return err
+		}
 		s.dropSegBlock(q, v)
 		_ = b.uploads.update(q.ctx, uk, func([]byte, bool) ([]byte, bool, error) { return claimed, true, nil })
 		return err

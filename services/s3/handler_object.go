@@ -28,6 +28,13 @@ func unquote(etag string) string { return strings.Trim(strings.TrimSpace(etag), 
 // commit puts v as the newest version of key, atomically with cond (checked
 // against the current latest live version, nil if none). It returns the
 // committed version.
+//
+// fn may run again on a shard that already holds this write: Paxos
+// completes an attempt that reached some acceptors before the retry runs
+// fn on top of it (carry-forward). A run that finds its own version
+// changes nothing and reports the versions the inserting run displaced;
+// otherwise it would fail its own If-None-Match, add a second version, or
+// release the data it just wrote as an "older" null version.
 func (q *request) commit(b *bucket, key string, v *objVersion, cond func(cur *objVersion) error) (*objVersion, error) {
 	var removed []*objVersion
 	var out *objVersion
@@ -38,6 +45,10 @@ func (q *request) commit(b *bucket, key string, v *objVersion, cond func(cur *ob
 			if e, err = decodeEntry(cur); err != nil {
 				return nil, false, err
 			}
+		}
+		if mine := e.written(v); mine != nil {
+			out = mine
+			return cur, true, nil
 		}
 		if cond != nil {
 			var live *objVersion
@@ -64,6 +75,16 @@ func (q *request) commit(b *bucket, key string, v *objVersion, cond func(cur *ob
 		q.s.releaseVersion(q.ctx, r)
 	}
 	return out, nil
+}
+
+// notCommitted reports whether a commit error means the version was surely
+// not written: its own checks refused it (an S3 error) or the bucket is
+// gone. Any other error (a timeout, no quorum) leaves the outcome unknown:
+// the write may still be decided, so what it references must stay, at
+// worst leaking, never freed under a live version.
+func notCommitted(err error) bool {
+	var se *s3err.Error
+	return errors.As(err, &se) || errors.Is(err, errIndexGone)
 }
 
 // putConditions implements conditional writes (If-Match / If-None-Match: *).
@@ -113,7 +134,11 @@ func (q *request) putObject() error {
 		Segs: []segment{{Ref: ref, Len: size}}, Hdr: hdr, Sums: body.checksums(), Owner: q.user}
 	nv, err := q.commit(b, q.key, v, putConditions(q.r.Header))
 	if err != nil {
-		_ = s.data.Release(q.ctx, ref)
+		if notCommitted(err) {
+			_ = s.data.Release(q.ctx, ref)
+		} else {
+			s.log.WarnContext(q.ctx, "s3: put: index write outcome unknown; its data is kept", "bucket", q.bucket, "key", q.key, "err", err)
+		}
 		return err
 	}
 	h := q.w.Header()
@@ -654,7 +679,11 @@ func (q *request) copyObject() error {
 	}
 	nv, err := q.commit(b, q.key, v, nil)
 	if err != nil {
-		q.s.releaseVersion(q.ctx, v)
+		if notCommitted(err) {
+			q.s.releaseVersion(q.ctx, v)
+		} else {
+			s.log.WarnContext(q.ctx, "s3: copy: index write outcome unknown; its data is kept", "bucket", q.bucket, "key", q.key, "err", err)
+		}
 		return err
 	}
 	if id := versionHeader(nv, b.info.Versioning); id != "" {

@@ -1,6 +1,7 @@
 package s3
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -173,6 +174,31 @@ func newVersionID() string {
 
 // putVersion adds v to e according to the bucket's versioning state and
 // returns the versions it displaced.
+// written returns the version in e that is v as written by this same
+// request (see request.commit), nil if none. Mod is the writing server's
+// clock in nanoseconds and the segments name the data just stored, so two
+// distinct writes never match.
+func (e *objEntry) written(v *objVersion) *objVersion {
+	for _, x := range e.V {
+		if x.Mod == v.Mod && x.Del == v.Del && x.ETag == v.ETag && x.Size == v.Size && sameSegments(x.Segs, v.Segs) {
+			return x
+		}
+	}
+	return nil
+}
+
+func sameSegments(a, b []segment) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i].Ref, b[i].Ref) || a[i].Off != b[i].Off || a[i].Len != b[i].Len {
+			return false
+		}
+	}
+	return true
+}
+
 func putVersion(e *objEntry, v *objVersion, versioning string) (removed []*objVersion) {
 	if versioning == versioningEnabled {
 		v.ID = newVersionID()

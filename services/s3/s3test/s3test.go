@@ -39,7 +39,18 @@ type Meta struct {
 	Gets      atomic.Int64
 	Conflicts atomic.Int64
 	MaxSize   atomic.Int64 // largest block written
+	// CarryForward makes the next n Updates do what Paxos does when a
+	// proposer's earlier attempt reached some acceptors and its retry
+	// completes it: fn's first result is committed as a version of its
+	// own, and fn runs again on that result for the next version.
+	CarryForward atomic.Int64
+	// LoseReply makes the next n Updates commit and then fail as if the
+	// reply were lost (a timeout): the caller cannot know it wrote.
+	LoseReply atomic.Int64
 }
+
+// ErrLostReply is the error of an Update whose reply LoseReply dropped.
+var ErrLostReply = errors.New("s3test: reply lost after the write")
 
 // NewMeta returns an empty store.
 func NewMeta() *Meta {
@@ -159,6 +170,14 @@ func (m *Meta) Update(ctx context.Context, a [32]byte, fn func([]byte) ([]byte, 
 			m.MaxSize.Store(n)
 		}
 		m.mu.Unlock()
+		if n := m.CarryForward.Load(); n > 0 && m.CarryForward.CompareAndSwap(n, n-1) {
+			// The attempt above was the carried-forward one; this caller's
+			// retry now applies fn on top of it.
+			return m.Update(ctx, a, fn)
+		}
+		if n := m.LoseReply.Load(); n > 0 && m.LoseReply.CompareAndSwap(n, n-1) {
+			return 0, ErrLostReply
+		}
 		return ver + 1, nil
 	}
 }
