@@ -150,17 +150,25 @@ type Chunker struct {
 	r          io.Reader
 	cut        Cutter
 	buf        []byte
+	full       int // the buffer's size once the stream proves long
 	start, end int
 	fills      int
 	eof        bool
 	err        error
 }
 
-// New returns a Chunker reading r. Its buffer is about twice the largest
-// chunk; a long stream grows it to bigBuf.
+// New returns a Chunker reading r. Its buffer starts at smallBuf and grows
+// to about twice the largest chunk once the stream is longer; a long
+// stream grows it to bigBuf.
 func New(r io.Reader, c Cutter) *Chunker {
-	return &Chunker{r: r, cut: c, buf: make([]byte, 2*c.MaxLen()+64<<10)}
+	full := 2*c.MaxLen() + 64<<10
+	return &Chunker{r: r, cut: c, full: full, buf: make([]byte, min(smallBuf, full))}
 }
+
+// smallBuf is the first buffer: most objects are small, and a buffer of
+// twice the largest chunk (a few MiB), allocated and zeroed for each 4 KiB
+// object, was ~4% of the S3 tier's CPU under small PUTs.
+const smallBuf = 64 << 10
 
 // bigBuf: each refill moves the unread tail (up to one largest chunk) to
 // the front, and a buffer of twice a 256 KiB chunk moved about half of all
@@ -200,7 +208,13 @@ func (c *Chunker) fill() {
 	}
 	c.end -= c.start
 	c.start = 0
-	for empty := 0; c.end < len(c.buf); {
+	for empty := 0; ; {
+		if c.end == len(c.buf) {
+			if len(c.buf) >= c.full {
+				return
+			}
+			c.buf = append(c.buf, make([]byte, c.full-len(c.buf))...)
+		}
 		n, err := c.r.Read(c.buf[c.end:])
 		c.end += n
 		if errors.Is(err, io.EOF) {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"testing"
+	"testing/iotest"
 
 	sha256 "github.com/minio/sha256-simd"
 )
@@ -180,5 +182,41 @@ func BenchmarkFastCDCSHA256(b *testing.B) {
 			sha256.Sum256(rest[:n])
 			rest = rest[n:]
 		}
+	}
+}
+
+// A small stream never gets the buffer a long one needs; a long one is cut
+// the same whatever size the buffer started at.
+func TestBufferGrowsWithTheStream(t *testing.T) {
+	cut, err := NewFastCDC(64<<10, 256<<10, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := New(bytes.NewReader(make([]byte, 4096)), cut)
+	if b, err := small.Next(); err != nil || len(b) != 4096 {
+		t.Fatalf("small stream: %d bytes, %v", len(b), err)
+	}
+	if cap(small.buf) > smallBuf {
+		t.Fatalf("a 4 KiB stream allocated a %d-byte buffer", cap(small.buf))
+	}
+	data := randBytes(7, 5<<20)
+	lens := func(c *Chunker) []int {
+		var out []int
+		for {
+			b, err := c.Next()
+			if err == io.EOF {
+				return out
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, len(b))
+		}
+	}
+	got := lens(New(iotest.HalfReader(bytes.NewReader(data)), cut))
+	full := &Chunker{r: bytes.NewReader(data), cut: cut, full: 2*cut.MaxLen() + 64<<10, buf: make([]byte, 2*cut.MaxLen()+64<<10)}
+	want := lens(full)
+	if !slices.Equal(got, want) {
+		t.Fatalf("cuts differ with a growing buffer: %d chunks vs %d", len(got), len(want))
 	}
 }
