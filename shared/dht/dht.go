@@ -190,14 +190,50 @@ func (c *Client) installView(v *ppb.View, onlyNewer bool) {
 		byID[n.Id] = n
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if onlyNewer && c.haveView && v.Epoch < c.view.Epoch {
+		c.mu.Unlock()
 		return
 	}
 	c.haveView = true
 	c.view, c.table, c.byID = v, tab, byID
 	close(c.changed)
 	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	c.prune(v)
+}
+
+// prune closes the connections, and drops the batch queues, of addresses
+// the view no longer holds: a storage task restarted under a new address
+// (a swarm task gets a new overlay IP) or an evicted node. Otherwise a
+// long-lived client keeps a connection per address it ever used, each
+// redialing a dead address forever. A call still holding a closed
+// connection fails as a call to a lost node does; a node that comes back
+// at an old address is dialed again on first use.
+func (c *Client) prune(v *ppb.View) {
+	live := make(map[string]bool, len(v.Nodes))
+	for _, n := range v.Nodes {
+		live[n.Addr] = true
+	}
+	var gone []*grpc.ClientConn
+	c.connMu.Lock()
+	for a, cc := range c.conns {
+		if !live[a] {
+			gone = append(gone, cc)
+			delete(c.conns, a)
+		}
+	}
+	c.connMu.Unlock()
+	c.batchMu.Lock()
+	for k := range c.queues {
+		if !live[k.addr] {
+			// A drain in progress keeps its queue pointer and finishes.
+			delete(c.queues, k)
+		}
+	}
+	c.batchMu.Unlock()
+	for _, cc := range gone {
+		_ = cc.Close()
+	}
 }
 
 // View returns the cached view.

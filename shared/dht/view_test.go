@@ -3,6 +3,9 @@ package dht
 import (
 	"testing"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+
 	ppb "shoal/proto/placementpb"
 )
 
@@ -40,5 +43,39 @@ func TestFirstFetchedViewIsTaken(t *testing.T) {
 	c.installView(viewOf(0, "a"), true)
 	if got := c.View(); len(got.Nodes) != 1 {
 		t.Fatalf("first view not installed: %d nodes", len(got.Nodes))
+	}
+}
+
+// A view without an address closes the client's connection to it and
+// drops its batch queues; addresses still in the view keep theirs.
+func TestViewPrunesGoneAddresses(t *testing.T) {
+	c := &Client{changed: make(chan struct{}), view: &ppb.View{}, conns: map[string]*grpc.ClientConn{}}
+	c.installView(viewOf(1, "a", "b"), false)
+	for _, id := range []string{"a", "b"} {
+		n := &ppb.Node{Id: id, Addr: id + ":1"}
+		if _, err := c.client(n); err != nil {
+			t.Fatal(err)
+		}
+		c.queue(n, opPut)
+	}
+	old := c.conns["a:1"]
+	c.installView(viewOf(2, "b", "c"), false)
+	if _, ok := c.conns["a:1"]; ok {
+		t.Fatal("the connection to a node gone from the view was kept")
+	}
+	if old.GetState() != connectivity.Shutdown {
+		t.Fatalf("the dropped connection is %v, not shut down", old.GetState())
+	}
+	if _, ok := c.conns["b:1"]; !ok {
+		t.Fatal("the connection to a node still in the view was closed")
+	}
+	if _, ok := c.queues[queueKey{"a:1", opPut}]; ok {
+		t.Fatal("the batch queue of a node gone from the view was kept")
+	}
+	if _, ok := c.queues[queueKey{"b:1", opPut}]; !ok {
+		t.Fatal("the batch queue of a node still in the view was dropped")
+	}
+	for _, cc := range c.conns {
+		_ = cc.Close()
 	}
 }
