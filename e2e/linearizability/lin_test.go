@@ -217,25 +217,35 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}
 
 	// Fault injector: one fault at a time, so a majority of every block's
-	// acceptors stays reachable and the clients make progress.
+	// acceptors stays reachable and the clients make progress. timeline
+	// records each fault's time (on the history's clock) for diagnosis.
 	faults := map[string]int{}
+	var timeline []string
+	event := func(format string, args ...any) {
+		timeline = append(timeline, fmt.Sprintf("%6d ms  ", now()/1e6)+fmt.Sprintf(format, args...))
+	}
 	deadline := time.Now().Add(dur)
 	for time.Now().Before(deadline) {
 		victim := rng.IntN(len(c.Nodes))
 		p := c.Nodes[victim]
 		switch rng.IntN(3) {
 		case 0:
+			event("kill %s", ids[victim])
 			p.Kill()
 			faults["kill"]++
 			wait(rng, 300, 1200)
+			event("restart %s", ids[victim])
 			p.Restart()
 			p.Field("blockstore", 20*time.Second)
+			event("%s up", ids[victim])
 		case 1:
+			event("pause %s", ids[victim])
 			if err := p.Signal(syscall.SIGSTOP); err != nil {
 				t.Fatal(err)
 			}
 			faults["pause"]++
 			wait(rng, 300, 1500)
+			event("resume %s", ids[victim])
 			if err := p.Signal(syscall.SIGCONT); err != nil {
 				t.Fatal(err)
 			}
@@ -250,10 +260,13 @@ func TestLinearizableUnderFaults(t *testing.T) {
 				}
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			event("move k%d to %v", k, set)
 			if err := admin.MoveMutable(ctx, addrs[k], set); err == nil {
 				faults["move"]++
+				event("move of k%d done", k)
 			} else {
 				t.Logf("move of k%d failed (allowed under faults): %v", k, err)
+				event("move of k%d failed: %v", k, err)
 			}
 			cancel()
 		}
@@ -290,6 +303,10 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		}
 		dumpHistory(t, history)
 		dumpPartial(t, info)
+		t.Logf("faults (node ids %v):", ids)
+		for _, e := range timeline {
+			t.Log("   " + e)
+		}
 		t.Fatalf("history is not linearizable (seed %d)", seed)
 	}
 }

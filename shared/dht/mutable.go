@@ -48,12 +48,14 @@ type Mutable struct {
 	Owner     ed25519.PublicKey
 	Writers   []ed25519.PublicKey
 	Tombstone bool
-	Quorum    []string
+	// Quorum is the block's acceptor set; during a move, the set it moves
+	// to (shared/paxos, config.go).
+	Quorum []string
 }
 
 func fromState(st *bpb.MutableState) *Mutable {
 	a, _ := block.FromBytes(st.Address)
-	m := &Mutable{Address: a, Version: st.Version, Payload: st.Payload, Owner: st.Owner, Tombstone: st.Tombstone, Quorum: st.Quorum}
+	m := &Mutable{Address: a, Version: st.Version, Payload: st.Payload, Owner: st.Owner, Tombstone: st.Tombstone, Quorum: paxos.Target(st.Quorum)}
 	for _, w := range st.Writers {
 		m.Writers = append(m.Writers, w)
 	}
@@ -303,9 +305,11 @@ func (c *Client) DeleteName(ctx context.Context, key ed25519.PrivateKey, name st
 	return err
 }
 
-// MoveMutable changes a block's acceptor set through a decision on the
-// block itself (used when a replica is lost or placement changes). New
-// members receive the state in the same round.
+// MoveMutable changes a block's acceptor set through decisions on the
+// block itself (used when a replica is lost or placement changes): one on
+// the joint config of both sets, which new members receive and a majority
+// of the old set seals, then one settling the block on the new set (see
+// shared/paxos, config.go).
 func (c *Client) MoveMutable(ctx context.Context, addr block.Address, quorum []string) error {
 	_, err := c.propose(ctx, "move", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
 		if cur == nil {

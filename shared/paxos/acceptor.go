@@ -190,10 +190,11 @@ func (a *Acceptor) load(addr block.Address) (*bpb.AcceptorRecord, error) {
 	return rec, nil
 }
 
-// wrongQuorum reports whether the proposer's set differs from the block's
-// set as this acceptor knows it.
+// wrongQuorum reports whether the proposer's config is not one this
+// acceptor takes part in, given the block's config as it knows it (see
+// compatible in config.go).
 func wrongQuorum(rec *bpb.AcceptorRecord, quorum []string) bool {
-	return rec.State != nil && len(rec.State.Quorum) > 0 && !SameSet(rec.State.Quorum, quorum)
+	return rec.State != nil && len(rec.State.Quorum) > 0 && !compatible(rec.State.Quorum, quorum)
 }
 
 // Prepare promises not to accept ballots below req.Ballot and returns what
@@ -240,6 +241,9 @@ func maxBallot(a, b *bpb.Ballot) *bpb.Ballot {
 func (a *Acceptor) validate(st *bpb.MutableState, rec *bpb.AcceptorRecord) error {
 	if st == nil || len(st.Quorum) == 0 {
 		return fmt.Errorf("%w: state without an acceptor set", ErrBadRequest)
+	}
+	if err := checkConfig(st.Quorum); err != nil {
+		return err
 	}
 	prev := rec.State
 	if prev == nil && !st.Named && len(st.Writers) > 0 {

@@ -56,7 +56,10 @@ type memNet struct {
 	down      map[string]bool
 	onAccept  func(node string) error
 	onPrepare func(node string) error
-	hung      map[string]bool // Peek never answers
+	onLearn   func(node string) error
+	// onAcceptReq, if set, is asked before onAccept, with the request.
+	onAcceptReq func(node string, req *bpb.AcceptRequest) error
+	hung        map[string]bool // Peek never answers
 }
 
 func newNet(nodes ...string) *memNet {
@@ -110,8 +113,13 @@ func (n *memNet) Accept(_ context.Context, node string, req *bpb.AcceptRequest) 
 		return nil, err
 	}
 	n.mu.Lock()
-	hook := n.onAccept
+	hook, reqHook := n.onAccept, n.onAcceptReq
 	n.mu.Unlock()
+	if reqHook != nil {
+		if err := reqHook(node, req); err != nil {
+			return nil, err
+		}
+	}
 	if hook != nil {
 		if err := hook(node); err != nil {
 			return nil, err
@@ -124,6 +132,14 @@ func (n *memNet) Learn(_ context.Context, node string, req *bpb.LearnRequest) er
 	a, err := n.get(node)
 	if err != nil {
 		return err
+	}
+	n.mu.Lock()
+	hook := n.onLearn
+	n.mu.Unlock()
+	if hook != nil {
+		if err := hook(node); err != nil {
+			return err
+		}
 	}
 	return a.Learn(proto.Clone(req).(*bpb.LearnRequest))
 }

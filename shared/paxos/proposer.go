@@ -178,7 +178,7 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 		}
 		return nil, err
 	}
-	if e := p.takeFast(addr); e != nil && SameSet(e.state.Quorum, quorum) {
+	if e := p.takeFast(addr); e != nil && SameConfig(e.state.Quorum, quorum) {
 		// One round trip: the ballot is promised and e.state is what the
 		// promising majority holds. If anyone prepared since, the accept
 		// is refused and the full rounds below take over. A change that
@@ -187,7 +187,7 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 		if next, err := change(e.state); err == nil {
 			p.Stats.Rounds.Add(1)
 			p.Stats.FastRounds.Add(1)
-			next = stamp(next, e.state, opID, quorum)
+			next = settle(stamp(next, e.state, opID, quorum), e.state)
 			lastVersion = next.Version
 			ok, stale, landed, err := p.acceptNext(ctx, addr, e.ballot, next, quorum)
 			if !ok && landed {
@@ -197,13 +197,13 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 				return fail(err)
 			}
 			if ok {
-				p.remember(addr, next.Quorum)
-				return next, nil
+				return p.decided(ctx, addr, next), nil
 			}
 			p.Stats.Conflicts.Add(1)
 			seen = max(seen, stale)
 		}
 	}
+	moves := 0
 	for attempt := 0; attempt < p.MaxRounds; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
@@ -221,8 +221,16 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			p.Stats.QuorumMoves.Add(1)
 			quorum = res.moveTo
 			p.remember(addr, quorum)
+			if moves++; moves > 2 {
+				// Sent back and forth: a move is half done (its joint
+				// state on some acceptors, the old state on others) and
+				// an acceptor that would settle it does not answer yet.
+				if err := bo.wait(ctx); err != nil {
+					return fail(err)
+				}
+			}
 			continue
-		case res.ok >= majority(len(quorum)):
+		case res.satisfied:
 		case res.rejected > 0:
 			p.Stats.Conflicts.Add(1)
 			seen = max(seen, res.stale)
@@ -278,7 +286,30 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			}
 			return fail(err)
 		}
-		next = stamp(next, res.cur, opID, quorum)
+		next = settle(stamp(next, res.cur, opID, quorum), res.cur)
+		if res.cur != nil && !res.unanimous && !SameConfig(next.Quorum, res.cur.Quorum) {
+			// A change of config is made only from a chosen state (as
+			// Raft commits one config before proposing the next): the
+			// one cur names might otherwise never have been sealed, and
+			// a majority of its old set could still decide beside the
+			// new one. Decide cur unchanged first; the acceptors that
+			// take it promise our next ballot, which then carries the
+			// change (as on the fast path: what they hold is cur).
+			nb := p.ballot(b.Round)
+			ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum, nb)
+			if aerr != nil {
+				return fail(aerr)
+			}
+			if !ok {
+				p.Stats.Conflicts.Add(1)
+				seen = max(seen, stale)
+				if err := bo.wait(ctx); err != nil {
+					return fail(err)
+				}
+				continue
+			}
+			b = nb
+		}
 		lastVersion = next.Version
 		t0 = time.Now()
 		ok, stale, landed, err := p.acceptNext(ctx, addr, b, next, quorum)
@@ -297,10 +328,58 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			}
 			continue
 		}
-		p.remember(addr, next.Quorum)
-		return next, nil
+		return p.decided(ctx, addr, next), nil
 	}
 	return fail(fmt.Errorf("%w: %d rounds", ErrContended, p.MaxRounds))
+}
+
+// settle shapes a proposed state for the config of cur, the state it was
+// made from (see config.go): a state naming another acceptor set than
+// cur's is proposed with the joint config of both; a state made from a
+// joint state settles it on its new set (a move made from one goes on from
+// that new set).
+func settle(next, cur *bpb.MutableState) *bpb.MutableState {
+	q := next.Quorum
+	switch {
+	case cur == nil || len(cur.Quorum) == 0:
+		// A new block: it starts on one set.
+		q = Target(q)
+	case IsJoint(q) && !SameConfig(q, cur.Quorum):
+		// A joint config made elsewhere: not ours to reshape.
+		return next
+	case IsJoint(cur.Quorum) && (SameConfig(q, cur.Quorum) || SameSet(q, Target(cur.Quorum))):
+		q = Target(cur.Quorum)
+	case IsJoint(cur.Quorum):
+		q = jointConfig(q, Target(cur.Quorum))
+	case !SameConfig(q, cur.Quorum):
+		q = jointConfig(q, cur.Quorum)
+	}
+	if slices.Equal(q, next.Quorum) {
+		return next
+	}
+	next.Quorum = q
+	return next
+}
+
+// decided records st, just decided, as addr's state. A joint state is
+// settled on its new set at once (one more round, through the ballot its
+// acceptors just promised); when that fails, the next proposal on the
+// block settles it. The caller's change is decided either way.
+func (p *Proposer) decided(ctx context.Context, addr block.Address, st *bpb.MutableState) *bpb.MutableState {
+	p.remember(addr, st.Quorum)
+	if !IsJoint(st.Quorum) {
+		return st
+	}
+	fin, err := p.Propose(ctx, addr, st.Quorum, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur == nil {
+			return nil, block.ErrNotFound
+		}
+		return cur, nil
+	})
+	if err != nil || fin.Version != st.Version {
+		return st
+	}
+	return fin
 }
 
 // stamp completes a proposed state: the acceptor set, and this proposal's
@@ -337,6 +416,8 @@ func (p *Proposer) acceptNext(ctx context.Context, addr block.Address, b *bpb.Ba
 
 type prepared struct {
 	ok, rejected int
+	// satisfied: the promises cover a majority of every set of the config.
+	satisfied bool
 	// unanimous: every promise carried the same accepted ballot, so cur is
 	// already chosen.
 	unanimous bool
@@ -354,8 +435,9 @@ func (p *Proposer) prepare(ctx context.Context, addr block.Address, b *bpb.Ballo
 		resp *bpb.PrepareResponse
 		err  error
 	}
-	replies := make(chan reply, len(quorum))
-	for _, n := range quorum {
+	nodes := Members(quorum)
+	replies := make(chan reply, len(nodes))
+	for _, n := range nodes {
 		go func() {
 			r, err := p.t.Prepare(ctx, n, req)
 			replies <- reply{n, r, err}
@@ -364,10 +446,10 @@ func (p *Proposer) prepare(ctx context.Context, addr block.Address, b *bpb.Ballo
 	res := &prepared{}
 	var wrong []*bpb.PrepareResponse
 	accepted := map[string]*bpb.Ballot{}
-	need := majority(len(quorum))
+	promised := nodeSet{}
 	var absent <-chan time.Time
 collect:
-	for range quorum {
+	for range nodes {
 		var r reply
 		select {
 		case r = <-replies:
@@ -379,6 +461,7 @@ collect:
 			res.errs = append(res.errs, fmt.Errorf("%s: %w", r.node, r.err))
 		case r.resp.Outcome == bpb.Outcome_OUTCOME_OK:
 			res.ok++
+			promised[r.node] = true
 			accepted[r.node] = r.resp.Accepted
 			if r.resp.State != nil && Compare(r.resp.Accepted, res.curBallot) > 0 {
 				res.cur, res.curBallot = r.resp.State, r.resp.Accepted
@@ -392,24 +475,30 @@ collect:
 				res.stale = max(res.stale, r.resp.Promised.Round)
 			}
 		}
-		// A majority is enough; stragglers are not waited for, so one slow
-		// or paused acceptor does not stall the block. A majority that
-		// knows nothing of the block is not enough: an acceptor still to
-		// answer may hold it under another set (placement moved since it
-		// was made) and must get the chance to say so.
-		if res.ok >= need && len(wrong) == 0 {
+		// A majority (of each set, in a joint config) is enough;
+		// stragglers are not waited for, so one slow or paused acceptor
+		// does not stall the block. A majority that knows nothing of the
+		// block is not enough: an acceptor still to answer may hold it
+		// under another set (placement moved since it was made) and must
+		// get the chance to say so.
+		if satisfied(quorum, promised.has) {
 			if res.cur != nil {
 				break
 			}
-			if absent == nil {
+			if absent == nil && len(wrong) == 0 {
 				t := time.NewTimer(absentWait)
 				defer t.Stop()
 				absent = t.C
 			}
 		}
 	}
-	if len(wrong) > 0 {
-		// Move to the set of the most recently accepted state.
+	res.satisfied = satisfied(quorum, promised.has)
+	if len(wrong) > 0 && (!res.satisfied || res.cur == nil) {
+		// Promises that cover the config are enough whatever the others
+		// say: no move away from it can have been decided, as that takes
+		// a majority of each of its sets, whose members then refuse it.
+		// Short of that, move to the config of the most recently
+		// accepted state.
 		best := wrong[0]
 		for _, w := range wrong[1:] {
 			if Compare(w.Accepted, best.Accepted) > 0 {
@@ -430,24 +519,13 @@ collect:
 	return res, nil
 }
 
-func union(a, b []string) []string {
-	out := slices.Clone(a)
-	for _, x := range b {
-		if !slices.Contains(out, x) {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
-// accept sends state to the old and new acceptor sets; it is decided once a
-// majority of each accepted (the joint quorum that makes a change of
-// acceptor set safe).
+// accept sends state to the acceptors of the proposer's config and of the
+// state's; it is decided once a majority of every set of both accepted.
 //
 // landed reports whether the state may have been accepted anywhere (an
 // acceptor said yes, or a reply was lost), which makes a failure uncertain.
 func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableState, quorum []string, promiseNext *bpb.Ballot) (ok bool, stale uint64, landed bool, err error) {
-	targets := union(quorum, st.Quorum)
+	targets := Members(append(slices.Clone(quorum), st.Quorum...))
 	req := &bpb.AcceptRequest{Ballot: b, State: st, Quorum: quorum, PromiseNext: promiseNext}
 	replies := make(chan acceptReply, len(targets))
 	for _, n := range targets {
@@ -456,7 +534,7 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 			replies <- acceptReply{n, r, err}
 		}()
 	}
-	oldOK, newOK := 0, 0
+	okNodes := nodeSet{}
 	var errs []error
 	var hard error
 	newer := false
@@ -479,16 +557,11 @@ func (p *Proposer) accept(ctx context.Context, b *bpb.Ballot, st *bpb.MutableSta
 			}
 		} else if r.resp.Outcome == bpb.Outcome_OUTCOME_OK {
 			landed = true
-			if slices.Contains(quorum, r.node) {
-				oldOK++
-			}
-			if slices.Contains(st.Quorum, r.node) {
-				newOK++
-			}
+			okNodes[r.node] = true
 		} else if r.resp.Promised != nil {
 			stale = max(stale, r.resp.Promised.Round)
 		}
-		if oldOK >= majority(len(quorum)) && newOK >= majority(len(st.Quorum)) {
+		if satisfied(quorum, okNodes.has) && satisfied(st.Quorum, okNodes.has) {
 			// Decided. Acceptors still to answer are told the decision
 			// only if their accept fails, so the usual update costs no
 			// extra round trip.
@@ -593,9 +666,10 @@ func (p *Proposer) ReadKnown(ctx context.Context, addr block.Address, guess []st
 	return st, err == nil && v > 0 && st.Version == v, err
 }
 
-// peek returns the chosen state if a majority agrees on it (omitted: sent
-// without its payload, being version known), or the set to move to if the
-// block's acceptors are not the ones asked.
+// peek returns the chosen state if a majority (of each set, in a joint
+// config) agrees on it (omitted: sent without its payload, being version
+// known), or the config to move to if the block's acceptors are not the
+// ones asked.
 func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string, known uint64) (st *bpb.MutableState, omitted bool, moved []string, err error) {
 	req := &bpb.PeekRequest{Address: addr[:], KnownVersion: known}
 	type reply struct {
@@ -603,7 +677,8 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 		resp *bpb.PeekResponse
 		err  error
 	}
-	replies := make(chan reply, len(quorum))
+	all := Members(quorum)
+	replies := make(chan reply, len(all))
 	send := func(nodes []string) {
 		for _, n := range nodes {
 			go func() {
@@ -612,15 +687,19 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 			}()
 		}
 	}
-	need := majority(len(quorum))
 	// A bare majority usually agrees: ask it first, and the others only
 	// when its answers do not settle the read. A read then costs two
-	// round trips' worth of work instead of three.
-	send(quorum[:need])
-	asked := need
+	// round trips' worth of work instead of three. (A joint config, while
+	// a move is under way, is asked whole.)
+	first := all
+	if !IsJoint(quorum) {
+		first = quorum[:majority(len(quorum))]
+	}
+	send(first)
+	asked := len(first)
 	var groups []*peekGroup
 	var stale []string
-	empty, answered := 0, 0
+	empty, answered := nodeSet{}, nodeSet{}
 	var errs []error
 	// A paused or dead acceptor never answers: if the majority has not
 	// settled the read by hedgeAfter, the others are asked too.
@@ -634,14 +713,14 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 		select {
 		case r = <-replies:
 		case <-hedge.C:
-			if asked < len(quorum) {
-				send(quorum[asked:])
-				asked = len(quorum)
+			if asked < len(all) {
+				send(all[asked:])
+				asked = len(all)
 			}
 			got--
 			continue
 		case <-absent:
-			if empty >= need {
+			if satisfied(quorum, empty.has) {
 				return nil, false, nil, block.ErrNotFound
 			}
 			// Every acceptor was asked and those that answered do not
@@ -652,12 +731,12 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 		if r.err != nil {
 			errs = append(errs, r.err)
 		} else {
-			answered++
+			answered[r.node] = true
 			if r.resp.State == nil {
-				empty++
+				empty[r.node] = true
 				stale = append(stale, r.node)
 			} else {
-				if !SameSet(r.resp.State.Quorum, quorum) {
+				if !compatible(r.resp.State.Quorum, quorum) {
 					return nil, false, r.resp.State.Quorum, nil
 				}
 				found := false
@@ -673,7 +752,7 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 			}
 		}
 		for _, g := range groups {
-			if len(g.nodes) >= need {
+			if satisfied(quorum, func(n string) bool { return slices.Contains(g.nodes, n) }) {
 				// Remaining replies are not awaited; stale ones seen so far
 				// are brought up to date (by a full read: an omitted
 				// payload cannot be sent on).
@@ -687,21 +766,21 @@ func (p *Proposer) peek(ctx context.Context, addr block.Address, quorum []string
 		// answered: when placement has moved since the block was made,
 		// the asked set may be mostly new nodes, and only an old one can
 		// say where the block lives.
-		if (got == asked || empty >= need) && asked < len(quorum) {
-			send(quorum[asked:])
-			asked = len(quorum)
+		if (got == asked || satisfied(quorum, empty.has)) && asked < len(all) {
+			send(all[asked:])
+			asked = len(all)
 		}
-		if absent == nil && asked == len(quorum) && answered >= need {
+		if absent == nil && asked == len(all) && satisfied(quorum, answered.has) {
 			t := time.NewTimer(absentWait)
 			defer t.Stop()
 			absent = t.C
 		}
 	}
-	if empty >= need {
+	if satisfied(quorum, empty.has) {
 		return nil, false, nil, block.ErrNotFound
 	}
-	if answered < need {
-		return nil, false, nil, fmt.Errorf("%w: %d of %d acceptors answered: %w", ErrNoQuorum, answered, len(quorum), errors.Join(errs...))
+	if !satisfied(quorum, answered.has) {
+		return nil, false, nil, fmt.Errorf("%w: %d of %d acceptors answered: %w", ErrNoQuorum, len(answered), len(all), errors.Join(errs...))
 	}
 	return nil, false, nil, nil
 }
