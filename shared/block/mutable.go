@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	sha256 "github.com/minio/sha256-simd"
 
@@ -123,7 +124,7 @@ func VerifyMutable(s, prev *bpb.MutableState, maxSize int) error {
 	if maxSize > 0 && len(s.Payload) > maxSize {
 		return fmt.Errorf("%w: payload %d bytes, limit %d", ErrTooLarge, len(s.Payload), maxSize)
 	}
-	if len(s.Writer) != ed25519.PublicKeySize || !ed25519.Verify(s.Writer, signedBytes(s), s.Signature) {
+	if len(s.Writer) != ed25519.PublicKeySize || !verifySignature(s.Writer, signedBytes(s), s.Signature) {
 		return ErrBadSignature
 	}
 	var acl [][]byte
@@ -148,5 +149,49 @@ func sameWriters(a, b [][]byte) bool {
 			return false
 		}
 	}
+	return true
+}
+
+// verified remembers signatures this process has checked: every acceptor
+// of a block checks each version it accepts, and a process hosting several
+// storage nodes (the all-in-one runs three) checked the same signature once
+// per node, at ~80 µs each, 8% of the all-in-one's CPU under small S3 PUTs.
+// Only successes are kept, under the SHA-256 of the exact (writer,
+// signature, message) triple, so a hit is the same check passing again.
+var verified = struct {
+	sync.Mutex
+	m map[[32]byte]struct{}
+}{m: map[[32]byte]struct{}{}}
+
+// maxVerified bounds the cache; it is emptied when full (hot blocks'
+// versions are checked within milliseconds by their acceptors, so a small
+// cache keeps what matters).
+const maxVerified = 1 << 14
+
+func verifySignature(writer ed25519.PublicKey, msg, sig []byte) bool {
+	if len(writer) != ed25519.PublicKeySize || len(sig) != ed25519.SignatureSize {
+		return false
+	}
+	h := sha256.New()
+	h.Write(writer)
+	h.Write(sig)
+	h.Write(msg)
+	var k [32]byte
+	h.Sum(k[:0])
+	verified.Lock()
+	_, ok := verified.m[k]
+	verified.Unlock()
+	if ok {
+		return true
+	}
+	if !ed25519.Verify(writer, msg, sig) {
+		return false
+	}
+	verified.Lock()
+	if len(verified.m) >= maxVerified {
+		clear(verified.m)
+	}
+	verified.m[k] = struct{}{}
+	verified.Unlock()
 	return true
 }
