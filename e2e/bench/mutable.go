@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 
 	"shoal/shared/block"
 	"shoal/shared/dht"
+	"shoal/shared/paxos"
 )
 
 // mutableBench measures Paxos-backed mutable blocks on the all-in-one:
@@ -47,18 +50,29 @@ func mutableBench(cl *dht.Client, clients, ops int) {
 		writers[i] = w
 	}
 	const each = 50
+	// A writer whose attempt was uncertain and that then loses too many
+	// rounds gives up with ErrIndeterminate (proposers get no fairness
+	// yet): its increment may or may not have landed. It is counted and
+	// reported, not fatal; any other error is.
+	var unknown atomic.Int64
 	hb := measureWorkers(8*each, 8, func(w, _ int) {
 		_, err := writers[w].Update(ctx, key, hot, func(cur []byte, _ uint64) ([]byte, error) {
 			n, _ := strconv.Atoi(string(cur))
 			return strconv.AppendInt(nil, int64(n+1), 10), nil
 		})
+		if errors.Is(err, paxos.ErrIndeterminate) {
+			unknown.Add(1)
+			return
+		}
 		check(err)
 	})
-	// Every increment must have landed exactly once.
+	// Every acknowledged increment must have landed exactly once, and each
+	// uncertain one at most once.
 	final, err := cl.GetMutable(ctx, hot)
 	check(err)
-	if n, _ := strconv.Atoi(string(final.Payload)); n != 8*each {
-		check(fmt.Errorf("hot block counter is %d after %d increments", n, 8*each))
+	sure := int64(8*each) - unknown.Load()
+	if n, _ := strconv.ParseInt(string(final.Payload), 10, 64); n < sure || n > 8*each {
+		check(fmt.Errorf("hot block counter is %d after %d acknowledged and %d uncertain increments", n, sure, unknown.Load()))
 	}
 	var rounds, conflicts int64
 	for _, w := range writers {
@@ -66,5 +80,5 @@ func mutableBench(cl *dht.Client, clients, ops int) {
 		conflicts += w.PaxosStats().Conflicts.Load()
 	}
 	add("one hot block, 8 writers", fmt.Sprintf("%.0f ops/s", hb.rate()),
-		fmt.Sprintf("p99 %v; %.2f Paxos rounds and %.2f conflicts per update", hb.pct(99), float64(rounds)/float64(8*each), float64(conflicts)/float64(8*each)))
+		fmt.Sprintf("p99 %v; %.2f Paxos rounds and %.2f conflicts per update; %d gave up, outcome unknown", hb.pct(99), float64(rounds)/float64(8*each), float64(conflicts)/float64(8*each), unknown.Load()))
 }
