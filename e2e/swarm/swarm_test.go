@@ -29,6 +29,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"shoal/e2e/framework"
 )
 
 const (
@@ -128,10 +130,7 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() (b
 }
 
 func setup(t *testing.T) *env {
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := framework.RepoRoot(t)
 	if _, err := os.Stat(filepath.Join(root, "stacks", "shoal.yml")); err != nil {
 		t.Fatalf("repository root not found from %s: %v", root, err)
 	}

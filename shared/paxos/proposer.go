@@ -203,6 +203,17 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			seen = max(seen, stale)
 		}
 	}
+	// again decides cur once more, unchanged, at ballot b (asking for a
+	// promise of nb when set); lost reports a refused round, after the
+	// backoff, for the caller to retry.
+	again := func(b *bpb.Ballot, cur *bpb.MutableState, nb *bpb.Ballot) (lost bool, err error) {
+		ok, stale, _, err := p.accept(ctx, b, cur, quorum, nb)
+		if err != nil || ok {
+			return false, err
+		}
+		seen = max(seen, stale)
+		return true, bo.wait(ctx)
+	}
 	moves := 0
 	for attempt := 0; attempt < p.MaxRounds; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -245,15 +256,11 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			// An earlier attempt of ours was carried forward: the change
 			// is applied already. Make sure it is chosen, then report it.
 			if !res.unanimous {
-				ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum, nil)
-				if aerr != nil {
-					return fail(aerr)
+				lost, err := again(b, res.cur, nil)
+				if err != nil {
+					return fail(err)
 				}
-				if !ok {
-					seen = max(seen, stale)
-					if err := bo.wait(ctx); err != nil {
-						return fail(err)
-					}
+				if lost {
 					continue
 				}
 			}
@@ -271,16 +278,12 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			// the whole majority already agrees on it, decide it again
 			// unchanged at this ballot (CASPaxos's identity function).
 			if res.cur != nil && !res.unanimous {
-				ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum, nil)
+				lost, aerr := again(b, res.cur, nil)
 				if aerr != nil {
 					return fail(aerr)
 				}
-				if !ok {
+				if lost {
 					p.Stats.Conflicts.Add(1)
-					seen = max(seen, stale)
-					if err := bo.wait(ctx); err != nil {
-						return fail(err)
-					}
 					continue
 				}
 			}
@@ -296,16 +299,12 @@ func (p *Proposer) Propose(ctx context.Context, addr block.Address, guess []stri
 			// take it promise our next ballot, which then carries the
 			// change (as on the fast path: what they hold is cur).
 			nb := p.ballot(b.Round)
-			ok, stale, _, aerr := p.accept(ctx, b, res.cur, quorum, nb)
-			if aerr != nil {
-				return fail(aerr)
+			lost, err := again(b, res.cur, nb)
+			if err != nil {
+				return fail(err)
 			}
-			if !ok {
+			if lost {
 				p.Stats.Conflicts.Add(1)
-				seen = max(seen, stale)
-				if err := bo.wait(ctx); err != nil {
-					return fail(err)
-				}
 				continue
 			}
 			b = nb
