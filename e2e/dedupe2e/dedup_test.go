@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -535,3 +536,89 @@ func TestBadReferences(t *testing.T) {
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// TestCLIPutGet round-trips a file through `shoal put` and `shoal get -o`,
+// into a new file, over an existing one (whose mode it keeps), and into a
+// FIFO: a path that is not a regular file is written in place, not
+// replaced by a renamed temporary file (which turned /dev/null into a
+// plain file).
+func TestCLIPutGet(t *testing.T) {
+	_, d := start(t, 3)
+	dir := t.TempDir()
+	data := randBytes(7, 3<<20+11)
+	in := filepath.Join(dir, "in")
+	if err := os.WriteFile(in, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := d.Service.Addr()
+	out, stderr, code := framework.Run(t, nil, "put", "-dedup", addr, in)
+	if code != 0 {
+		t.Fatalf("shoal put: exit %d: %s", code, stderr)
+	}
+	ref := strings.TrimSpace(out)
+
+	check := func(path string) {
+		t.Helper()
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("%s: %d bytes, not the %d put", path, len(got), len(data))
+		}
+	}
+	get := func(path string) {
+		t.Helper()
+		if _, stderr, code := framework.Run(t, nil, "get", "-dedup", addr, "-o", path, ref); code != 0 {
+			t.Fatalf("shoal get -o %s: exit %d: %s", path, code, stderr)
+		}
+	}
+
+	fresh := filepath.Join(dir, "fresh")
+	get(fresh)
+	check(fresh)
+
+	old := filepath.Join(dir, "old")
+	if err := os.WriteFile(old, []byte("previous contents"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(old, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	get(old)
+	check(old)
+	if fi, err := os.Stat(old); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("replaced file: %v, mode %v, want 0640", err, fi.Mode())
+	}
+
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		f, err := os.Open(fifo) // blocks until the writer opens it
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer f.Close()
+		b, _ := io.ReadAll(f)
+		got <- b
+	}()
+	get(fifo)
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, data) {
+			t.Fatalf("fifo: read %d bytes, not the %d put", len(b), len(data))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("shoal get -o FIFO returned without writing to the FIFO")
+	}
+	if fi, err := os.Lstat(fifo); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		t.Fatalf("fifo replaced: %v %v", err, fi.Mode())
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".shoal-get-*")); len(m) != 0 {
+		t.Fatalf("temporary files left: %v", m)
+	}
+}

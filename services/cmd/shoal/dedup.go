@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"shoal/services/dedup/client"
@@ -115,21 +116,57 @@ func cmdGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		_, err = io.Copy(stdout, rc)
 		return err
 	}
-	// Write beside the target and rename, so a failed read leaves no
-	// partial file under the requested name.
-	tmp, err := os.CreateTemp(filepath.Dir(*out), ".shoal-get-*")
+	return writeOut(*out, rc)
+}
+
+// writeOut writes r to the file at path. A regular file (or a new one) is
+// written beside the target and renamed over it, so a failed read leaves
+// no partial file under the requested name; anything else that exists
+// there (a device such as /dev/null, a FIFO) is written in place, since
+// renaming over it would replace the device node with a plain file.
+func writeOut(path string, r io.Reader) error {
+	mode := os.FileMode(0o666) &^ umask()
+	if fi, err := os.Stat(path); err == nil {
+		if !fi.Mode().IsRegular() {
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(f, r); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		}
+		mode = fi.Mode().Perm()
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".shoal-get-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, rc); err != nil {
+	if _, err := io.Copy(tmp, r); err != nil {
+		tmp.Close()
+		return err
+	}
+	// CreateTemp makes the file 0600; give it the mode a shell redirect
+	// (or the file it replaces) would have.
+	if err := tmp.Chmod(mode); err != nil {
 		tmp.Close()
 		return err
 	}
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), *out)
+	return os.Rename(tmp.Name(), path)
+}
+
+// umask reads the process's file mode creation mask (setting it back at
+// once: the CLI is single-threaded here).
+func umask() os.FileMode {
+	m := syscall.Umask(0)
+	syscall.Umask(m)
+	return os.FileMode(m)
 }
 
 func cmdStat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
