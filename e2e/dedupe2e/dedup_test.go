@@ -622,3 +622,35 @@ func TestCLIPutGet(t *testing.T) {
 		t.Fatalf("temporary files left: %v", m)
 	}
 }
+
+// TestReadWriteTo reads a stream through the client reader's WriteTo (what
+// io.Copy uses), after a partial Read, and as a range.
+func TestReadWriteTo(t *testing.T) {
+	_, d := start(t, 3)
+	ctx := ctxT(t, time.Minute)
+	data := randBytes(9, 5<<20+3)
+	ref := write(t, ctx, d.Client, "", "", data)
+	for _, tc := range []struct{ off, n, first int64 }{{0, -1, 0}, {0, -1, 10}, {1<<20 + 5, 2 << 20, 7}} {
+		rc, err := d.Client.Read(ctx, ref, "", tc.off, tc.n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := data[tc.off:]
+		if tc.n >= 0 {
+			want = want[:tc.n]
+		}
+		head := make([]byte, tc.first)
+		if _, err := io.ReadFull(rc, head); err != nil {
+			t.Fatal(err)
+		}
+		var rest bytes.Buffer
+		n, err := rc.(io.WriterTo).WriteTo(&rest)
+		rc.Close()
+		if err != nil || n != int64(len(want))-tc.first {
+			t.Fatalf("%+v: WriteTo wrote %d bytes: %v", tc, n, err)
+		}
+		if got := append(head, rest.Bytes()...); !bytes.Equal(got, want) {
+			t.Fatalf("%+v: read differs", tc)
+		}
+	}
+}
