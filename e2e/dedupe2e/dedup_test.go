@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +34,7 @@ import (
 	sdedup "shoal/shared/dedup"
 	"shoal/shared/dedup/manifest"
 	"shoal/shared/dedup/policy"
+	"shoal/shared/dht"
 )
 
 func ctxT(t testing.TB, d time.Duration) context.Context {
@@ -652,5 +654,102 @@ func TestReadWriteTo(t *testing.T) {
 		if got := append(head, rest.Bytes()...); !bytes.Equal(got, want) {
 			t.Fatalf("%+v: read differs", tc)
 		}
+	}
+}
+
+// shardCounter is the dht client with its shard puts counted.
+type shardCounter struct {
+	*dht.Client
+	puts atomic.Int64
+}
+
+func (s *shardCounter) PutShard(ctx context.Context, stripe block.Address, rank int, data []byte) (block.Address, error) {
+	s.puts.Add(1)
+	return s.Client.PutShard(ctx, stripe, rank, data)
+}
+
+func (s *shardCounter) PutShardAt(ctx context.Context, stripe block.Address, rank int, addr block.Address, data []byte) error {
+	s.puts.Add(1)
+	return s.Client.PutShardAt(ctx, stripe, rank, addr, data)
+}
+
+// TestErasureCodedRewrite: on real nodes, re-writing erasure-coded data
+// that is stored sends no shard (the nodes that the stripes place the
+// shards on say they hold them), and a shard deleted from its node is the
+// only one sent again.
+func TestErasureCodedRewrite(t *testing.T) {
+	c, d := start(t, 6)
+	ctx := ctxT(t, 2*time.Minute)
+	store := &shardCounter{Client: d.DHT}
+	p, err := policy.Parse("chunk=fixed:256k,redundancy=ec:4+2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := sdedup.NewWriter(store, sdedup.WriterConfig{Policy: p, Sealed: sdedup.NewSealCache(1 << 20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(11, 2<<20)
+	ref, err := w.Write(ctx, bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := store.puts.Load()
+	if first != 8*6 {
+		t.Fatalf("first write sent %d shards, want 8 chunks × 6", first)
+	}
+	again, err := w.Write(ctx, bytes.NewReader(data))
+	if err != nil || again != ref {
+		t.Fatalf("re-write: %v (same reference: %v)", err, again == ref)
+	}
+	if n := store.puts.Load() - first; n != 0 {
+		t.Fatalf("re-write of stored data sent %d shards", n)
+	}
+
+	// Delete one shard of the first chunk from whichever node holds it.
+	r, err := sdedup.NewReader(store, sdedup.ReaderConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A shard is the one block of the stream held by exactly one node.
+	var victim block.Address
+	if err := r.Mark(ctx, []manifest.Ref{ref}, func(a block.Address) bool {
+		holders := 0
+		for i := range c.Nodes {
+			if _, _, err := c.Nodes[i].Silo().Get(a); err == nil {
+				holders++
+			}
+		}
+		if holders == 1 && victim == (block.Address{}) {
+			victim = a
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if victim == (block.Address{}) {
+		t.Fatal("no shard found on the nodes")
+	}
+	deleted := 0
+	for i := range c.Nodes {
+		if ok, err := c.Nodes[i].Silo().Delete(victim); err != nil {
+			t.Fatal(err)
+		} else if ok {
+			deleted++
+		}
+	}
+	if deleted != 1 {
+		t.Fatalf("block %s was on %d nodes, want one shard copy", victim, deleted)
+	}
+	before := store.puts.Load()
+	if _, err := w.Write(ctx, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if n := store.puts.Load() - before; n != 1 {
+		t.Fatalf("re-write after losing one shard sent %d shards, want 1", n)
+	}
+	bin, _ := ref.MarshalBinary()
+	if got := read(t, ctx, d.Client, bin, "", 0, -1); !bytes.Equal(got, data) {
+		t.Fatal("read differs")
 	}
 }

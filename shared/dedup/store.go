@@ -42,6 +42,17 @@ type AddressedStore interface {
 	PutShardAt(ctx context.Context, stripe block.Address, rank int, addr block.Address, data []byte) error
 }
 
+// ShardChecker is implemented by stores that can say, for erasure-coded
+// chunks, whether the node each shard's rank places it on in its stripe
+// holds it, touching those it holds as Has does (so reclamation spares
+// them until the manifest naming them is a root). A Writer then re-sends
+// only missing shards, and a re-write of stored data costs a hash per chunk
+// rather than sealing, encoding and sending it again. The answer holds,
+// for each stripe, one entry per shard rank.
+type ShardChecker interface {
+	HasShards(ctx context.Context, stripes []block.Address, shards [][]block.Address) ([][]bool, error)
+}
+
 // putBlock stores data, whose address the caller computed, as addr.
 func putBlock(ctx context.Context, store BlockStore, addr block.Address, data []byte) error {
 	if as, ok := store.(AddressedStore); ok {

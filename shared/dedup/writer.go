@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -70,6 +71,7 @@ type sealedChunk struct {
 	addr       block.Address
 	stored     int
 	compressed bool
+	shards     []block.Address // an erasure-coded chunk's shard addresses
 }
 
 const sealEntryBytes = 100
@@ -168,7 +170,10 @@ type job struct {
 	owned  bool // stored is a pooled buffer of its own
 	shards [][]byte
 	entry  manifest.Chunk
-	err    error
+	// missing lists the ranks of an erasure-coded chunk's shards that the
+	// store lacks, when it could say (nil: send them all).
+	missing []int
+	err     error
 }
 
 // askMin: a write whose first chunk is stored smaller than this, and
@@ -403,10 +408,8 @@ func (p *pipeline) seal(j *job) {
 		j.stored = j.plain
 		j.entry = manifest.Chunk{Addr: j.sum, Logical: len(j.plain), Stored: len(j.plain)}
 	} else {
-		// Erasure-coded chunks are always sent (see collect), so their
-		// stored form is always needed.
-		if c := w.cfg.Sealed; c != nil && w.ec == nil {
-			if s, ok := c.c.Get(sealKey{w.id, j.sum}); ok {
+		if c := w.cfg.Sealed; c != nil && w.caches() {
+			if s, ok := c.c.Get(sealKey{w.id, j.sum}); ok && (w.ec == nil) == (s.shards == nil) {
 				j.lazy = true
 				j.entry = w.chunkEntry(j, s)
 				return
@@ -417,16 +420,47 @@ func (p *pipeline) seal(j *job) {
 		}
 	}
 	if w.ec != nil {
-		var err error
-		if j.shards, err = w.ec.Encode(j.stored); err != nil {
-			j.err = err
-			return
+		j.err = p.encode(j)
+	}
+}
+
+// caches reports whether the SealCache can spare this Writer's sealing: a
+// cached chunk is sealed only if the store lacks it, which for
+// erasure-coded chunks only a ShardChecker can say.
+func (w *Writer) caches() bool {
+	if w.ec == nil {
+		return true
+	}
+	_, ok := w.store.(ShardChecker)
+	return ok
+}
+
+// encode makes an erasure-coded chunk's shards from its stored form and
+// records their addresses; for a lazy chunk they must be the cached ones.
+func (p *pipeline) encode(j *job) error {
+	w := p.w
+	shards, err := w.ec.Encode(j.stored)
+	if err != nil {
+		return err
+	}
+	addrs := make([]block.Address, len(shards))
+	for i, s := range shards {
+		addrs[i] = block.Sum(s)
+	}
+	if j.entry.Shards != nil {
+		// A lazy chunk's manifest entry already names its shards.
+		if !slices.Equal(addrs, j.entry.Shards) {
+			return fmt.Errorf("dedup: internal error: chunk %s encoded to other shards than cached", j.entry.Addr)
 		}
-		j.entry.Shards = make([]block.Address, len(j.shards))
-		for i, s := range j.shards {
-			j.entry.Shards[i] = block.Sum(s)
+	} else {
+		j.entry.Shards = addrs
+		if c := w.cfg.Sealed; c != nil && w.sealing() && w.caches() {
+			c.c.Put(sealKey{w.id, j.sum}, sealedChunk{addr: j.entry.Addr, stored: j.entry.Stored,
+				compressed: j.entry.Compressed, shards: addrs}, sealEntryBytes+len(addrs)*len(block.Address{}))
 		}
 	}
+	j.shards = shards
+	return nil
 }
 
 // sealing reports whether chunks are stored other than as they are.
@@ -435,7 +469,7 @@ func (w *Writer) sealing() bool {
 }
 
 func (w *Writer) chunkEntry(j *job, s sealedChunk) manifest.Chunk {
-	c := manifest.Chunk{Addr: s.addr, Logical: len(j.plain), Stored: s.stored, Compressed: s.compressed}
+	c := manifest.Chunk{Addr: s.addr, Logical: len(j.plain), Stored: s.stored, Compressed: s.compressed, Shards: s.shards}
 	if w.sealer.Encrypted() {
 		c.Seed = j.sum // seal derives the chunk key from the plaintext hash
 	}
@@ -472,6 +506,7 @@ func (p *pipeline) sealNow(j *job) error {
 	}
 	j.entry = w.chunkEntry(j, s)
 	if c := w.cfg.Sealed; c != nil && w.ec == nil {
+		// Erasure-coded chunks are cached by encode, with their shards.
 		c.c.Put(sealKey{w.id, j.sum}, s, sealEntryBytes)
 	}
 	return nil
@@ -517,19 +552,22 @@ func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBui
 				return j.err
 			}
 		}
-		// Shards are placed by stripe, not by their own address, so Has
-		// cannot find them: erasure-coded chunks are deduplicated within a
-		// Write and by the nodes themselves (an equal shard lands on the
-		// same node under the same address), but always sent.
+		// A write that starts with one small chunk (a small object, most
+		// likely) sends it rather than asking first: the Put costs about
+		// what the question does and saves a round trip. A Put of a block
+		// already stored touches it just as Has does, so reclamation is
+		// unchanged.
+		sendSmall := firstBatch && len(batch) == 1 && int64(batch[0].entry.Stored) < askMin
 		present := map[block.Address]bool{}
-		if p.w.ec == nil {
+		if p.w.ec != nil {
+			if !sendSmall {
+				var err error
+				if present, err = p.shardsPresent(batch, &seen); err != nil {
+					return err
+				}
+			}
+		} else {
 			ask = ask[:0]
-			// A write that starts with one small chunk (a small object,
-			// most likely) sends it rather than asking first: the Put
-			// costs about what the question does and saves a round trip.
-			// A Put of a block already stored touches it just as Has
-			// does, so reclamation is unchanged.
-			sendSmall := firstBatch && len(batch) == 1 && int64(batch[0].entry.Stored) < askMin
 			for _, j := range batch {
 				if !seen.has(j.entry.Addr) && !sendSmall {
 					ask = append(ask, j.entry.Addr)
@@ -578,7 +616,57 @@ func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBui
 	}
 }
 
-// put stores one chunk: one block, or its shards in parallel.
+// shardsPresent asks a ShardChecker store which shards of the batch's
+// erasure-coded chunks are already on their nodes (touching them, as Has
+// does). A chunk with all its shards there is present; one with some
+// there gets the missing ranks to send. Without a ShardChecker every
+// shard is sent: shards are placed by stripe, not by their own address,
+// so Has cannot find them (the nodes still dedupe what arrives).
+func (p *pipeline) shardsPresent(batch []*job, seen *recent) (map[block.Address]bool, error) {
+	present := map[block.Address]bool{}
+	sc, ok := p.w.store.(ShardChecker)
+	if !ok {
+		return present, nil
+	}
+	var ask []*job
+	var stripes []block.Address
+	var shards [][]block.Address
+	for _, j := range batch {
+		if !seen.has(j.entry.Addr) {
+			ask = append(ask, j)
+			stripes = append(stripes, j.entry.Addr)
+			shards = append(shards, j.entry.Shards)
+		}
+	}
+	if len(ask) == 0 {
+		return present, nil
+	}
+	has, err := sc.HasShards(p.ctx, stripes, shards)
+	if err != nil {
+		return nil, fmt.Errorf("dedup: has shards: %w", err)
+	}
+	if len(has) != len(ask) {
+		return nil, fmt.Errorf("%w: has shards answered %d of %d chunks", ErrStore, len(has), len(ask))
+	}
+	for i, j := range ask {
+		if len(has[i]) != len(j.entry.Shards) {
+			return nil, fmt.Errorf("%w: has shards answered %d of %d shards", ErrStore, len(has[i]), len(j.entry.Shards))
+		}
+		j.missing = j.missing[:0]
+		for rank, ok := range has[i] {
+			if !ok {
+				j.missing = append(j.missing, rank)
+			}
+		}
+		if len(j.missing) == 0 {
+			present[j.entry.Addr] = true
+		}
+	}
+	return present, nil
+}
+
+// put stores one chunk: one block, or its shards (those missing, when the
+// store said) in parallel.
 func (p *pipeline) put(j *job) error {
 	if p.ctx.Err() != nil {
 		return context.Cause(p.ctx)
@@ -587,6 +675,11 @@ func (p *pipeline) put(j *job) error {
 		if err := p.sealNow(j); err != nil {
 			return err
 		}
+		if p.w.ec != nil {
+			if err := p.encode(j); err != nil {
+				return err
+			}
+		}
 	}
 	if j.shards == nil {
 		if err := putBlock(p.ctx, p.w.store, j.entry.Addr, j.stored); err != nil {
@@ -594,7 +687,7 @@ func (p *pipeline) put(j *job) error {
 		}
 		return nil
 	}
-	return putShards(p.ctx, p.w.store, j.entry.Addr, j.shards, j.entry.Shards, nil, p.w.cfg.Puts)
+	return putShards(p.ctx, p.w.store, j.entry.Addr, j.shards, j.entry.Shards, j.missing, p.w.cfg.Puts)
 }
 
 // putShards stores the shards whose rank is in ranks (all when nil), at most

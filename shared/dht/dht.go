@@ -591,6 +591,7 @@ func (c *Client) Has(ctx context.Context, addrs []block.Address) ([]bool, error)
 func (c *Client) HasReplicated(ctx context.Context, addrs []block.Address, r, w int) ([]bool, error) {
 	counts := make([]int, len(addrs))
 	byNode := map[string][]int{}
+	asks := map[string][][]byte{}
 	nodes := map[string]*ppb.Node{}
 	for i, a := range addrs {
 		ts, err := c.writeTargetsN(ctx, a[:], r)
@@ -599,40 +600,11 @@ func (c *Client) HasReplicated(ctx context.Context, addrs []block.Address, r, w 
 		}
 		for _, n := range ts {
 			byNode[n.Id] = append(byNode[n.Id], i)
+			asks[n.Id] = append(asks[n.Id], addrs[i][:])
 			nodes[n.Id] = n
 		}
 	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for id, idx := range byNode {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			bs, err := c.client(nodes[id])
-			if err != nil {
-				return
-			}
-			req := &bpb.HasRequest{Addresses: make([][]byte, len(idx)), Touch: true}
-			for j, i := range idx {
-				req.Addresses[j] = addrs[i][:]
-			}
-			cctx, cancel := c.callCtx(ctx)
-			defer cancel()
-			resp, err := bs.Has(cctx, req)
-			if err != nil || len(resp.Present) != len(idx) {
-				return
-			}
-			mu.Lock()
-			for j, i := range idx {
-				if resp.Present[j] {
-					counts[i]++
-				}
-			}
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	if err := c.hasOn(ctx, nodes, asks, func(id string, k int) { counts[byNode[id][k]]++ }); err != nil {
 		return nil, err
 	}
 	out := make([]bool, len(addrs))
@@ -640,6 +612,40 @@ func (c *Client) HasReplicated(ctx context.Context, addrs []block.Address, r, w 
 		out[i] = n >= w
 	}
 	return out, nil
+}
+
+// hasOn asks each node, in parallel, whether it holds the addresses asked
+// of it, touching those it holds, and calls found (serialized) for each
+// that is present, by its index in the node's list. A node that cannot be
+// asked holds none of them.
+func (c *Client) hasOn(ctx context.Context, nodes map[string]*ppb.Node, asks map[string][][]byte, found func(id string, k int)) error {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for id, list := range asks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bs, err := c.client(nodes[id])
+			if err != nil {
+				return
+			}
+			cctx, cancel := c.callCtx(ctx)
+			defer cancel()
+			resp, err := bs.Has(cctx, &bpb.HasRequest{Addresses: list, Touch: true})
+			if err != nil || len(resp.Present) != len(list) {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for k, ok := range resp.Present {
+				if ok {
+					found(id, k)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return ctx.Err()
 }
 
 // Holders asks every node in the view whether it holds addr.

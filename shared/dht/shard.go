@@ -65,3 +65,42 @@ func (c *Client) GetShard(ctx context.Context, stripe block.Address, rank int, a
 	}
 	return data, err
 }
+
+// HasShards reports, for each stripe and each shard rank, whether the node
+// that rank places the shard on holds it, and touches the shards it holds
+// (so a re-write's chunks are spared by reclamation until its manifest is
+// a root). One Has call goes to each node involved. A node that cannot be
+// asked counts as not holding its shards: the caller sends them again.
+func (c *Client) HasShards(ctx context.Context, stripes []block.Address, shards [][]block.Address) ([][]bool, error) {
+	if len(shards) != len(stripes) {
+		return nil, fmt.Errorf("dht: has shards: %d stripes, %d shard lists", len(stripes), len(shards))
+	}
+	type at struct{ stripe, rank int }
+	byNode := map[string][]at{}
+	asks := map[string][][]byte{}
+	nodes := map[string]*ppb.Node{}
+	out := make([][]bool, len(stripes))
+	for i, stripe := range stripes {
+		out[i] = make([]bool, len(shards[i]))
+		ranked, err := c.ranked(ctx, stripe[:])
+		if err != nil {
+			return nil, err
+		}
+		if len(shards[i]) > len(ranked) {
+			return nil, fmt.Errorf("%w: %d shards with %d nodes", ErrNoNodes, len(shards[i]), len(ranked))
+		}
+		for rank := range shards[i] {
+			n := ranked[rank]
+			byNode[n.Id] = append(byNode[n.Id], at{i, rank})
+			asks[n.Id] = append(asks[n.Id], shards[i][rank][:])
+			nodes[n.Id] = n
+		}
+	}
+	if err := c.hasOn(ctx, nodes, asks, func(id string, k int) {
+		a := byNode[id][k]
+		out[a.stripe][a.rank] = true
+	}); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

@@ -4,8 +4,10 @@
 package memstore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"shoal/shared/block"
@@ -31,6 +33,7 @@ type Counts struct {
 	NewBlocks, NewBytes      int64 // Puts that stored something new
 	ShardPuts, ShardBytes    int64 // every PutShard
 	Gets, ShardGets, HasAddr int64
+	HasShard                 int64 // shards asked about by HasShards
 }
 
 // New returns an empty Store.
@@ -106,6 +109,26 @@ func (s *Store) PutShard(ctx context.Context, stripe block.Address, rank int, da
 	return block.Sum(data), nil
 }
 
+// HasShards implements dedup.ShardChecker: a shard is present when the
+// (stripe, rank) slot holds bytes hashing to its address.
+func (s *Store) HasShards(ctx context.Context, stripes []block.Address, shards [][]block.Address) ([][]bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([][]bool, len(stripes))
+	for i, stripe := range stripes {
+		out[i] = make([]bool, len(shards[i]))
+		for rank, a := range shards[i] {
+			s.n.HasShard++
+			b, ok := s.shards[shardKey{stripe, rank}]
+			out[i][rank] = ok && block.Sum(b) == a
+		}
+	}
+	return out, nil
+}
+
 // GetShard implements dedup.BlockStore.
 func (s *Store) GetShard(ctx context.Context, stripe block.Address, rank int, addr block.Address) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
@@ -161,6 +184,22 @@ func (s *Store) Blocks(fn func(rank int, data []byte)) {
 func (s *Store) Addresses() map[block.Address]struct{} {
 	out := map[block.Address]struct{}{}
 	s.Blocks(func(_ int, b []byte) { out[block.Sum(b)] = struct{}{} })
+	return out
+}
+
+// Stripes returns the stripes some shard is held for, in address order.
+func (s *Store) Stripes() []block.Address {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[block.Address]bool{}
+	var out []block.Address
+	for k := range s.shards {
+		if !seen[k.stripe] {
+			seen[k.stripe] = true
+			out = append(out, k.stripe)
+		}
+	}
+	slices.SortFunc(out, func(a, b block.Address) int { return bytes.Compare(a[:], b[:]) })
 	return out
 }
 
