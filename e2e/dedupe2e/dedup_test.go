@@ -11,8 +11,13 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -752,4 +757,65 @@ func TestErasureCodedRewrite(t *testing.T) {
 	if got := read(t, ctx, d.Client, bin, "", 0, -1); !bytes.Equal(got, data) {
 		t.Fatal("read differs")
 	}
+}
+
+// TestLegacyRootShards: a root recorded by the first root-set format (256
+// shards, "shoal/dedup/roots/%03d", written here byte for byte as that
+// format did) keeps its data through collections and in df, and a
+// Release through today's tier frees it.
+func TestLegacyRootShards(t *testing.T) {
+	c, d := start(t, 3)
+	ctx := ctxT(t, 2*time.Minute)
+	p0 := c.PhysicalBytes()
+	data := randBytes(12, 2<<20)
+	ref := write(t, ctx, d.Client, "chunk=fixed:64k", "", data)
+	// Take the root out of today's shards, then record it, with one use,
+	// in its legacy shard: as a cluster written before the change.
+	if err := d.Client.Release(ctx, ref, ""); err != nil {
+		t.Fatal(err)
+	}
+	hexKey, err := os.ReadFile(filepath.Join(c.Dir(), "dedup", "master.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, err := hex.DecodeString(strings.TrimSpace(string(hexKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := hmac.New(sha256.New, master)
+	mac.Write([]byte("shoal/dedup/root-set signing key"))
+	sign := ed25519.NewKeyFromSeed(mac.Sum(nil))
+	key := append([]byte{0}, ref...) // uvarint len("") then the reference
+	entry := []byte{1, 1}            // format 1, one entry
+	entry = binary.AppendUvarint(entry, uint64(len(key)))
+	entry = append(entry, key...)
+	entry = binary.AppendUvarint(entry, 1) // one use
+	h := sha256.Sum256(key)
+	if err := d.DHT.CreateName(ctx, sign, fmt.Sprintf("shoal/dedup/roots/%03d", h[0]), entry); err != nil {
+		t.Fatal(err)
+	}
+
+	// Collections keep it, and df counts it.
+	for range 2 {
+		if _, err := d.Client.Collect(ctx, 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := read(t, ctx, d.Client, ref, "", 0, -1); !bytes.Equal(got, data) {
+		t.Fatal("data of a legacy root lost by a collection")
+	}
+	if u, err := d.Client.Usage(ctx); err != nil || u.Logical != int64(len(data)) {
+		t.Fatalf("df: %+v, %v; want %d logical bytes", u, err, len(data))
+	}
+
+	// Released through today's tier, it goes.
+	if err := d.Client.Release(ctx, ref, ""); err != nil {
+		t.Fatal(err)
+	}
+	framework.Eventually(t, 30*time.Second, "legacy root's data reclaimed", func() bool {
+		if _, err := d.Client.Collect(ctx, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		return c.PhysicalBytes()-p0 < int64(len(data))
+	})
 }

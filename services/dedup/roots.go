@@ -18,10 +18,20 @@ import (
 )
 
 // rootShards is how many mutable blocks hold the root set. A root's shard
-// is fixed by its hash, so the count is part of the format: changing it
-// would hide roots from collection. 256 shards of at most a few MiB hold
-// millions of roots with no block written by everyone (Infinit's lesson).
-const rootShards = 256
+// is fixed by its hash (12 bits), so the count is part of the format:
+// changing it would hide roots from collection. Every change rewrites its
+// shard, so the count bounds the cost of an add as the set grows: 4,096
+// shards keep ~30 KiB each at a million roots (~120 bytes a root) and hold
+// over 100 million within the 4 MiB block limit, with no block written by
+// everyone (Infinit's lesson).
+const rootShards = 4096
+
+// legacyShards is the first format's shard count (256 shards, named by
+// decimal index). Roots added under it stay there until released: every
+// collection still reads those shards, and a release that finds its root
+// absent from its shard releases it from its legacy shard. Nothing is
+// added to them any more, so they only shrink.
+const legacyShards = 256
 
 // rootSet is the set of live root references, with a use count each, kept
 // in rootShards named blocks owned by the tier's signing key (derived from
@@ -47,7 +57,14 @@ func newRootSet(dc *dht.Client, key ed25519.PrivateKey) *rootSet {
 	return rs
 }
 
-func shardName(i int) string { return fmt.Sprintf("shoal/dedup/roots/%03d", i) }
+// shardName names shard i: [0, rootShards) are the current shards,
+// [rootShards, rootShards+legacyShards) the legacy ones.
+func shardName(i int) string {
+	if i >= rootShards {
+		return fmt.Sprintf("shoal/dedup/roots/%03d", i-rootShards)
+	}
+	return fmt.Sprintf("shoal/dedup/roots/v2/%03x", i)
+}
 
 // rootKey is the set's key for a (volume, ref) pair: length-prefixed
 // volume, then the reference's binary form.
@@ -65,9 +82,16 @@ func splitKey(k string) (string, []byte, error) {
 	return k[w : w+int(n)], []byte(k[w+int(n):]), nil
 }
 
+// shardOf is the shard that holds key; legacyShardOf the legacy shard
+// that may still hold it.
 func shardOf(key string) int {
 	h := sha256.Sum256([]byte(key))
-	return int(h[0]) % rootShards
+	return (int(h[0])<<8 | int(h[1])) % rootShards
+}
+
+func legacyShardOf(key string) int {
+	h := sha256.Sum256([]byte(key))
+	return rootShards + int(h[0])%legacyShards
 }
 
 const rootsVersion = 1
@@ -134,7 +158,10 @@ var errNoChange = errors.New("dedup: root set unchanged")
 type rootChange struct {
 	k     string
 	delta int
-	err   error // set by the round that ran it
+	// absent: a release found no such root in the shard (set by the
+	// round that ran it, as is err).
+	absent bool
+	err    error
 }
 
 // maxRootChanges bounds the changes applied in one round.
@@ -156,7 +183,17 @@ func (rs *rootSet) add(ctx context.Context, volume string, ref []byte, delta int
 	if err := rs.queues.Do(ctx, shardOf(k), c); err != nil {
 		return err
 	}
-	return c.err
+	if c.err != nil || !c.absent {
+		return c.err
+	}
+	// A root added under the legacy format is released there. Its uses
+	// may be split between the two shards (added before, retained
+	// after): releases drain the current shard first, then the legacy one.
+	lc := &rootChange{k: k, delta: delta}
+	if err := rs.queues.Do(ctx, legacyShardOf(k), lc); err != nil {
+		return err
+	}
+	return lc.err
 }
 
 // apply makes one round of changes to a shard, creating it if need be.
@@ -167,6 +204,7 @@ func (rs *rootSet) apply(ctx context.Context, shard int, changes []*rootChange) 
 		changed := false
 		for _, ch := range changes {
 			c := m[ch.k]
+			ch.absent = ch.delta < 0 && c == 0
 			switch {
 			case ch.delta > 0:
 				m[ch.k] = c + uint64(ch.delta)
@@ -218,17 +256,19 @@ type root struct {
 	count  uint64
 }
 
-// all reads every shard (quorum reads, 16 at a time). Any error fails the
-// whole read: a collection must never run on a partial root set.
+// all reads every shard, current and legacy (quorum reads, 64 at a
+// time; most are small or absent). Any error fails the whole read: a
+// collection must never run on a partial root set. A root with uses in
+// both its shards appears twice, which marking does not mind.
 func (rs *rootSet) all(ctx context.Context) ([]root, error) {
 	var (
 		mu   sync.Mutex
 		out  []root
 		errs []error
 		wg   sync.WaitGroup
-		sem  = make(chan struct{}, 16)
+		sem  = make(chan struct{}, 64)
 	)
-	for i := range rootShards {
+	for i := range rootShards + legacyShards {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
