@@ -122,6 +122,16 @@ func Default() Policy {
 	}
 }
 
+// ErasureChunking is the chunking of an erasure-coded policy that names
+// none: chunks of ~1 MiB, so each of a 4+2 code's shards is a block of
+// ~256 KiB. With Default's 64 KiB chunks the shards were 16 KiB, and the
+// per-block costs (placement, calls, index entries, fsync'd records)
+// made EC 4+2 puts ~50% and gets ~45% slower (512 MiB through `shoal put`
+// and `shoal get` on the all-in-one). MinIO likewise erasure-codes 1 MiB
+// blocks. Small random reads cost more (a chunk's data shards are read
+// whole), so a volume serving them names a smaller chunk.
+var ErasureChunking = Chunking{Mode: CDC, Min: 256 << 10, Avg: 1 << 20, Max: 4 << 20}
+
 // Validate reports whether p is allowed.
 func (p Policy) Validate() error {
 	c := p.Chunking
@@ -189,7 +199,8 @@ func (p Policy) Validate() error {
 //	chunk=cdc:16k/64k/256k,compress=zstd:3,encrypt=on,redundancy=rep:3/2
 //	chunk=fixed:4m,compress=none,redundancy=ec:4+2
 //
-// Keys left out keep their Default value; the result is validated.
+// Keys left out keep their Default value, except that an erasure-coded
+// policy without a chunk key gets ErasureChunking; the result is validated.
 func Parse(s string) (Policy, error) {
 	p := Default()
 	seen := map[string]bool{}
@@ -223,6 +234,9 @@ func Parse(s string) (Policy, error) {
 		if err != nil {
 			return Policy{}, err
 		}
+	}
+	if p.Redundancy.Mode == Erasure && !seen["chunk"] {
+		p.Chunking = ErasureChunking
 	}
 	if err := p.Validate(); err != nil {
 		return Policy{}, err

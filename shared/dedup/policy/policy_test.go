@@ -42,8 +42,15 @@ func TestParseDefaultsAndShortForms(t *testing.T) {
 	}
 	want := Default()
 	want.Redundancy = Redundancy{Mode: Erasure, Data: 4, Parity: 2}
+	want.Chunking = ErasureChunking // EC without a chunk key
 	if p != want {
 		t.Fatalf("got %v", p)
+	}
+	if p, err = Parse("redundancy=ec:4+2,chunk=cdc:16k/64k/256k"); err != nil || p.Chunking != Default().Chunking {
+		t.Fatalf("EC with its own chunking: %v, %v", p, err)
+	}
+	if p, err = Parse("redundancy=rep:3/2"); err != nil || p.Chunking != Default().Chunking {
+		t.Fatalf("replicated: %v, %v", p, err)
 	}
 	if p, err = Parse("compress=zstd,chunk=fixed:64KiB"); err != nil || p.Compression.Level != 3 || p.Chunking.Size != 64<<10 {
 		t.Fatalf("got %v, %v", p, err)
