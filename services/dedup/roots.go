@@ -7,8 +7,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"shoal/shared/block"
@@ -44,6 +46,12 @@ type rootSet struct {
 	pub ed25519.PublicKey
 	// queues hold this replica's changes per shard (see add).
 	queues *combine.Queues[int, *rootChange]
+	// exists marks the shards this replica has seen exist. One it has not
+	// is most likely new (a young cluster creates most of its 4,096
+	// shards with its first few thousand writes), so an add creates it
+	// first instead of updating it first: one Paxos create rather than a
+	// failed update and a create.
+	exists [rootShards + legacyShards]atomic.Bool
 }
 
 func newRootSet(dc *dht.Client, key ed25519.PrivateKey) *rootSet {
@@ -219,6 +227,18 @@ func (rs *rootSet) apply(ctx context.Context, shard int, changes []*rootChange) 
 		}
 		return changed
 	}
+	if !rs.exists[shard].Load() && slices.ContainsFunc(changes, func(ch *rootChange) bool { return ch.delta > 0 }) {
+		m := map[string]uint64{}
+		applyAll(m) // releases in the batch find nothing in a new shard
+		err := rs.dht.CreateName(ctx, rs.key, name, encodeRoots(m))
+		if !errors.Is(err, dht.ErrExists) {
+			if err == nil {
+				rs.exists[shard].Store(true)
+			}
+			return err
+		}
+		rs.exists[shard].Store(true) // update it below
+	}
 	for attempt := 0; ; attempt++ {
 		_, err := rs.dht.Update(ctx, rs.key, addr, func(cur []byte, _ uint64) ([]byte, error) {
 			m, err := decodeRoots(cur)
@@ -232,6 +252,7 @@ func (rs *rootSet) apply(ctx context.Context, shard int, changes []*rootChange) 
 		})
 		switch {
 		case err == nil, errors.Is(err, errNoChange):
+			rs.exists[shard].Store(true)
 			return nil
 		case errors.Is(err, block.ErrNotFound) && attempt < 3:
 			m := map[string]uint64{}
@@ -241,6 +262,9 @@ func (rs *rootSet) apply(ctx context.Context, shard int, changes []*rootChange) 
 			err = rs.dht.CreateName(ctx, rs.key, name, encodeRoots(m))
 			if errors.Is(err, dht.ErrExists) {
 				continue // another replica created it first: update it
+			}
+			if err == nil {
+				rs.exists[shard].Store(true)
 			}
 			return err
 		default:
