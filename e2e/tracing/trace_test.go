@@ -29,7 +29,8 @@ func TestPutSpanTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, root := telemetry.Tracer().Start(context.Background(), "cli.block.put")
-	if _, err := cl.Put(ctx, []byte("traced block")); err != nil {
+	addr, err := cl.Put(ctx, []byte("traced block"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	root.End()
@@ -65,6 +66,14 @@ func TestPutSpanTree(t *testing.T) {
 		case "dht.put":
 			if parentName(s) != "cli.block.put" {
 				t.Errorf("dht.put parent = %q", parentName(s))
+			}
+			// Set only on recording spans (the hex costs when tracing is off).
+			found := false
+			for _, kv := range s.Attributes() {
+				found = found || (kv.Key == "block.address" && kv.Value.AsString() == addr.String())
+			}
+			if !found {
+				t.Errorf("dht.put attributes %v lack block.address %s", s.Attributes(), addr)
 			}
 		case rpcName:
 			want := "dht.put" // client side

@@ -266,7 +266,10 @@ func toStatus(err error) error {
 }
 
 func span(ctx context.Context, name string, addr []byte) trace.Span {
-	_, sp := telemetry.Tracer().Start(ctx, name, trace.WithAttributes(attribute.String("block.address", hex.EncodeToString(addr))))
+	_, sp := telemetry.Tracer().Start(ctx, name)
+	if sp.IsRecording() { // the address's hex costs even when tracing is off
+		sp.SetAttributes(attribute.String("block.address", hex.EncodeToString(addr)))
+	}
 	return sp
 }
 

@@ -392,9 +392,11 @@ func (c *Client) PutReplicatedAt(ctx context.Context, addr block.Address, data [
 	if len(data) > c.cfg.MaxBlockSize {
 		return fmt.Errorf("%w: %d bytes, limit %d", block.ErrTooLarge, len(data), c.cfg.MaxBlockSize)
 	}
-	ctx, sp := telemetry.Tracer().Start(ctx, "dht.put", trace.WithAttributes(
-		attribute.String("block.address", addr.String()), attribute.Int("block.size", len(data))))
+	ctx, sp := telemetry.Tracer().Start(ctx, "dht.put")
 	defer sp.End()
+	if sp.IsRecording() { // the address's hex costs even when tracing is off
+		sp.SetAttributes(attribute.String("block.address", addr.String()), attribute.Int("block.size", len(data)))
+	}
 	err := c.put(ctx, addr, data, r, w)
 	if err != nil {
 		sp.RecordError(err)
@@ -485,8 +487,11 @@ func (c *Client) putOne(ctx context.Context, n *ppb.Node, req *bpb.PutRequest) e
 // matching its address, then repairs the replicas that were missing it or
 // held a bad copy.
 func (c *Client) Get(ctx context.Context, addr block.Address) ([]byte, error) {
-	ctx, sp := telemetry.Tracer().Start(ctx, "dht.get", trace.WithAttributes(attribute.String("block.address", addr.String())))
+	ctx, sp := telemetry.Tracer().Start(ctx, "dht.get")
 	defer sp.End()
+	if sp.IsRecording() {
+		sp.SetAttributes(attribute.String("block.address", addr.String()))
+	}
 	ranked, err := c.ranked(ctx, addr[:])
 	if err != nil {
 		return nil, err

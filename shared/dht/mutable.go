@@ -9,7 +9,6 @@ import (
 	"fmt"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	bpb "shoal/proto/blockstorepb"
@@ -136,8 +135,11 @@ func (c *Client) guess(ctx context.Context, addr block.Address) ([]string, error
 }
 
 func (c *Client) propose(ctx context.Context, op string, addr block.Address, change paxos.Change) (*bpb.MutableState, error) {
-	ctx, sp := telemetry.Tracer().Start(ctx, "dht."+op, trace.WithAttributes(attribute.String("block.address", addr.String())))
+	ctx, sp := telemetry.Tracer().Start(ctx, "dht."+op)
 	defer sp.End()
+	if sp.IsRecording() { // the address's hex costs even when tracing is off
+		sp.SetAttributes(attribute.String("block.address", addr.String()))
+	}
 	g, err := c.guess(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -184,9 +186,11 @@ func (c *Client) GetMutable(ctx context.Context, addr block.Address) (*Mutable, 
 // a cache holding version v revalidates without the payload moving: it
 // returns nil, nil when v is current. v = 0 always reads the block.
 func (c *Client) GetMutableIfChanged(ctx context.Context, addr block.Address, v uint64) (*Mutable, error) {
-	ctx, sp := telemetry.Tracer().Start(ctx, "dht.get_mutable", trace.WithAttributes(
-		attribute.String("block.address", addr.String()), attribute.Int64("known_version", int64(v))))
+	ctx, sp := telemetry.Tracer().Start(ctx, "dht.get_mutable")
 	defer sp.End()
+	if sp.IsRecording() {
+		sp.SetAttributes(attribute.String("block.address", addr.String()), attribute.Int64("known_version", int64(v)))
+	}
 	g, err := c.guess(ctx, addr)
 	if err != nil {
 		return nil, err
