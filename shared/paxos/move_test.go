@@ -3,6 +3,7 @@ package paxos
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -23,6 +24,46 @@ func moveTo(set []string) Change {
 	}
 }
 
+// moveScene is the start of every move test: acceptors a–d, a block
+// created on the old set {a,b,c}, to be moved to {a,b,d}.
+type moveScene struct {
+	net            *memNet
+	oldSet, newSet []string
+	k              key
+	ctx            context.Context
+	addr           block.Address
+}
+
+// newMoveScene creates the block (named name) on the old set. Without round
+// leases, which only order rounds, whether a client finds an acceptor
+// promised to another round does not depend on timing.
+func newMoveScene(t *testing.T, name string, leases bool) *moveScene {
+	t.Helper()
+	sc := &moveScene{net: newNet("a", "b", "c", "d"), oldSet: []string{"a", "b", "c"}, newSet: []string{"a", "b", "d"},
+		k: newKey(t), ctx: context.Background()}
+	if !leases {
+		for _, a := range sc.net.acc {
+			a.RoundLease = 0
+		}
+	}
+	g := genesis(sc.k, name, []byte("v1"))
+	sc.addr, _ = block.FromBytes(g.Address)
+	if _, err := NewProposer("p", sc.net).Propose(sc.ctx, sc.addr, sc.oldSet, create(g)); err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
+
+// downAt fails calls to the named acceptors.
+func downAt(nodes ...string) func(string) error {
+	return func(node string) error {
+		if slices.Contains(nodes, node) {
+			return errDown
+		}
+		return nil
+	}
+}
+
 // A move from {a,b,c} to {a,b,d} whose accept reached only a and d is not
 // decided: a majority of the old set ({b,c}) never saw it and can still
 // decide. A proposer that finds the moved state on a majority of the new
@@ -33,24 +74,12 @@ func moveTo(set []string) Change {
 // 1796048296905603741: for 2 s one client saw a chain of successful
 // compare-and-sets while others kept reading the value it replaced).
 func TestPartialMoveDoesNotSplitTheBlock(t *testing.T) {
-	net := newNet("a", "b", "c", "d")
-	oldSet, newSet := []string{"a", "b", "c"}, []string{"a", "b", "d"}
-	k := newKey(t)
-	ctx := context.Background()
-	g := genesis(k, "split", []byte("v1"))
-	addr, _ := block.FromBytes(g.Address)
-	if _, err := NewProposer("p", net).Propose(ctx, addr, oldSet, create(g)); err != nil {
-		t.Fatal(err)
-	}
+	sc := newMoveScene(t, "split", true)
+	net, oldSet, newSet, k, ctx, addr := sc.net, sc.oldSet, sc.newSet, sc.k, sc.ctx, sc.addr
 
 	// The move's accept reaches a and d only: b is busy with another
 	// round, c paused.
-	net.hook(func(node string) error {
-		if node == "b" || node == "c" {
-			return errDown
-		}
-		return nil
-	})
+	net.hook(downAt("b", "c"))
 	if _, err := NewProposer("mover", net).Propose(ctx, addr, oldSet, moveTo(newSet)); err == nil {
 		t.Fatal("a move accepted by one of three old acceptors reported success")
 	}
@@ -58,12 +87,7 @@ func TestPartialMoveDoesNotSplitTheBlock(t *testing.T) {
 	// b stays behind for the rest of the test: no decision reaches it
 	// through a learn (a paused process; the learn times out).
 	net.mu.Lock()
-	net.onLearn = func(node string) error {
-		if node == "b" {
-			return errDown
-		}
-		return nil
-	}
+	net.onLearn = downAt("b")
 	net.mu.Unlock()
 
 	// A client whose view gives the new set writes x.
@@ -109,36 +133,14 @@ func TestPartialMoveDoesNotSplitTheBlock(t *testing.T) {
 // state on a majority of the new set alone, which then decides while a
 // majority of the old set still can.
 func TestConfigChangeOnlyFromChosenState(t *testing.T) {
-	net := newNet("a", "b", "c", "d")
-	// Round leases only order rounds; with them, whether the last client
-	// finds b promised to another round depends on timing.
-	for _, a := range net.acc {
-		a.RoundLease = 0
-	}
-	oldSet, newSet := []string{"a", "b", "c"}, []string{"a", "b", "d"}
-	k := newKey(t)
-	ctx := context.Background()
-	g := genesis(k, "seal", []byte("v1"))
-	addr, _ := block.FromBytes(g.Address)
-	failAt := func(nodes ...string) func(string) error {
-		return func(node string) error {
-			for _, n := range nodes {
-				if n == node {
-					return errDown
-				}
-			}
-			return nil
-		}
-	}
-	if _, err := NewProposer("p", net).Propose(ctx, addr, oldSet, create(g)); err != nil {
-		t.Fatal(err)
-	}
+	sc := newMoveScene(t, "seal", false)
+	net, oldSet, newSet, k, ctx, addr := sc.net, sc.oldSet, sc.newSet, sc.k, sc.ctx, sc.addr
 	// No learn reaches b (a paused process): it keeps what it accepted.
 	net.mu.Lock()
-	net.onLearn = failAt("b")
+	net.onLearn = downAt("b")
 	net.mu.Unlock()
 	// The move's joint state reaches a and d only.
-	net.hook(failAt("b", "c"))
+	net.hook(downAt("b", "c"))
 	if _, err := NewProposer("mover", net).Propose(ctx, addr, oldSet, moveTo(newSet)); err == nil {
 		t.Fatal("a move accepted by one of three old acceptors reported success")
 	}
@@ -151,7 +153,7 @@ func TestConfigChangeOnlyFromChosenState(t *testing.T) {
 	_, errW := w.Propose(ctx, addr, joint, next(k, []byte("x")))
 	t.Logf("write through the joint config: %v", errW)
 	// Clients of the new set write, b's accepts lost.
-	net.hook(failAt("b"))
+	net.hook(downAt("b"))
 	last := ""
 	if errW == nil {
 		last = "x"
@@ -194,25 +196,10 @@ func TestConfigChangeOnlyFromChosenState(t *testing.T) {
 // ever decided again (no decision, no learn): the block is stuck for
 // good, as the linearizability test's moves under faults showed.
 func TestHalfSettledMoveDoesNotStall(t *testing.T) {
-	net := newNet("a", "b", "c", "d")
-	for _, a := range net.acc {
-		a.RoundLease = 0
-	}
-	oldSet, newSet := []string{"a", "b", "c"}, []string{"a", "b", "d"}
-	k := newKey(t)
-	ctx := context.Background()
-	g := genesis(k, "stall", []byte("v1"))
-	addr, _ := block.FromBytes(g.Address)
-	if _, err := NewProposer("p", net).Propose(ctx, addr, oldSet, create(g)); err != nil {
-		t.Fatal(err)
-	}
+	sc := newMoveScene(t, "stall", false)
+	net, oldSet, newSet, k, ctx, addr := sc.net, sc.oldSet, sc.newSet, sc.k, sc.ctx, sc.addr
 	net.mu.Lock()
-	net.onLearn = func(node string) error {
-		if node == "c" {
-			return errDown
-		}
-		return nil
-	}
+	net.onLearn = downAt("c")
 	net.mu.Unlock()
 	// The joint state is chosen by a, b and d (c misses it); then only a
 	// takes the settled state.
