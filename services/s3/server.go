@@ -34,7 +34,9 @@ type Server struct {
 	log  *slog.Logger
 	tel  *telemetry
 	dirs *dirCache
-	now  func() time.Time
+	// shards keeps index shards decoded for reads.
+	shards *shardCache
+	now    func() time.Time
 
 	namesMu sync.Mutex
 	names   map[string][32]byte
@@ -60,7 +62,7 @@ func New(cfg Config, data DataStore, meta MetaStore, logger *slog.Logger) (*Serv
 		return nil, err
 	}
 	s := &Server{cfg: cfg, data: data, meta: meta, log: logger, tel: tel,
-		dirs: newDirCache(), now: time.Now, names: map[string][32]byte{}}
+		dirs: newDirCache(), shards: newShardCache(), now: time.Now, names: map[string][32]byte{}}
 	s.commits = newCommitQueues(meta)
 	s.cache = newMetaCache(cfg.MetaCacheTTL, func() time.Time { return s.now() })
 	return s, nil
