@@ -266,6 +266,162 @@ func (x *ReadResponse) GetData() []byte {
 	return nil
 }
 
+// ReadBatch carries many small reads in one call: a frontend serving small
+// objects queues the reads that arrive while its previous batch is in
+// flight, instead of opening a stream per object.
+type ReadBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Each read names an explicit length of at most 256 KiB; at most 256
+	// reads per batch.
+	Reads         []*ReadRequest `protobuf:"bytes,1,rep,name=reads,proto3" json:"reads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadBatchRequest) Reset() {
+	*x = ReadBatchRequest{}
+	mi := &file_dedupb_dedup_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadBatchRequest) ProtoMessage() {}
+
+func (x *ReadBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dedupb_dedup_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadBatchRequest.ProtoReflect.Descriptor instead.
+func (*ReadBatchRequest) Descriptor() ([]byte, []int) {
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReadBatchRequest) GetReads() []*ReadRequest {
+	if x != nil {
+		return x.Reads
+	}
+	return nil
+}
+
+type ReadResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// The read's own outcome: a gRPC status code (0 = OK) and its message,
+	// as Read would have failed with.
+	Code          int32  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadResult) Reset() {
+	*x = ReadResult{}
+	mi := &file_dedupb_dedup_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadResult) ProtoMessage() {}
+
+func (x *ReadResult) ProtoReflect() protoreflect.Message {
+	mi := &file_dedupb_dedup_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadResult.ProtoReflect.Descriptor instead.
+func (*ReadResult) Descriptor() ([]byte, []int) {
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReadResult) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ReadResult) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ReadResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type ReadBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per read, in order.
+	Results       []*ReadResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadBatchResponse) Reset() {
+	*x = ReadBatchResponse{}
+	mi := &file_dedupb_dedup_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadBatchResponse) ProtoMessage() {}
+
+func (x *ReadBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dedupb_dedup_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadBatchResponse.ProtoReflect.Descriptor instead.
+func (*ReadBatchResponse) Descriptor() ([]byte, []int) {
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReadBatchResponse) GetResults() []*ReadResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type StatRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           []byte                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -276,7 +432,7 @@ type StatRequest struct {
 
 func (x *StatRequest) Reset() {
 	*x = StatRequest{}
-	mi := &file_dedupb_dedup_proto_msgTypes[4]
+	mi := &file_dedupb_dedup_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -288,7 +444,7 @@ func (x *StatRequest) String() string {
 func (*StatRequest) ProtoMessage() {}
 
 func (x *StatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[4]
+	mi := &file_dedupb_dedup_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -301,7 +457,7 @@ func (x *StatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatRequest.ProtoReflect.Descriptor instead.
 func (*StatRequest) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{4}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatRequest) GetRef() []byte {
@@ -332,7 +488,7 @@ type StatResponse struct {
 
 func (x *StatResponse) Reset() {
 	*x = StatResponse{}
-	mi := &file_dedupb_dedup_proto_msgTypes[5]
+	mi := &file_dedupb_dedup_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +500,7 @@ func (x *StatResponse) String() string {
 func (*StatResponse) ProtoMessage() {}
 
 func (x *StatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[5]
+	mi := &file_dedupb_dedup_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +513,7 @@ func (x *StatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatResponse.ProtoReflect.Descriptor instead.
 func (*StatResponse) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{5}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatResponse) GetSize() int64 {
@@ -412,7 +568,7 @@ type RefRequest struct {
 
 func (x *RefRequest) Reset() {
 	*x = RefRequest{}
-	mi := &file_dedupb_dedup_proto_msgTypes[6]
+	mi := &file_dedupb_dedup_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +580,7 @@ func (x *RefRequest) String() string {
 func (*RefRequest) ProtoMessage() {}
 
 func (x *RefRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[6]
+	mi := &file_dedupb_dedup_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +593,7 @@ func (x *RefRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefRequest.ProtoReflect.Descriptor instead.
 func (*RefRequest) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{6}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RefRequest) GetRef() []byte {
@@ -462,7 +618,7 @@ type RefResponse struct {
 
 func (x *RefResponse) Reset() {
 	*x = RefResponse{}
-	mi := &file_dedupb_dedup_proto_msgTypes[7]
+	mi := &file_dedupb_dedup_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +630,7 @@ func (x *RefResponse) String() string {
 func (*RefResponse) ProtoMessage() {}
 
 func (x *RefResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[7]
+	mi := &file_dedupb_dedup_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +643,7 @@ func (x *RefResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefResponse.ProtoReflect.Descriptor instead.
 func (*RefResponse) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{7}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{10}
 }
 
 type UsageRequest struct {
@@ -498,7 +654,7 @@ type UsageRequest struct {
 
 func (x *UsageRequest) Reset() {
 	*x = UsageRequest{}
-	mi := &file_dedupb_dedup_proto_msgTypes[8]
+	mi := &file_dedupb_dedup_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +666,7 @@ func (x *UsageRequest) String() string {
 func (*UsageRequest) ProtoMessage() {}
 
 func (x *UsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[8]
+	mi := &file_dedupb_dedup_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +679,7 @@ func (x *UsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageRequest.ProtoReflect.Descriptor instead.
 func (*UsageRequest) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{8}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{11}
 }
 
 type UsageResponse struct {
@@ -539,7 +695,7 @@ type UsageResponse struct {
 
 func (x *UsageResponse) Reset() {
 	*x = UsageResponse{}
-	mi := &file_dedupb_dedup_proto_msgTypes[9]
+	mi := &file_dedupb_dedup_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +707,7 @@ func (x *UsageResponse) String() string {
 func (*UsageResponse) ProtoMessage() {}
 
 func (x *UsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[9]
+	mi := &file_dedupb_dedup_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +720,7 @@ func (x *UsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageResponse.ProtoReflect.Descriptor instead.
 func (*UsageResponse) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{9}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UsageResponse) GetLogicalBytes() int64 {
@@ -599,7 +755,7 @@ type CollectRequest struct {
 
 func (x *CollectRequest) Reset() {
 	*x = CollectRequest{}
-	mi := &file_dedupb_dedup_proto_msgTypes[10]
+	mi := &file_dedupb_dedup_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +767,7 @@ func (x *CollectRequest) String() string {
 func (*CollectRequest) ProtoMessage() {}
 
 func (x *CollectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[10]
+	mi := &file_dedupb_dedup_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +780,7 @@ func (x *CollectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectRequest.ProtoReflect.Descriptor instead.
 func (*CollectRequest) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{10}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CollectRequest) GetGraceSeconds() int64 {
@@ -652,7 +808,7 @@ type CollectResponse struct {
 
 func (x *CollectResponse) Reset() {
 	*x = CollectResponse{}
-	mi := &file_dedupb_dedup_proto_msgTypes[11]
+	mi := &file_dedupb_dedup_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +820,7 @@ func (x *CollectResponse) String() string {
 func (*CollectResponse) ProtoMessage() {}
 
 func (x *CollectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[11]
+	mi := &file_dedupb_dedup_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +833,7 @@ func (x *CollectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectResponse.ProtoReflect.Descriptor instead.
 func (*CollectResponse) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{11}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CollectResponse) GetMarked() int64 {
@@ -722,7 +878,7 @@ type PatchRequest struct {
 
 func (x *PatchRequest) Reset() {
 	*x = PatchRequest{}
-	mi := &file_dedupb_dedup_proto_msgTypes[12]
+	mi := &file_dedupb_dedup_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +890,7 @@ func (x *PatchRequest) String() string {
 func (*PatchRequest) ProtoMessage() {}
 
 func (x *PatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dedupb_dedup_proto_msgTypes[12]
+	mi := &file_dedupb_dedup_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +903,7 @@ func (x *PatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PatchRequest.ProtoReflect.Descriptor instead.
 func (*PatchRequest) Descriptor() ([]byte, []int) {
-	return file_dedupb_dedup_proto_rawDescGZIP(), []int{12}
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PatchRequest) GetPolicy() string {
@@ -818,7 +974,16 @@ const file_dedupb_dedup_proto_rawDesc = "" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\x03R\x06length\"\"\n" +
 	"\fReadResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"7\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"E\n" +
+	"\x10ReadBatchRequest\x121\n" +
+	"\x05reads\x18\x01 \x03(\v2\x1b.shoal.dedup.v1.ReadRequestR\x05reads\"N\n" +
+	"\n" +
+	"ReadResult\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"I\n" +
+	"\x11ReadBatchResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.shoal.dedup.v1.ReadResultR\aresults\"7\n" +
 	"\vStatRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\fR\x03ref\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\"\xbf\x01\n" +
@@ -855,10 +1020,11 @@ const file_dedupb_dedup_proto_rawDesc = "" +
 	"\x06offset\x18\x05 \x01(\x03R\x06offset\x12\x12\n" +
 	"\x04data\x18\x06 \x01(\fR\x04data\x12\x1f\n" +
 	"\vzero_length\x18\a \x01(\x03R\n" +
-	"zeroLength2\xb8\x04\n" +
+	"zeroLength2\x8a\x05\n" +
 	"\x05Dedup\x12F\n" +
 	"\x05Write\x12\x1c.shoal.dedup.v1.WriteRequest\x1a\x1d.shoal.dedup.v1.WriteResponse(\x01\x12C\n" +
-	"\x04Read\x12\x1b.shoal.dedup.v1.ReadRequest\x1a\x1c.shoal.dedup.v1.ReadResponse0\x01\x12A\n" +
+	"\x04Read\x12\x1b.shoal.dedup.v1.ReadRequest\x1a\x1c.shoal.dedup.v1.ReadResponse0\x01\x12P\n" +
+	"\tReadBatch\x12 .shoal.dedup.v1.ReadBatchRequest\x1a!.shoal.dedup.v1.ReadBatchResponse\x12A\n" +
 	"\x04Stat\x12\x1b.shoal.dedup.v1.StatRequest\x1a\x1c.shoal.dedup.v1.StatResponse\x12F\n" +
 	"\x05Patch\x12\x1c.shoal.dedup.v1.PatchRequest\x1a\x1d.shoal.dedup.v1.WriteResponse(\x01\x12A\n" +
 	"\x06Retain\x12\x1a.shoal.dedup.v1.RefRequest\x1a\x1b.shoal.dedup.v1.RefResponse\x12B\n" +
@@ -878,44 +1044,51 @@ func file_dedupb_dedup_proto_rawDescGZIP() []byte {
 	return file_dedupb_dedup_proto_rawDescData
 }
 
-var file_dedupb_dedup_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_dedupb_dedup_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_dedupb_dedup_proto_goTypes = []any{
-	(*WriteRequest)(nil),    // 0: shoal.dedup.v1.WriteRequest
-	(*WriteResponse)(nil),   // 1: shoal.dedup.v1.WriteResponse
-	(*ReadRequest)(nil),     // 2: shoal.dedup.v1.ReadRequest
-	(*ReadResponse)(nil),    // 3: shoal.dedup.v1.ReadResponse
-	(*StatRequest)(nil),     // 4: shoal.dedup.v1.StatRequest
-	(*StatResponse)(nil),    // 5: shoal.dedup.v1.StatResponse
-	(*RefRequest)(nil),      // 6: shoal.dedup.v1.RefRequest
-	(*RefResponse)(nil),     // 7: shoal.dedup.v1.RefResponse
-	(*UsageRequest)(nil),    // 8: shoal.dedup.v1.UsageRequest
-	(*UsageResponse)(nil),   // 9: shoal.dedup.v1.UsageResponse
-	(*CollectRequest)(nil),  // 10: shoal.dedup.v1.CollectRequest
-	(*CollectResponse)(nil), // 11: shoal.dedup.v1.CollectResponse
-	(*PatchRequest)(nil),    // 12: shoal.dedup.v1.PatchRequest
+	(*WriteRequest)(nil),      // 0: shoal.dedup.v1.WriteRequest
+	(*WriteResponse)(nil),     // 1: shoal.dedup.v1.WriteResponse
+	(*ReadRequest)(nil),       // 2: shoal.dedup.v1.ReadRequest
+	(*ReadResponse)(nil),      // 3: shoal.dedup.v1.ReadResponse
+	(*ReadBatchRequest)(nil),  // 4: shoal.dedup.v1.ReadBatchRequest
+	(*ReadResult)(nil),        // 5: shoal.dedup.v1.ReadResult
+	(*ReadBatchResponse)(nil), // 6: shoal.dedup.v1.ReadBatchResponse
+	(*StatRequest)(nil),       // 7: shoal.dedup.v1.StatRequest
+	(*StatResponse)(nil),      // 8: shoal.dedup.v1.StatResponse
+	(*RefRequest)(nil),        // 9: shoal.dedup.v1.RefRequest
+	(*RefResponse)(nil),       // 10: shoal.dedup.v1.RefResponse
+	(*UsageRequest)(nil),      // 11: shoal.dedup.v1.UsageRequest
+	(*UsageResponse)(nil),     // 12: shoal.dedup.v1.UsageResponse
+	(*CollectRequest)(nil),    // 13: shoal.dedup.v1.CollectRequest
+	(*CollectResponse)(nil),   // 14: shoal.dedup.v1.CollectResponse
+	(*PatchRequest)(nil),      // 15: shoal.dedup.v1.PatchRequest
 }
 var file_dedupb_dedup_proto_depIdxs = []int32{
-	0,  // 0: shoal.dedup.v1.Dedup.Write:input_type -> shoal.dedup.v1.WriteRequest
-	2,  // 1: shoal.dedup.v1.Dedup.Read:input_type -> shoal.dedup.v1.ReadRequest
-	4,  // 2: shoal.dedup.v1.Dedup.Stat:input_type -> shoal.dedup.v1.StatRequest
-	12, // 3: shoal.dedup.v1.Dedup.Patch:input_type -> shoal.dedup.v1.PatchRequest
-	6,  // 4: shoal.dedup.v1.Dedup.Retain:input_type -> shoal.dedup.v1.RefRequest
-	6,  // 5: shoal.dedup.v1.Dedup.Release:input_type -> shoal.dedup.v1.RefRequest
-	8,  // 6: shoal.dedup.v1.Dedup.Usage:input_type -> shoal.dedup.v1.UsageRequest
-	10, // 7: shoal.dedup.v1.Dedup.Collect:input_type -> shoal.dedup.v1.CollectRequest
-	1,  // 8: shoal.dedup.v1.Dedup.Write:output_type -> shoal.dedup.v1.WriteResponse
-	3,  // 9: shoal.dedup.v1.Dedup.Read:output_type -> shoal.dedup.v1.ReadResponse
-	5,  // 10: shoal.dedup.v1.Dedup.Stat:output_type -> shoal.dedup.v1.StatResponse
-	1,  // 11: shoal.dedup.v1.Dedup.Patch:output_type -> shoal.dedup.v1.WriteResponse
-	7,  // 12: shoal.dedup.v1.Dedup.Retain:output_type -> shoal.dedup.v1.RefResponse
-	7,  // 13: shoal.dedup.v1.Dedup.Release:output_type -> shoal.dedup.v1.RefResponse
-	9,  // 14: shoal.dedup.v1.Dedup.Usage:output_type -> shoal.dedup.v1.UsageResponse
-	11, // 15: shoal.dedup.v1.Dedup.Collect:output_type -> shoal.dedup.v1.CollectResponse
-	8,  // [8:16] is the sub-list for method output_type
-	0,  // [0:8] is the sub-list for method input_type
-	0,  // [0:0] is the sub-list for extension type_name
-	0,  // [0:0] is the sub-list for extension extendee
-	0,  // [0:0] is the sub-list for field type_name
+	2,  // 0: shoal.dedup.v1.ReadBatchRequest.reads:type_name -> shoal.dedup.v1.ReadRequest
+	5,  // 1: shoal.dedup.v1.ReadBatchResponse.results:type_name -> shoal.dedup.v1.ReadResult
+	0,  // 2: shoal.dedup.v1.Dedup.Write:input_type -> shoal.dedup.v1.WriteRequest
+	2,  // 3: shoal.dedup.v1.Dedup.Read:input_type -> shoal.dedup.v1.ReadRequest
+	4,  // 4: shoal.dedup.v1.Dedup.ReadBatch:input_type -> shoal.dedup.v1.ReadBatchRequest
+	7,  // 5: shoal.dedup.v1.Dedup.Stat:input_type -> shoal.dedup.v1.StatRequest
+	15, // 6: shoal.dedup.v1.Dedup.Patch:input_type -> shoal.dedup.v1.PatchRequest
+	9,  // 7: shoal.dedup.v1.Dedup.Retain:input_type -> shoal.dedup.v1.RefRequest
+	9,  // 8: shoal.dedup.v1.Dedup.Release:input_type -> shoal.dedup.v1.RefRequest
+	11, // 9: shoal.dedup.v1.Dedup.Usage:input_type -> shoal.dedup.v1.UsageRequest
+	13, // 10: shoal.dedup.v1.Dedup.Collect:input_type -> shoal.dedup.v1.CollectRequest
+	1,  // 11: shoal.dedup.v1.Dedup.Write:output_type -> shoal.dedup.v1.WriteResponse
+	3,  // 12: shoal.dedup.v1.Dedup.Read:output_type -> shoal.dedup.v1.ReadResponse
+	6,  // 13: shoal.dedup.v1.Dedup.ReadBatch:output_type -> shoal.dedup.v1.ReadBatchResponse
+	8,  // 14: shoal.dedup.v1.Dedup.Stat:output_type -> shoal.dedup.v1.StatResponse
+	1,  // 15: shoal.dedup.v1.Dedup.Patch:output_type -> shoal.dedup.v1.WriteResponse
+	10, // 16: shoal.dedup.v1.Dedup.Retain:output_type -> shoal.dedup.v1.RefResponse
+	10, // 17: shoal.dedup.v1.Dedup.Release:output_type -> shoal.dedup.v1.RefResponse
+	12, // 18: shoal.dedup.v1.Dedup.Usage:output_type -> shoal.dedup.v1.UsageResponse
+	14, // 19: shoal.dedup.v1.Dedup.Collect:output_type -> shoal.dedup.v1.CollectResponse
+	11, // [11:20] is the sub-list for method output_type
+	2,  // [2:11] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_dedupb_dedup_proto_init() }
@@ -929,7 +1102,7 @@ func file_dedupb_dedup_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dedupb_dedup_proto_rawDesc), len(file_dedupb_dedup_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,14 +24,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Dedup_Write_FullMethodName   = "/shoal.dedup.v1.Dedup/Write"
-	Dedup_Read_FullMethodName    = "/shoal.dedup.v1.Dedup/Read"
-	Dedup_Stat_FullMethodName    = "/shoal.dedup.v1.Dedup/Stat"
-	Dedup_Patch_FullMethodName   = "/shoal.dedup.v1.Dedup/Patch"
-	Dedup_Retain_FullMethodName  = "/shoal.dedup.v1.Dedup/Retain"
-	Dedup_Release_FullMethodName = "/shoal.dedup.v1.Dedup/Release"
-	Dedup_Usage_FullMethodName   = "/shoal.dedup.v1.Dedup/Usage"
-	Dedup_Collect_FullMethodName = "/shoal.dedup.v1.Dedup/Collect"
+	Dedup_Write_FullMethodName     = "/shoal.dedup.v1.Dedup/Write"
+	Dedup_Read_FullMethodName      = "/shoal.dedup.v1.Dedup/Read"
+	Dedup_ReadBatch_FullMethodName = "/shoal.dedup.v1.Dedup/ReadBatch"
+	Dedup_Stat_FullMethodName      = "/shoal.dedup.v1.Dedup/Stat"
+	Dedup_Patch_FullMethodName     = "/shoal.dedup.v1.Dedup/Patch"
+	Dedup_Retain_FullMethodName    = "/shoal.dedup.v1.Dedup/Retain"
+	Dedup_Release_FullMethodName   = "/shoal.dedup.v1.Dedup/Release"
+	Dedup_Usage_FullMethodName     = "/shoal.dedup.v1.Dedup/Usage"
+	Dedup_Collect_FullMethodName   = "/shoal.dedup.v1.Dedup/Collect"
 )
 
 // DedupClient is the client API for Dedup service.
@@ -40,6 +41,7 @@ const (
 type DedupClient interface {
 	Write(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteRequest, WriteResponse], error)
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
+	ReadBatch(ctx context.Context, in *ReadBatchRequest, opts ...grpc.CallOption) (*ReadBatchResponse, error)
 	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*StatResponse, error)
 	// Patch returns a new reference: base with the request's extents
 	// written, sharing every untouched chunk and manifest node with it. Like
@@ -94,6 +96,16 @@ func (c *dedupClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.Ca
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Dedup_ReadClient = grpc.ServerStreamingClient[ReadResponse]
+
+func (c *dedupClient) ReadBatch(ctx context.Context, in *ReadBatchRequest, opts ...grpc.CallOption) (*ReadBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadBatchResponse)
+	err := c.cc.Invoke(ctx, Dedup_ReadBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *dedupClient) Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*StatResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -164,6 +176,7 @@ func (c *dedupClient) Collect(ctx context.Context, in *CollectRequest, opts ...g
 type DedupServer interface {
 	Write(grpc.ClientStreamingServer[WriteRequest, WriteResponse]) error
 	Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
+	ReadBatch(context.Context, *ReadBatchRequest) (*ReadBatchResponse, error)
 	Stat(context.Context, *StatRequest) (*StatResponse, error)
 	// Patch returns a new reference: base with the request's extents
 	// written, sharing every untouched chunk and manifest node with it. Like
@@ -192,6 +205,9 @@ func (UnimplementedDedupServer) Write(grpc.ClientStreamingServer[WriteRequest, W
 }
 func (UnimplementedDedupServer) Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Read not implemented")
+}
+func (UnimplementedDedupServer) ReadBatch(context.Context, *ReadBatchRequest) (*ReadBatchResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReadBatch not implemented")
 }
 func (UnimplementedDedupServer) Stat(context.Context, *StatRequest) (*StatResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Stat not implemented")
@@ -249,6 +265,24 @@ func _Dedup_Read_Handler(srv interface{}, stream grpc.ServerStream) error {
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Dedup_ReadServer = grpc.ServerStreamingServer[ReadResponse]
+
+func _Dedup_ReadBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DedupServer).ReadBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Dedup_ReadBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DedupServer).ReadBatch(ctx, req.(*ReadBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _Dedup_Stat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatRequest)
@@ -354,6 +388,10 @@ var Dedup_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "shoal.dedup.v1.Dedup",
 	HandlerType: (*DedupServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ReadBatch",
+			Handler:    _Dedup_ReadBatch_Handler,
+		},
 		{
 			MethodName: "Stat",
 			Handler:    _Dedup_Stat_Handler,

@@ -553,6 +553,60 @@ func (s *Service) Read(req *dpb.ReadRequest, stream dpb.Dedup_ReadServer) error 
 	}
 }
 
+// Batched reads: what one ReadBatch may carry. The items are small objects'
+// whole bodies; larger reads go through the Read stream.
+const (
+	maxBatchReads    = 256
+	maxBatchReadSize = 256 << 10
+)
+
+// ReadBatch serves many small reads in one call, concurrently; each has
+// its own outcome, as its own Read call would have had.
+func (s *Service) ReadBatch(ctx context.Context, req *dpb.ReadBatchRequest) (*dpb.ReadBatchResponse, error) {
+	if len(req.Reads) > maxBatchReads {
+		return nil, toStatus(invalid("a read batch carries at most %d reads, not %d", maxBatchReads, len(req.Reads)))
+	}
+	out := &dpb.ReadBatchResponse{Results: make([]*dpb.ReadResult, len(req.Reads))}
+	var wg sync.WaitGroup
+	for i, rr := range req.Reads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data, err := s.readSmall(ctx, rr)
+			res := &dpb.ReadResult{Data: data}
+			if err != nil {
+				st := status.Convert(toStatus(err))
+				res.Code, res.Message = int32(st.Code()), st.Message()
+			}
+			out.Results[i] = res
+		}()
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// readSmall is one read of a batch: what Read would have streamed.
+func (s *Service) readSmall(ctx context.Context, req *dpb.ReadRequest) ([]byte, error) {
+	if req.Length < 0 || req.Length > maxBatchReadSize {
+		return nil, invalid("a batched read needs an explicit length of at most %d bytes, not %d", maxBatchReadSize, req.Length)
+	}
+	ref, r, _, err := s.open(ctx, req.Ref, req.Volume)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := r.Read(ctx, ref, req.Offset, req.Length)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	buf := make([]byte, max(0, min(req.Length, ref.Size-req.Offset)))
+	n, err := io.ReadFull(rc, buf)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = nil
+	}
+	return buf[:n], err
+}
+
 // Stat reports a stream's size and costs from its root.
 func (s *Service) Stat(ctx context.Context, req *dpb.StatRequest) (*dpb.StatResponse, error) {
 	ref, _, st, err := s.open(ctx, req.Ref, req.Volume)
