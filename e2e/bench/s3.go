@@ -98,12 +98,14 @@ func s3Bench(dataDir string, raw float64) {
 		}
 	}
 	if n := *s3Small; n > 0 {
+		cpu := startCPU(cmd.Process.Pid)
 		put := measure(n, *s3Conc, func(i int) {
 			_, err := c.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("rep3"), Key: aws.String(fmt.Sprintf("small/%06d", i)),
 				Body: bytes.NewReader(randBlock(4096)), ContentLength: aws.Int64(4096)})
 			check(err)
 		})
-		add(fmt.Sprintf("S3 PUT 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", put.rate()), fmt.Sprintf("p50 %v p99 %v", put.pct(50), put.pct(99)))
+		add(fmt.Sprintf("S3 PUT 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", put.rate()), fmt.Sprintf("p50 %v p99 %v%s", put.pct(50), put.pct(99), cpu.perOp(n)))
+		cpu = startCPU(cmd.Process.Pid)
 		get := measure(n, *s3Conc, func(i int) {
 			o, err := c.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("rep3"), Key: aws.String(fmt.Sprintf("small/%06d", i))})
 			check(err)
@@ -111,7 +113,7 @@ func s3Bench(dataDir string, raw float64) {
 			o.Body.Close()
 			check(err)
 		})
-		add(fmt.Sprintf("S3 GET 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", get.rate()), fmt.Sprintf("p50 %v p99 %v", get.pct(50), get.pct(99)))
+		add(fmt.Sprintf("S3 GET 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", get.rate()), fmt.Sprintf("p50 %v p99 %v%s", get.pct(50), get.pct(99), cpu.perOp(n)))
 		start := time.Now()
 		keys := 0
 		p := awss3.NewListObjectsV2Paginator(c, &awss3.ListObjectsV2Input{Bucket: aws.String("rep3"), Prefix: aws.String("small/")})

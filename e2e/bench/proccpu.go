@@ -1,0 +1,65 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
+
+// procCPU is the CPU time (user + system) process pid has used so far, or
+// an error when /proc cannot tell.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields after it are
+	// counted from its closing parenthesis.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("bench: malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// utime and stime are fields 14 and 15; f[0] is field 3.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("bench: short /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bench: /proc/%d/stat: %v %v", pid, err1, err2)
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
+
+// cpuMeter measures a process's CPU time across a phase: on a shared,
+// noisy machine the CPU a cluster spends per operation moves much less
+// from run to run than the operations per second do.
+type cpuMeter struct {
+	pid   int
+	start time.Duration
+	err   error
+}
+
+func startCPU(pid int) *cpuMeter {
+	m := &cpuMeter{pid: pid}
+	m.start, m.err = procCPU(pid)
+	return m
+}
+
+// perOp describes the CPU used since startCPU per operation ("" if /proc
+// could not tell).
+func (m *cpuMeter) perOp(ops int) string {
+	end, err := procCPU(m.pid)
+	if m.err != nil || err != nil || ops <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(", cluster CPU %.2f ms/op", float64(end-m.start)/float64(time.Millisecond)/float64(ops))
+}
