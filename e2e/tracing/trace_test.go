@@ -1,5 +1,6 @@
 // Package tracing checks that one block write produces one trace whose span
-// tree reaches from the caller through the DHT to every replica's silo.
+// tree reaches from the caller through the DHT to every replica's silo, and
+// that small reads sharing a batched call each keep a trace into it.
 package tracing
 
 import (
