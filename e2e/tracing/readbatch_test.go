@@ -24,7 +24,7 @@ import (
 )
 
 // Small reads that share a ReadBatch call each keep a way into it: the
-// call runs in the trace of one of them, and its s3.read_batch span links
+// call runs in the trace of one of them, and its combine.round span links
 // every other one.
 func TestReadBatchTraces(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
@@ -85,15 +85,15 @@ func TestReadBatchTraces(t *testing.T) {
 		switch {
 		case s.Name() == rpcName && s.SpanKind() == trace.SpanKindClient:
 			inCall[s.SpanContext().TraceID()] = true
-		case s.Name() == "s3.read_batch":
+		case s.Name() == "combine.round":
 			items := 0
 			for _, a := range s.Attributes() {
-				if a.Key == "batch.items" {
+				if a.Key == "round.items" {
 					items = int(a.Value.AsInt64())
 				}
 			}
 			if l := len(s.Links()); l < 1 || l > items {
-				t.Errorf("s3.read_batch of %d reads has %d links", items, l)
+				t.Errorf("combine.round of %d reads has %d links", items, l)
 			}
 			for _, l := range s.Links() {
 				linked[l.SpanContext.SpanID()] = true

@@ -14,6 +14,11 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"shoal/shared/telemetry"
 )
 
 // Queues holds one queue per key. The zero value is not usable; use New.
@@ -34,8 +39,12 @@ type queue[T any] struct {
 
 type entry[T any] struct {
 	item T
+	span trace.SpanContext // the queuing request's
 	done chan struct{}
 }
+
+// roundLinks bounds the request spans a round's span links to.
+const roundLinks = 32
 
 // New returns queues whose rounds carry at most max items. run applies a
 // round; it must record each item's outcome in the item itself (items are
@@ -50,7 +59,7 @@ func New[K comparable, T any](max int, timeout time.Duration, run func(ctx conte
 // run, or with ctx's error if ctx ends first (the item may still be
 // applied, as a request whose reply was lost may be).
 func (qs *Queues[K, T]) Do(ctx context.Context, key K, item T) error {
-	e := entry[T]{item: item, done: make(chan struct{})}
+	e := entry[T]{item: item, span: trace.SpanContextFromContext(ctx), done: make(chan struct{})}
 	qs.mu.Lock()
 	q := qs.m[key]
 	if q == nil {
@@ -101,10 +110,34 @@ func (qs *Queues[K, T]) drain(ctx context.Context, key K, q *queue[T]) {
 			batch[i] = e.item
 		}
 		rctx, cancel := context.WithTimeout(ctx, qs.timeout)
+		rctx, sp := roundSpan(rctx, lot)
 		qs.run(rctx, key, batch)
+		if sp != nil {
+			sp.End()
+		}
 		cancel()
 		for _, e := range lot {
 			close(e.done)
 		}
 	}
+}
+
+// roundSpan starts a span for a round serving other requests than the one
+// whose trace it runs in (that of the request that started the committer,
+// which for a later round may have ended), linking theirs: each request's
+// trace still leads to the round that applied its item. A round serving
+// only that request gets none.
+func roundSpan[T any](ctx context.Context, lot []entry[T]) (context.Context, trace.Span) {
+	own := trace.SpanContextFromContext(ctx)
+	var links []trace.Link
+	for _, e := range lot {
+		if e.span.IsValid() && !e.span.Equal(own) && len(links) < roundLinks {
+			links = append(links, trace.Link{SpanContext: e.span})
+		}
+	}
+	if len(links) == 0 {
+		return ctx, nil
+	}
+	return telemetry.Tracer().Start(ctx, "combine.round", trace.WithLinks(links...),
+		trace.WithAttributes(attribute.Int("round.items", len(lot))))
 }

@@ -6,6 +6,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 type item struct {
@@ -47,13 +52,7 @@ func TestRoundsCombineQueuedItems(t *testing.T) {
 		items[i] = &item{n: i + 1, round: -1}
 		// Queued one after another, so the order is known.
 		go func() { errs <- qs.Do(ctx, "k", items[i]) }()
-		deadline := time.Now().Add(10 * time.Second)
-		for qs.Queued() < i+1 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d items queued", qs.Queued(), i+1)
-			}
-			runtime.Gosched()
-		}
+		waitQueued(t, qs, i+1)
 	}
 	close(release)
 	if err := <-firstDone; err != nil || first.round != 0 {
@@ -152,5 +151,80 @@ func TestCallerCancelDoesNotStopRound(t *testing.T) {
 	}
 	if roundErr != nil {
 		t.Fatalf("the round's context ended with its caller's: %v", roundErr)
+	}
+}
+
+// A round serving requests other than the one whose trace it runs in links
+// their spans; a round serving only that one starts no span of its own.
+func TestRoundSpanLinksItsRequests(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+	tr := otel.Tracer("test")
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	qs := New(100, time.Minute, func(ctx context.Context, _ string, batch []*item) {
+		once.Do(func() { close(entered); <-release })
+	})
+	leadCtx, lead := tr.Start(context.Background(), "lead")
+	leadDone := make(chan error, 1)
+	go func() { leadDone <- qs.Do(leadCtx, "k", &item{}) }()
+	<-entered
+	var queued []trace.SpanContext
+	errs := make(chan error, 3)
+	for i := range 3 {
+		ctx, sp := tr.Start(context.Background(), "queued")
+		queued = append(queued, sp.SpanContext())
+		go func() { errs <- qs.Do(ctx, "k", &item{}); sp.End() }()
+		waitQueued(t, qs, i+1)
+	}
+	close(release)
+	if err := <-leadDone; err != nil {
+		t.Fatal(err)
+	}
+	lead.End()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rounds []sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.Name() == "combine.round" {
+			rounds = append(rounds, s)
+		}
+	}
+	if len(rounds) != 1 {
+		t.Fatalf("%d combine.round spans, want 1 (the lead's own round starts none)", len(rounds))
+	}
+	r := rounds[0]
+	if r.Parent().SpanID() != lead.SpanContext().SpanID() {
+		t.Fatal("the round does not run in the lead request's trace")
+	}
+	linked := map[trace.SpanID]bool{}
+	for _, l := range r.Links() {
+		linked[l.SpanContext.SpanID()] = true
+	}
+	for i, q := range queued {
+		if !linked[q.SpanID()] {
+			t.Errorf("queued request %d is not linked from its round", i)
+		}
+	}
+	if len(r.Links()) != 3 {
+		t.Errorf("%d links, want 3", len(r.Links()))
+	}
+}
+
+// waitQueued waits until n items wait behind the round in progress.
+func waitQueued[K comparable, T any](t *testing.T, qs *Queues[K, T], n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for qs.Queued() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d items queued", qs.Queued(), n)
+		}
+		runtime.Gosched()
 	}
 }

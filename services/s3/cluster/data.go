@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,7 +18,6 @@ import (
 	"shoal/services/s3"
 	"shoal/services/s3/s3err"
 	"shoal/shared/combine"
-	"shoal/shared/telemetry"
 )
 
 // writeChunk is the payload of one Write message: large enough to keep the
@@ -69,15 +66,14 @@ const (
 	smallTimeout   = 60 * time.Second
 )
 
+// smallRead is one read in a batch. The batch's call runs in the trace of
+// the request that started its committer, and its combine.round span links
+// the others (see shared/combine).
 type smallRead struct {
 	req  *dedupb.ReadRequest
-	span trace.SpanContext // the reading request's, linked from the batch
 	data []byte
 	err  error
 }
-
-// batchSpanLinks bounds the request spans a batch's span links to.
-const batchSpanLinks = 32
 
 // NewData returns a DataStore using the dedup service behind conn (see
 // shared/rpc.Dial).
@@ -92,23 +88,6 @@ func (d *Data) readBatch(ctx context.Context, _ int, batch []*smallRead) {
 	req := &dedupb.ReadBatchRequest{Reads: make([]*dedupb.ReadRequest, len(batch))}
 	for i, r := range batch {
 		req.Reads[i] = r.req
-	}
-	// The call carries the trace of the request that started the
-	// committer (for a later round, one that may have ended); its span
-	// links every other request's, so each GET's trace still leads to the
-	// call that read its data.
-	own := trace.SpanContextFromContext(ctx)
-	var links []trace.Link
-	for _, r := range batch {
-		if r.span.IsValid() && !r.span.Equal(own) && len(links) < batchSpanLinks {
-			links = append(links, trace.Link{SpanContext: r.span})
-		}
-	}
-	if len(links) > 0 {
-		var sp trace.Span
-		ctx, sp = telemetry.Tracer().Start(ctx, "s3.read_batch", trace.WithLinks(links...),
-			trace.WithAttributes(attribute.Int("batch.items", len(batch))))
-		defer sp.End()
 	}
 	d.Batches.Add(1)
 	d.BatchedReads.Add(int64(len(batch)))
@@ -137,7 +116,7 @@ func (d *Data) readSmall(ctx context.Context, vol string, inner []byte, off, n i
 	if d.unbatched.Load() {
 		return nil, false, nil
 	}
-	r := &smallRead{req: &dedupb.ReadRequest{Ref: inner, Volume: vol, Offset: off, Length: n}, span: trace.SpanContextFromContext(ctx)}
+	r := &smallRead{req: &dedupb.ReadRequest{Ref: inner, Volume: vol, Offset: off, Length: n}}
 	if err := d.small.Do(ctx, int(nextLane.Add(1)%smallReadLanes), r); err != nil {
 		return nil, true, dataErr("read", err)
 	}
