@@ -310,7 +310,7 @@ func TestEncryptionAtRest(t *testing.T) {
 func TestReclaim(t *testing.T) {
 	c, d := start(t, 3)
 	ctx := ctxT(t, 2*time.Minute)
-	p0 := c.PhysicalBytes()
+	p0, disk0 := c.PhysicalBytes(), diskBytes(c)
 	keepData := randBytes(4, 1<<20)
 	keep := write(t, ctx, d.Client, "chunk=fixed:64k", "", keepData)
 	a := randBytes(5, 3<<20)
@@ -380,6 +380,30 @@ func TestReclaim(t *testing.T) {
 		}
 		return c.PhysicalBytes() == p0
 	})
+	// And the disk: the nodes' segment files shrink back once compacted
+	// (the nodes do it on their own every minute).
+	full := diskBytes(c)
+	for _, n := range c.Nodes {
+		if _, err := n.Silo().Compact(0.5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := diskBytes(c)
+	if full < disk0+3*int64(len(a)) || after > disk0+64<<10 {
+		t.Fatalf("segment files hold %d bytes after compaction (%d before it, %d at the start)", after, full, disk0)
+	}
+	t.Logf("segment bytes: %d at the start, %d with everything freed, %d after compaction", disk0, full, after)
+}
+
+// diskBytes is the bytes of the running nodes' segment files.
+func diskBytes(c *framework.Cluster) int64 {
+	var n int64
+	for _, node := range c.Nodes {
+		if node != nil {
+			n += node.Silo().DiskBytes()
+		}
+	}
+	return n
 }
 
 // TestWriteRacingCollector: writes that deduplicate against the blocks of a

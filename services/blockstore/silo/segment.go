@@ -14,6 +14,19 @@ type segment struct {
 	id  uint32
 	f   *os.File
 	end int64 // next reservation offset; guarded by Silo.segMu
+	// live is the bytes of blocks the index points at in this segment;
+	// guarded by Silo.segMu. The rest (up to end) is dead: deleted
+	// blocks, moved blocks, a crash's unindexed tail.
+	live int64
+	// pending counts writes that reserved space here and have not yet
+	// committed (or given up on) their index entries; guarded by
+	// Silo.segMu. A segment is retired only when none is left.
+	pending int
+
+	// rw lets reads use the file while a compaction retires it: reads
+	// hold it shared, retiring takes it exclusively and closes the file.
+	rw      sync.RWMutex
+	retired bool
 
 	mu      sync.Mutex
 	cond    *sync.Cond

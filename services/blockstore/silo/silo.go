@@ -10,6 +10,7 @@
 package silo
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -50,6 +51,13 @@ type Options struct {
 	SegmentSize int64
 	// CacheSize of the LSM's block cache.
 	CacheSize int64
+	// CompactEvery is how often sealed segments are checked for
+	// compaction (default 1 minute; negative: never, callers run
+	// Compact themselves).
+	CompactEvery time.Duration
+	// CompactDead is the fraction of a sealed segment's bytes that must be
+	// dead for it to be compacted (default 0.5).
+	CompactDead float64
 }
 
 func (o *Options) defaults() {
@@ -65,6 +73,12 @@ func (o *Options) defaults() {
 	}
 	if o.CacheSize <= 0 {
 		o.CacheSize = 32 << 20
+	}
+	if o.CompactEvery == 0 {
+		o.CompactEvery = time.Minute
+	}
+	if o.CompactDead <= 0 || o.CompactDead > 1 {
+		o.CompactDead = 0.5
 	}
 }
 
@@ -106,6 +120,11 @@ type Silo struct {
 	// it shared, DeleteIfUntouched exclusively.
 	touchMu sync.RWMutex
 	now     func() time.Time
+
+	// compactMu runs one compaction at a time (and none during Close).
+	compactMu sync.Mutex
+	stop      chan struct{} // closed by Close: the compaction loop ends
+	loopDone  chan struct{} // closed when it has
 }
 
 // LOCKS: segMu is never held while waiting on a segment's sync or on pebble.
@@ -147,6 +166,10 @@ func Open(dir string, opts Options) (*Silo, error) {
 	if err := s.recount(); err != nil {
 		s.Close()
 		return nil, err
+	}
+	if opts.CompactEvery > 0 {
+		s.stop, s.loopDone = make(chan struct{}), make(chan struct{})
+		go s.compactLoop(opts.CompactEvery)
 	}
 	return s, nil
 }
@@ -218,6 +241,11 @@ func (s *Silo) recount() error {
 		}
 		used += int64(e.size)
 		n++
+		if !e.inline {
+			if seg := s.segs[e.seg]; seg != nil {
+				seg.live += int64(e.size)
+			}
+		}
 		var a block.Address
 		copy(a[:], it.Key()[1:])
 		s.present.add(a)
@@ -402,6 +430,7 @@ func (s *Silo) store(items []Item, idx []int, segBytes int) error {
 		if segID, off, err = s.appendSegment(body); err != nil {
 			return err
 		}
+		defer s.indexed(segID)
 	}
 	b := s.db.NewBatch()
 	now := touchVal(s.now().UnixMilli())
@@ -433,24 +462,61 @@ func (s *Silo) store(items []Item, idx []int, segBytes int) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("silo: index write: %w", err)
 	}
+	if segBytes > 0 {
+		s.addLive(segID, int64(segBytes))
+	}
 	return nil
 }
 
+// addLive adjusts a segment's live bytes.
+func (s *Silo) addLive(id uint32, n int64) {
+	s.segMu.Lock()
+	if seg := s.segs[id]; seg != nil {
+		seg.live += n
+	}
+	s.segMu.Unlock()
+}
+
+// dropped accounts for an entry the index no longer holds.
+func (s *Silo) dropped(e entry) {
+	s.used.Add(-int64(e.size))
+	s.blocks.Add(-1)
+	if !e.inline {
+		s.addLive(e.seg, -int64(e.size))
+	}
+}
+
+// appendSegment writes data durably at the end of the current segment. On
+// success the caller must call indexed(id) once the index entries pointing
+// at it are committed (or will not be): until then the segment counts a
+// pending write and no compaction removes it.
 func (s *Silo) appendSegment(data []byte) (uint32, int64, error) {
 	s.segMu.Lock()
 	seg := s.cur
 	off := seg.reserve(int64(len(data)))
+	seg.pending++
 	if off+int64(len(data)) >= s.opts.SegmentSize {
 		if err := s.rotateLocked(seg.id + 1); err != nil {
+			seg.pending--
 			s.segMu.Unlock()
 			return 0, 0, err
 		}
 	}
 	s.segMu.Unlock()
 	if err := seg.write(data, off); err != nil {
+		s.indexed(seg.id)
 		return 0, 0, err
 	}
 	return seg.id, off, nil
+}
+
+// indexed ends a write's pending state (see appendSegment).
+func (s *Silo) indexed(id uint32) {
+	s.segMu.Lock()
+	if seg := s.segs[id]; seg != nil {
+		seg.pending--
+	}
+	s.segMu.Unlock()
 }
 
 func (s *Silo) has(a block.Address) (bool, error) {
@@ -573,9 +639,10 @@ func (s *Silo) DeleteIfUntouched(addr block.Address, before int64) (deleted, kep
 		return false, false, err
 	}
 	if derr == nil {
-		s.used.Add(-int64(e.size))
+		s.dropped(e)
+	} else {
+		s.blocks.Add(-1)
 	}
-	s.blocks.Add(-1)
 	return true, false, nil
 }
 
@@ -585,52 +652,90 @@ func (s *Silo) Get(addr block.Address) ([]byte, block.Kind, error) {
 		return nil, 0, ErrClosed
 	}
 	key := blockKey(addr)
+	// A compaction may move the block and retire its segment between the
+	// index lookup and the read: the lookup is then simply made again.
+	for attempt := 0; ; attempt++ {
+		data, kind, retry, err := s.get(key, addr, attempt < maxGetAttempts-1)
+		if !retry {
+			return data, kind, err
+		}
+	}
+}
+
+// maxGetAttempts bounds Get's lookups of a block whose segment keeps being
+// retired under it (each retirement means a compaction moved it).
+const maxGetAttempts = 4
+
+func (s *Silo) get(key []byte, addr block.Address, mayRetry bool) (data []byte, kind block.Kind, retry bool, err error) {
 	v, closer, err := s.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, 0, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
+		return nil, 0, false, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
-	e, err := decodeEntry(v)
+	raw := append([]byte(nil), v...)
+	closer.Close()
+	e, err := decodeEntry(raw)
 	if err != nil {
-		closer.Close()
-		return nil, 0, err
+		return nil, 0, false, err
 	}
-	var data []byte
 	if e.inline {
-		data = append([]byte(nil), e.data...)
-		closer.Close()
+		data = e.data
 	} else {
-		closer.Close()
 		s.segMu.Lock()
 		seg := s.segs[e.seg]
 		s.segMu.Unlock()
 		if seg == nil {
-			return nil, 0, s.quarantine(key, e, fmt.Errorf("%w: segment %d missing", ErrCorrupt, e.seg))
+			if mayRetry {
+				return nil, 0, true, nil
+			}
+			return nil, 0, false, s.quarantine(key, raw, e, fmt.Errorf("%w: segment %d missing", ErrCorrupt, e.seg))
 		}
 		data = make([]byte, e.size)
-		if _, err := seg.f.ReadAt(data, e.off); err != nil {
-			return nil, 0, s.quarantine(key, e, fmt.Errorf("%w: %v", ErrCorrupt, err))
+		seg.rw.RLock()
+		if seg.retired {
+			seg.rw.RUnlock()
+			if mayRetry {
+				return nil, 0, true, nil
+			}
+			return nil, 0, false, fmt.Errorf("silo: block %s: its segment keeps being compacted away", addr)
+		}
+		_, err := seg.f.ReadAt(data, e.off)
+		seg.rw.RUnlock()
+		if err != nil {
+			return nil, 0, false, s.quarantine(key, raw, e, fmt.Errorf("%w: %v", ErrCorrupt, err))
 		}
 	}
 	if crc32.Checksum(data, castagnoli) != e.crc {
-		return nil, 0, s.quarantine(key, e, fmt.Errorf("%w: block %s", ErrCorrupt, addr))
+		return nil, 0, false, s.quarantine(key, raw, e, fmt.Errorf("%w: block %s", ErrCorrupt, addr))
 	}
-	return data, e.kind, nil
+	return data, e.kind, false, nil
 }
 
 // quarantine drops a corrupt entry so the block reads as missing and a
 // repair can store it again; it returns cause.
-func (s *Silo) quarantine(key []byte, e entry, cause error) error {
+func (s *Silo) quarantine(key []byte, raw []byte, e entry, cause error) error {
+	s.touchMu.RLock()
+	defer s.touchMu.RUnlock()
+	// Only the entry found corrupt: a compaction may have moved the block
+	// (a fresh entry, a good copy) since it was read.
+	cur, closer, err := s.db.Get(key)
+	if err != nil {
+		return cause
+	}
+	same := bytes.Equal(cur, raw)
+	closer.Close()
+	if !same {
+		return cause
+	}
 	tk := append([]byte(nil), key...)
 	tk[0] = keyTouch
 	b := s.db.NewBatch()
 	_ = b.Delete(key, nil)
 	_ = b.Delete(tk, nil)
 	if err := b.Commit(pebble.Sync); err == nil {
-		s.used.Add(-int64(e.size))
-		s.blocks.Add(-1)
+		s.dropped(e)
 	}
 	return cause
 }
@@ -665,6 +770,10 @@ func (s *Silo) Delete(addr block.Address) (bool, error) {
 	if s.closed.Load() {
 		return false, ErrClosed
 	}
+	// Shared: a compaction moving the block holds it exclusively between
+	// reading the entry and replacing it, so a delete cannot fall between.
+	s.touchMu.RLock()
+	defer s.touchMu.RUnlock()
 	key := blockKey(addr)
 	v, closer, err := s.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
@@ -682,9 +791,10 @@ func (s *Silo) Delete(addr block.Address) (bool, error) {
 		return false, err
 	}
 	if derr == nil {
-		s.used.Add(-int64(e.size))
+		s.dropped(e)
+	} else {
+		s.blocks.Add(-1)
 	}
-	s.blocks.Add(-1)
 	return true, nil
 }
 
@@ -747,6 +857,12 @@ func (s *Silo) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	if s.stop != nil {
+		close(s.stop)
+		<-s.loopDone
+	}
+	s.compactMu.Lock() // a Compact called directly finishes first
+	defer s.compactMu.Unlock()
 	var errs []error
 	s.segMu.Lock()
 	for _, seg := range s.segs {
