@@ -1,11 +1,16 @@
 package silo
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 
 	"shoal/shared/block"
@@ -255,5 +260,88 @@ func TestCompactCurrentSegment(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A process killed with SIGKILL while it writes, deletes and compacts in
+// rounds loses none of the blocks it acknowledged and kept, and the
+// reopened silo compacts on.
+func TestCompactCrash(t *testing.T) {
+	if dir := os.Getenv("SILO_COMPACT_CHILD"); dir != "" {
+		compactChild(dir)
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCompactCrash$")
+	cmd.Env = append(os.Environ(), "SILO_COMPACT_CHILD="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	var kept []int
+	compactions := 0
+	for sc.Scan() && len(kept) < 200 {
+		line := sc.Text()
+		if line == "compacted" {
+			compactions++
+			continue
+		}
+		if i, err := strconv.Atoi(line); err == nil {
+			kept = append(kept, i)
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if len(kept) < 200 || compactions < 3 {
+		t.Fatalf("child kept %d blocks through %d compactions before the kill", len(kept), compactions)
+	}
+	check := func(s *Silo) {
+		t.Helper()
+		for _, i := range kept {
+			d := blockData(i, 64<<10)
+			if got, _, err := s.Get(block.Sum(d)); err != nil || !bytes.Equal(got, d) {
+				t.Fatalf("kept block %d lost after kill -9 during compaction: %v", i, err)
+			}
+		}
+	}
+	s := openT(t, dir, compactOpts)
+	defer s.Close()
+	check(s)
+	if _, err := s.Compact(0.3); err != nil {
+		t.Fatal(err)
+	}
+	check(s)
+}
+
+func compactChild(dir string) {
+	s, err := Open(dir, compactOpts)
+	if err != nil {
+		fmt.Println("open:", err)
+		os.Exit(1)
+	}
+	for round := 0; ; round++ {
+		for j := range 30 {
+			i := round*30 + j
+			d := blockData(i, 64<<10)
+			a := block.Sum(d)
+			if _, err := s.Put(a, block.KindImmutable, d); err != nil {
+				os.Exit(1)
+			}
+			if j%3 == 0 {
+				fmt.Println(i) // acknowledged, and kept
+			} else if _, err := s.Delete(a); err != nil {
+				os.Exit(1)
+			}
+		}
+		if _, err := s.Compact(0.3); err != nil {
+			os.Exit(1)
+		}
+		fmt.Println("compacted")
 	}
 }
