@@ -162,6 +162,13 @@ func TestReadBatch(t *testing.T) {
 	if _, err := c.ReadBatch(ctx, tooMany); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("257 reads in a batch: %v, want InvalidArgument", err)
 	}
+	tooBig := &dedupb.ReadBatchRequest{}
+	for range 65 {
+		tooBig.Reads = append(tooBig.Reads, &dedupb.ReadRequest{Ref: inner, Volume: string(vol), Length: 256 << 10})
+	}
+	if _, err := c.ReadBatch(ctx, tooBig); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("65 reads of 256 KiB in a batch: %v, want InvalidArgument", err)
+	}
 	resp, err := c.ReadBatch(ctx, &dedupb.ReadBatchRequest{Reads: []*dedupb.ReadRequest{
 		{Ref: inner, Volume: string(vol), Length: -1},
 		{Ref: inner, Volume: string(vol), Length: 256<<10 + 1},

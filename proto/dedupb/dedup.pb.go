@@ -272,7 +272,7 @@ func (x *ReadResponse) GetData() []byte {
 type ReadBatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Each read names an explicit length of at most 256 KiB; at most 256
-	// reads per batch.
+	// reads and 16 MiB per batch.
 	Reads         []*ReadRequest `protobuf:"bytes,1,rep,name=reads,proto3" json:"reads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -558,6 +558,8 @@ func (s *Service) Read(req *dpb.ReadRequest, stream dpb.Dedup_ReadServer) error 
 const (
 	maxBatchReads    = 256
 	maxBatchReadSize = 256 << 10
+	// maxBatchBytes keeps a batch's reply well within a gRPC message.
+	maxBatchBytes = 16 << 20
 )
 
 // ReadBatch serves many small reads in one call, concurrently; each has
@@ -565,6 +567,13 @@ const (
 func (s *Service) ReadBatch(ctx context.Context, req *dpb.ReadBatchRequest) (*dpb.ReadBatchResponse, error) {
 	if len(req.Reads) > maxBatchReads {
 		return nil, toStatus(invalid("a read batch carries at most %d reads, not %d", maxBatchReads, len(req.Reads)))
+	}
+	var total int64
+	for _, rr := range req.Reads {
+		total += max(0, min(rr.Length, maxBatchReadSize))
+	}
+	if total > maxBatchBytes {
+		return nil, toStatus(invalid("a read batch asks for %d bytes, more than %d", total, maxBatchBytes))
 	}
 	out := &dpb.ReadBatchResponse{Results: make([]*dpb.ReadResult, len(req.Reads))}
 	var wg sync.WaitGroup

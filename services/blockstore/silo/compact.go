@@ -59,6 +59,9 @@ func (s *Silo) Compact(minDead float64) (CompactStats, error) {
 	}
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
+	if s.closed.Load() { // Close ran between the check and the lock
+		return st, ErrClosed
+	}
 	victims, err := s.victims(minDead)
 	if err != nil || len(victims) == 0 {
 		return st, err
