@@ -71,7 +71,8 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Node, error) {
 		}
 		cfg.ID = id
 	}
-	s, err := silo.Open(filepath.Join(cfg.Dir, "silo"), silo.Options{Capacity: cfg.Capacity, SegmentThreshold: cfg.SegmentThreshold})
+	s, err := silo.Open(filepath.Join(cfg.Dir, "silo"), silo.Options{Capacity: cfg.Capacity, SegmentThreshold: cfg.SegmentThreshold,
+		CompactEvery: cfg.CompactInterval, CompactDead: cfg.CompactDead})
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,8 @@ type Config struct {
 	Capacity          uint64        `yaml:"capacity"`
 	MaxBlockSize      int           `yaml:"max_block_size"`
 	SegmentThreshold  int           `yaml:"segment_threshold"`
+	CompactInterval   time.Duration `yaml:"compact_interval"`
+	CompactDead       float64       `yaml:"compact_dead"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 }
 
@@ -37,6 +39,8 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Uint64Var(&c.Capacity, prefix+"capacity", 0, "bytes of block data this node may hold (0 = unlimited)")
 	fs.IntVar(&c.MaxBlockSize, prefix+"max-block-size", block.MaxSealed, "largest block accepted, in bytes")
 	fs.IntVar(&c.SegmentThreshold, prefix+"segment-threshold", 1<<10, "blocks this large or larger are stored in segment files rather than the LSM")
+	fs.DurationVar(&c.CompactInterval, prefix+"compact-interval", time.Minute, "how often segment files are checked for compaction, which returns space freed by deletes to the disk (negative: never)")
+	fs.Float64Var(&c.CompactDead, prefix+"compact-dead", 0.5, "fraction of a segment file's bytes that must be dead (deleted blocks) for it to be compacted, in (0, 1]")
 	fs.DurationVar(&c.HeartbeatInterval, prefix+"heartbeat-interval", membership.DefaultHeartbeatInterval, "how often the node announces itself on NATS")
 }
 
@@ -51,6 +55,8 @@ func (c *Config) Validate() error {
 		return errors.New("blockstore: -blockstore.max-block-size must be positive")
 	case c.HeartbeatInterval <= 0:
 		return errors.New("blockstore: -blockstore.heartbeat-interval must be positive")
+	case c.CompactDead < 0 || c.CompactDead > 1: // 0: the default
+		return fmt.Errorf("blockstore: -blockstore.compact-dead %v is not in (0, 1]", c.CompactDead)
 	}
 	if c.AdvertiseNetwork != "" && !strings.Contains(c.AdvertiseNetwork, "/") {
 		// An interface name: containers may start before it exists, so
