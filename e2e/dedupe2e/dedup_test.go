@@ -381,8 +381,11 @@ func TestReclaim(t *testing.T) {
 		return c.PhysicalBytes() == p0
 	})
 	// And the disk: the nodes' segment files shrink back once compacted
-	// (the nodes do it on their own every minute).
+	// (the nodes do it on their own every minute); df reports them.
 	full := diskBytes(c)
+	if u, err := d.Client.Usage(ctx); err != nil || u.Segments != full {
+		t.Fatalf("df: %+v %v, want %d segment bytes", u, err, full)
+	}
 	for _, n := range c.Nodes {
 		if _, err := n.Silo().Compact(0.5); err != nil {
 			t.Fatal(err)
@@ -391,6 +394,9 @@ func TestReclaim(t *testing.T) {
 	after := diskBytes(c)
 	if full < disk0+3*int64(len(a)) || after > disk0+64<<10 {
 		t.Fatalf("segment files hold %d bytes after compaction (%d before it, %d at the start)", after, full, disk0)
+	}
+	if u, err := d.Client.Usage(ctx); err != nil || u.Segments != after {
+		t.Fatalf("df after compaction: %+v %v, want %d segment bytes", u, err, after)
 	}
 	t.Logf("segment bytes: %d at the start, %d with everything freed, %d after compaction", disk0, full, after)
 }

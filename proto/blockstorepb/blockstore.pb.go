@@ -935,6 +935,9 @@ type NodeStatsResponse struct {
 	CapacityBytes uint64                 `protobuf:"varint,3,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
 	UsedBytes     uint64                 `protobuf:"varint,4,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
 	Blocks        uint64                 `protobuf:"varint,5,opt,name=blocks,proto3" json:"blocks,omitempty"`
+	// Bytes of the node's segment files: the live blocks stored there and
+	// the space of deleted ones not compacted away yet.
+	SegmentBytes  uint64 `protobuf:"varint,6,opt,name=segment_bytes,json=segmentBytes,proto3" json:"segment_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1000,6 +1003,13 @@ func (x *NodeStatsResponse) GetUsedBytes() uint64 {
 func (x *NodeStatsResponse) GetBlocks() uint64 {
 	if x != nil {
 		return x.Blocks
+	}
+	return 0
+}
+
+func (x *NodeStatsResponse) GetSegmentBytes() uint64 {
+	if x != nil {
+		return x.SegmentBytes
 	}
 	return 0
 }
@@ -2249,14 +2259,15 @@ const file_blockstorepb_blockstore_proto_rawDesc = "" +
 	"\fStatResponse\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x04R\x04size\x122\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1e.shoal.blockstore.v1.BlockKindR\x04kind\"\x12\n" +
-	"\x10NodeStatsRequest\"\x9e\x01\n" +
+	"\x10NodeStatsRequest\"\xc3\x01\n" +
 	"\x11NodeStatsResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12%\n" +
 	"\x0ecapacity_bytes\x18\x03 \x01(\x04R\rcapacityBytes\x12\x1d\n" +
 	"\n" +
 	"used_bytes\x18\x04 \x01(\x04R\tusedBytes\x12\x16\n" +
-	"\x06blocks\x18\x05 \x01(\x04R\x06blocks\"9\n" +
+	"\x06blocks\x18\x05 \x01(\x04R\x06blocks\x12#\n" +
+	"\rsegment_bytes\x18\x06 \x01(\x04R\fsegmentBytes\"9\n" +
 	"\vListRequest\x12\x14\n" +
 	"\x05after\x18\x01 \x01(\fR\x05after\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x8a\x01\n" +

@@ -689,6 +689,8 @@ type UsageResponse struct {
 	LogicalBytes  int64 `protobuf:"varint,1,opt,name=logical_bytes,json=logicalBytes,proto3" json:"logical_bytes,omitempty"`
 	PhysicalBytes int64 `protobuf:"varint,2,opt,name=physical_bytes,json=physicalBytes,proto3" json:"physical_bytes,omitempty"`
 	Blocks        int64 `protobuf:"varint,3,opt,name=blocks,proto3" json:"blocks,omitempty"`
+	// Bytes of the nodes' segment files (see NodeStatsResponse).
+	SegmentBytes  int64 `protobuf:"varint,4,opt,name=segment_bytes,json=segmentBytes,proto3" json:"segment_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -740,6 +742,13 @@ func (x *UsageResponse) GetPhysicalBytes() int64 {
 func (x *UsageResponse) GetBlocks() int64 {
 	if x != nil {
 		return x.Blocks
+	}
+	return 0
+}
+
+func (x *UsageResponse) GetSegmentBytes() int64 {
+	if x != nil {
+		return x.SegmentBytes
 	}
 	return 0
 }
@@ -999,11 +1008,12 @@ const file_dedupb_dedup_proto_rawDesc = "" +
 	"\x03ref\x18\x01 \x01(\fR\x03ref\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\"\r\n" +
 	"\vRefResponse\"\x0e\n" +
-	"\fUsageRequest\"s\n" +
+	"\fUsageRequest\"\x98\x01\n" +
 	"\rUsageResponse\x12#\n" +
 	"\rlogical_bytes\x18\x01 \x01(\x03R\flogicalBytes\x12%\n" +
 	"\x0ephysical_bytes\x18\x02 \x01(\x03R\rphysicalBytes\x12\x16\n" +
-	"\x06blocks\x18\x03 \x01(\x03R\x06blocks\"N\n" +
+	"\x06blocks\x18\x03 \x01(\x03R\x06blocks\x12#\n" +
+	"\rsegment_bytes\x18\x04 \x01(\x03R\fsegmentBytes\"N\n" +
 	"\x0eCollectRequest\x12#\n" +
 	"\rgrace_seconds\x18\x01 \x01(\x03R\fgraceSeconds\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"`\n" +

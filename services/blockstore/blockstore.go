@@ -382,7 +382,8 @@ func (n *Node) Stat(_ context.Context, req *pb.StatRequest) (*pb.StatResponse, e
 // NodeStats reports the node's usage.
 func (n *Node) NodeStats(context.Context, *pb.NodeStatsRequest) (*pb.NodeStatsResponse, error) {
 	used, capacity, blocks := n.silo.Usage()
-	return &pb.NodeStatsResponse{NodeId: n.cfg.ID, Zone: n.cfg.Zone, CapacityBytes: capacity, UsedBytes: used, Blocks: blocks}, nil
+	return &pb.NodeStatsResponse{NodeId: n.cfg.ID, Zone: n.cfg.Zone, CapacityBytes: capacity, UsedBytes: used, Blocks: blocks,
+		SegmentBytes: uint64(n.silo.DiskBytes())}, nil
 }
 
 // List streams stored addresses in order.

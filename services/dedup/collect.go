@@ -269,6 +269,7 @@ func (s *Service) Usage(ctx context.Context, _ *dpb.UsageRequest) (*dpb.UsageRes
 			mu.Lock()
 			out.PhysicalBytes += int64(st.UsedBytes)
 			out.Blocks += int64(st.Blocks)
+			out.SegmentBytes += int64(st.SegmentBytes)
 			mu.Unlock()
 		}()
 	}

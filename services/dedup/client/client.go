@@ -359,6 +359,9 @@ type Usage struct {
 	Logical  int64
 	Physical int64
 	Blocks   int64
+	// Segments is the bytes of the nodes' segment files: physical bytes
+	// stored there plus deleted blocks' space not compacted away yet.
+	Segments int64
 }
 
 // Usage reports logical against physical bytes.
@@ -367,7 +370,7 @@ func (c *Client) Usage(ctx context.Context) (Usage, error) {
 	if err != nil {
 		return Usage{}, fromStatus(err)
 	}
-	return Usage{Logical: r.LogicalBytes, Physical: r.PhysicalBytes, Blocks: r.Blocks}, nil
+	return Usage{Logical: r.LogicalBytes, Physical: r.PhysicalBytes, Blocks: r.Blocks, Segments: r.SegmentBytes}, nil
 }
 
 // CollectResult is what one reclamation cycle did.
