@@ -105,6 +105,9 @@ func Start(t testing.TB, o Options) *Cluster {
 			ID: fmt.Sprintf("node-%d", i+1), Listen: "127.0.0.1:0", Zone: zone,
 			Dir: filepath.Join(c.dir, fmt.Sprintf("node-%d", i+1)), MaxBlockSize: o.MaxBlockSize,
 			SegmentThreshold: 32 << 10, HeartbeatInterval: o.Heartbeat,
+			// Tests compact explicitly (Silo().Compact), so segment sizes
+			// they check do not change under them.
+			CompactInterval: -1,
 		}
 		c.cfgs = append(c.cfgs, cfg)
 		c.Nodes = append(c.Nodes, nil)
