@@ -72,7 +72,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Node, error) {
 		cfg.ID = id
 	}
 	s, err := silo.Open(filepath.Join(cfg.Dir, "silo"), silo.Options{Capacity: cfg.Capacity, SegmentThreshold: cfg.SegmentThreshold,
-		CompactEvery: cfg.CompactInterval, CompactDead: cfg.CompactDead})
+		CompactEvery: cfg.CompactInterval, CompactDead: cfg.CompactDead, CompactRate: cfg.CompactRate})
 	if err != nil {
 		return nil, err
 	}

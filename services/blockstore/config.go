@@ -25,6 +25,7 @@ type Config struct {
 	SegmentThreshold  int           `yaml:"segment_threshold"`
 	CompactInterval   time.Duration `yaml:"compact_interval"`
 	CompactDead       float64       `yaml:"compact_dead"`
+	CompactRate       int64         `yaml:"compact_rate"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 }
 
@@ -41,6 +42,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.IntVar(&c.SegmentThreshold, prefix+"segment-threshold", 1<<10, "blocks this large or larger are stored in segment files rather than the LSM")
 	fs.DurationVar(&c.CompactInterval, prefix+"compact-interval", time.Minute, "how often segment files are checked for compaction, which returns space freed by deletes to the disk (negative: never)")
 	fs.Float64Var(&c.CompactDead, prefix+"compact-dead", 0.5, "fraction of a segment file's bytes that must be dead (deleted blocks) for it to be compacted, in (0, 1]")
+	fs.Int64Var(&c.CompactRate, prefix+"compact-rate", 64<<20, "bytes per second a compaction may copy (negative: unbounded)")
 	fs.DurationVar(&c.HeartbeatInterval, prefix+"heartbeat-interval", membership.DefaultHeartbeatInterval, "how often the node announces itself on NATS")
 }
 

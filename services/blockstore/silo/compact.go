@@ -70,6 +70,7 @@ func (s *Silo) Compact(minDead float64) (CompactStats, error) {
 	if err != nil {
 		return st, err
 	}
+	start := time.Now()
 	for id, ms := range moves {
 		for len(ms) > 0 {
 			n, size := 0, 0
@@ -84,6 +85,9 @@ func (s *Silo) Compact(minDead float64) (CompactStats, error) {
 			st.Moved += moved
 			st.MovedBytes += bytes
 			ms = ms[n:]
+			if !s.pace(start, st.MovedBytes) {
+				return st, ErrClosed
+			}
 		}
 	}
 	// Only segments nothing points into any more go; one that a move
@@ -113,6 +117,34 @@ func (s *Silo) Compact(minDead float64) (CompactStats, error) {
 		st.Freed += size
 	}
 	return st, nil
+}
+
+// pace holds a compaction to CompactRate: having copied done bytes since
+// start, it waits until that many bytes are due. It reports false if the
+// silo is closing meanwhile.
+func (s *Silo) pace(start time.Time, done int64) bool {
+	if s.opts.CompactRate <= 0 {
+		return true
+	}
+	due := start.Add(time.Duration(float64(done) / float64(s.opts.CompactRate) * float64(time.Second)))
+	wait := time.Until(due)
+	if wait <= 0 {
+		return true
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.stopping():
+		return false
+	}
+}
+
+// stopping is closed when the silo starts closing (never, for a silo
+// without a compaction loop: Close then waits for a Compact in progress).
+func (s *Silo) stopping() <-chan struct{} {
+	return s.stop
 }
 
 // victims picks the segments worth compacting. The current one is sealed

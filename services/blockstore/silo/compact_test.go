@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"shoal/shared/block"
 )
@@ -344,4 +345,33 @@ func compactChild(dir string) {
 		}
 		fmt.Println("compacted")
 	}
+}
+
+// A compaction copies no faster than CompactRate.
+func TestCompactRate(t *testing.T) {
+	opts := compactOpts
+	opts.CompactRate = 4 << 20
+	s := openT(t, t.TempDir(), opts)
+	defer s.Close()
+	addrs, _ := putBlocks(t, s, 120, 100<<10)
+	for i, a := range addrs {
+		if i%4 != 0 {
+			if _, err := s.Delete(a); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	start := time.Now()
+	st, err := s.Compact(0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	// Batches are a segment's live blocks here (under 1.2 MiB): the first
+	// goes at once, each next one waits until the bytes before it are due.
+	floor := time.Duration(float64(st.MovedBytes-1200<<10) / float64(opts.CompactRate) * float64(time.Second))
+	if st.MovedBytes < 2<<20 || took < floor {
+		t.Fatalf("moved %d bytes in %v, want at least 2 MiB, taking at least %v at %d B/s", st.MovedBytes, took, floor, opts.CompactRate)
+	}
+	t.Logf("moved %d bytes in %v (floor %v)", st.MovedBytes, took, floor)
 }

@@ -58,6 +58,10 @@ type Options struct {
 	// CompactDead is the fraction of a sealed segment's bytes that must be
 	// dead for it to be compacted (default 0.5).
 	CompactDead float64
+	// CompactRate bounds the bytes per second a compaction copies, so it
+	// does not take the disk from foreground writes (default 64 MiB/s;
+	// negative: unbounded).
+	CompactRate int64
 }
 
 func (o *Options) defaults() {
@@ -79,6 +83,9 @@ func (o *Options) defaults() {
 	}
 	if o.CompactDead <= 0 || o.CompactDead > 1 {
 		o.CompactDead = 0.5
+	}
+	if o.CompactRate == 0 {
+		o.CompactRate = 64 << 20
 	}
 }
 
