@@ -120,14 +120,22 @@ type Process struct {
 	stoppers []func() error
 }
 
+// ErrConfig marks a configuration error found before anything started.
+var ErrConfig = errors.New("configuration")
+
 // Start starts the configured services in dependency order. On error,
-// whatever started is stopped again.
+// whatever started is stopped again. Every target's configuration is
+// checked first: a bad flag of the last service to start fails at once,
+// with ErrConfig, not after the others are up.
 func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Process, error) {
 	targets, err := ParseTargets(cfg.Target)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	p := &Process{cfg: cfg, log: log, targets: targets}
+	if err := p.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	if p.has(Blockstore) {
 		raiseProcs()
 	}
@@ -254,6 +262,39 @@ func (p *Process) start(ctx context.Context, t string) error {
 		e.Start()
 		p.Edge = e
 		p.stoppers = append(p.stoppers, e.Stop)
+	}
+	return nil
+}
+
+// validate checks each target's configuration as its start would derive
+// it (data directories, node ports), without starting anything.
+func (p *Process) validate() error {
+	for _, t := range p.targets {
+		var err error
+		switch t {
+		case NATS:
+			err = p.cfg.NATS.Validate()
+		case Placement:
+			err = p.cfg.Placement.Validate()
+		case Blockstore:
+			var bc blockstore.Config
+			if bc, err = p.nodeConfig(1, max(p.cfg.Nodes, 1)); err == nil {
+				err = bc.Validate()
+			}
+		case Dedup:
+			dc := p.cfg.Dedup
+			if dc.Dir == "" {
+				dc.Dir = filepath.Join(p.cfg.DataDir, "dedup")
+			}
+			err = dc.Validate()
+		case S3:
+			err = p.cfg.S3.Validate()
+		case NBD:
+			err = p.cfg.NBD.Validate()
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

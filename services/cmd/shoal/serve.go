@@ -34,6 +34,9 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer func() { _ = shutdown(context.Background()) }()
 	defer startCPUProfile()()
 	p, err := app.Start(ctx, cfg, log)
+	if errors.Is(err, app.ErrConfig) {
+		return usageError{err.Error()}
+	}
 	if err != nil {
 		return err
 	}
