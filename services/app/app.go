@@ -282,10 +282,7 @@ func (p *Process) validate() error {
 				err = bc.Validate()
 			}
 		case Dedup:
-			dc := p.cfg.Dedup
-			if dc.Dir == "" {
-				dc.Dir = filepath.Join(p.cfg.DataDir, "dedup")
-			}
+			dc := p.dedupConfig()
 			err = dc.Validate()
 		case S3:
 			err = p.cfg.S3.Validate()

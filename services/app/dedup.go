@@ -13,6 +13,16 @@ import (
 // placement service in this process when there is one, with a block limit
 // that fits sealed 4 MiB chunks. Its master key comes from
 // -dedup.master-key-file, or is generated once under <data>/dedup.
+// dedupConfig is the dedup tier's configuration with its directory
+// derived from the data directory.
+func (p *Process) dedupConfig() dedup.Config {
+	cfg := p.cfg.Dedup
+	if cfg.Dir == "" {
+		cfg.Dir = filepath.Join(p.cfg.DataDir, "dedup")
+	}
+	return cfg
+}
+
 func (p *Process) startDedup(ctx context.Context) error {
 	dc := p.cfg.DHT
 	if p.Place != nil {
@@ -24,11 +34,7 @@ func (p *Process) startDedup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg := p.cfg.Dedup
-	if cfg.Dir == "" {
-		cfg.Dir = filepath.Join(p.cfg.DataDir, "dedup")
-	}
-	s, err := dedup.New(cfg, cl, log)
+	s, err := dedup.New(p.dedupConfig(), cl, log)
 	if err == nil {
 		err = s.Start(ctx)
 	}

@@ -532,11 +532,7 @@ func (s *Service) Read(req *dpb.ReadRequest, stream dpb.Dedup_ReadServer) error 
 	defer rc.Close()
 	// Sized to what the read can return: a small object's read must not
 	// allocate (and zero) a full readChunk.
-	want := ref.Size - req.Offset
-	if req.Length >= 0 && req.Length < want {
-		want = req.Length
-	}
-	buf := make([]byte, max(1, min(int64(readChunk), want)))
+	buf := make([]byte, max(1, min(int64(readChunk), readSpan(ref, req))))
 	for {
 		n, err := io.ReadFull(rc, buf)
 		if n > 0 {
@@ -551,6 +547,16 @@ func (s *Service) Read(req *dpb.ReadRequest, stream dpb.Dedup_ReadServer) error 
 			return toStatus(err)
 		}
 	}
+}
+
+// readSpan is the bytes a read of ref returns at most: to the end, or
+// fewer when the request names a length.
+func readSpan(ref manifest.Ref, req *dpb.ReadRequest) int64 {
+	want := ref.Size - req.Offset
+	if req.Length >= 0 && req.Length < want {
+		want = req.Length
+	}
+	return want
 }
 
 // Batched reads: what one ReadBatch may carry. The items are small objects'
@@ -608,7 +614,7 @@ func (s *Service) readSmall(ctx context.Context, req *dpb.ReadRequest) ([]byte, 
 		return nil, err
 	}
 	defer rc.Close()
-	buf := make([]byte, max(0, min(req.Length, ref.Size-req.Offset)))
+	buf := make([]byte, max(0, readSpan(ref, req)))
 	n, err := io.ReadFull(rc, buf)
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		err = nil

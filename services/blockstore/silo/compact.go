@@ -136,15 +136,9 @@ func (s *Silo) pace(start time.Time, done int64) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-s.stopping():
+	case <-s.stop: // nil without a compaction loop: Close then waits
 		return false
 	}
-}
-
-// stopping is closed when the silo starts closing (never, for a silo
-// without a compaction loop: Close then waits for a Compact in progress).
-func (s *Silo) stopping() <-chan struct{} {
-	return s.stop
 }
 
 // victims picks the segments worth compacting. The current one is sealed
@@ -187,14 +181,12 @@ func (s *Silo) liveIn(segs map[uint32]*segment) (map[uint32][]move, error) {
 		if len(v) == 0 || v[0] != 1 {
 			continue // inline
 		}
-		e, err := decodeEntry(v)
+		e, err := decodeEntry(v) // a segment entry holds no slice of v
 		if err != nil {
 			continue // a corrupt entry is the reader's to quarantine
 		}
 		if _, ok := segs[e.seg]; ok {
-			raw := append([]byte(nil), v...)
-			e, _ = decodeEntry(raw)
-			out[e.seg] = append(out[e.seg], move{key: append([]byte(nil), it.Key()...), raw: raw, e: e})
+			out[e.seg] = append(out[e.seg], move{key: append([]byte(nil), it.Key()...), raw: append([]byte(nil), v...), e: e})
 		}
 	}
 	return out, it.Error()
@@ -228,12 +220,7 @@ func (s *Silo) move(seg *segment, ms []move) (int, int64, error) {
 	b := s.db.NewBatch()
 	moved, movedBytes := 0, int64(0)
 	for _, m := range keep {
-		val := make([]byte, 6+16)
-		val[0], val[1] = 1, byte(m.e.kind)
-		put32(val[2:], m.e.crc)
-		put32(val[6:], segID)
-		put64(val[10:], uint64(off))
-		put32(val[18:], uint32(m.e.size))
+		val := segmentEntry(m.e.kind, m.e.crc, segID, off, m.e.size)
 		off += int64(m.e.size)
 		cur, closer, err := s.db.Get(m.key)
 		if errors.Is(err, pebble.ErrNotFound) {

@@ -1,16 +1,13 @@
 package silo
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -273,32 +270,16 @@ func TestCompactCrash(t *testing.T) {
 		return
 	}
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCompactCrash$")
-	cmd.Env = append(os.Environ(), "SILO_COMPACT_CHILD="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
 	var kept []int
 	compactions := 0
-	for sc.Scan() && len(kept) < 200 {
-		line := sc.Text()
+	killChild(t, "TestCompactCrash", "SILO_COMPACT_CHILD", dir, func(line string) bool {
 		if line == "compacted" {
 			compactions++
-			continue
-		}
-		if i, err := strconv.Atoi(line); err == nil {
+		} else if i, err := strconv.Atoi(line); err == nil {
 			kept = append(kept, i)
 		}
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
+		return len(kept) < 200
+	})
 	if len(kept) < 200 || compactions < 3 {
 		t.Fatalf("child kept %d blocks through %d compactions before the kill", len(kept), compactions)
 	}

@@ -303,6 +303,17 @@ type entry struct {
 	size   int
 }
 
+// segmentEntry encodes the index entry of a block stored in a segment.
+func segmentEntry(kind block.Kind, crc, seg uint32, off int64, size int) []byte {
+	val := make([]byte, 6+16)
+	val[0], val[1] = 1, byte(kind)
+	put32(val[2:], crc)
+	put32(val[6:], seg)
+	put64(val[10:], uint64(off))
+	put32(val[18:], uint32(size))
+	return val
+}
+
 func decodeEntry(v []byte) (entry, error) {
 	if len(v) < 6 {
 		return entry{}, fmt.Errorf("%w: short index entry", ErrCorrupt)
@@ -451,12 +462,7 @@ func (s *Silo) store(items []Item, idx []int, segBytes int) error {
 			put32(val[2:], crc)
 			copy(val[6:], it.Data)
 		} else {
-			val = make([]byte, 6+16)
-			val[0], val[1] = 1, byte(it.Kind)
-			put32(val[2:], crc)
-			put32(val[6:], segID)
-			put64(val[10:], uint64(off))
-			put32(val[18:], uint32(len(it.Data)))
+			val = segmentEntry(it.Kind, crc, segID, off, len(it.Data))
 			off += int64(len(it.Data))
 		}
 		_ = b.Set(blockKey(it.Addr), val, nil)
@@ -484,10 +490,14 @@ func (s *Silo) addLive(id uint32, n int64) {
 	s.segMu.Unlock()
 }
 
-// dropped accounts for an entry the index no longer holds.
-func (s *Silo) dropped(e entry) {
-	s.used.Add(-int64(e.size))
+// dropped accounts for an entry the index no longer holds; an entry that
+// did not decode (decoded false) counts only as a block.
+func (s *Silo) dropped(e entry, decoded bool) {
 	s.blocks.Add(-1)
+	if !decoded {
+		return
+	}
+	s.used.Add(-int64(e.size))
 	if !e.inline {
 		s.addLive(e.seg, -int64(e.size))
 	}
@@ -645,11 +655,7 @@ func (s *Silo) DeleteIfUntouched(addr block.Address, before int64) (deleted, kep
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return false, false, err
 	}
-	if derr == nil {
-		s.dropped(e)
-	} else {
-		s.blocks.Add(-1)
-	}
+	s.dropped(e, derr == nil)
 	return true, false, nil
 }
 
@@ -742,7 +748,7 @@ func (s *Silo) quarantine(key []byte, raw []byte, e entry, cause error) error {
 	_ = b.Delete(key, nil)
 	_ = b.Delete(tk, nil)
 	if err := b.Commit(pebble.Sync); err == nil {
-		s.dropped(e)
+		s.dropped(e, true)
 	}
 	return cause
 }
@@ -797,11 +803,7 @@ func (s *Silo) Delete(addr block.Address) (bool, error) {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return false, err
 	}
-	if derr == nil {
-		s.dropped(e)
-	} else {
-		s.blocks.Add(-1)
-	}
+	s.dropped(e, derr == nil)
 	return true, nil
 }
 

@@ -203,28 +203,13 @@ func TestCrashKeepsAcknowledged(t *testing.T) {
 		return
 	}
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashKeepsAcknowledged$")
-	cmd.Env = append(os.Environ(), "SILO_CRASH_CHILD="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
 	var acked []int
-	for sc.Scan() && len(acked) < 300 {
-		i, err := strconv.Atoi(sc.Text())
-		if err != nil {
-			continue
+	killChild(t, "TestCrashKeepsAcknowledged", "SILO_CRASH_CHILD", dir, func(line string) bool {
+		if i, err := strconv.Atoi(line); err == nil {
+			acked = append(acked, i)
 		}
-		acked = append(acked, i)
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
+		return len(acked) < 300
+	})
 	if len(acked) < 300 {
 		t.Fatalf("child acknowledged only %d blocks", len(acked))
 	}
@@ -237,6 +222,29 @@ func TestCrashKeepsAcknowledged(t *testing.T) {
 			t.Fatalf("acknowledged block %d lost after kill -9: %v", i, err)
 		}
 	}
+}
+
+// killChild runs test again in a child process with env set to dir, hands
+// each line the child prints to each until each returns false (or the
+// child stops printing), then kills the child with SIGKILL.
+func killChild(t *testing.T, test, env, dir string, each func(line string) bool) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$")
+	cmd.Env = append(os.Environ(), env+"="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && each(sc.Text()) {
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
 }
 
 func crashSize(i int) int {
