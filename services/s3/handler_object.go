@@ -210,27 +210,34 @@ func etagMatches(list, etag string) bool {
 // checkConditions applies If-Match, If-Unmodified-Since, If-None-Match and
 // If-Modified-Since in the order RFC 9110 and S3 use.
 func checkConditions(h http.Header, v *objVersion, prefix string, copySource bool) error {
+	im, ius := h.Get(prefix+"If-Match"), h.Get(prefix+"If-Unmodified-Since")
+	inm, ims := h.Get(prefix+"If-None-Match"), h.Get(prefix+"If-Modified-Since")
+	if im == "" && ius == "" && inm == "" && ims == "" {
+		return nil // most requests: nothing to check, no date to parse
+	}
 	mod := v.modTime().Truncate(time.Second)
 	fail := s3err.New(s3err.PreconditionFailed)
 	notModified := s3err.New(s3err.NotModified)
 	if copySource {
 		notModified = fail
 	}
-	im := h.Get(prefix + "If-Match")
 	if im != "" {
 		if !etagMatches(im, v.ETag) {
 			return fail
 		}
-	} else if t, err := http.ParseTime(h.Get(prefix + "If-Unmodified-Since")); err == nil && mod.After(t) {
-		return fail
+	} else if ius != "" {
+		if t, err := http.ParseTime(ius); err == nil && mod.After(t) {
+			return fail
+		}
 	}
-	inm := h.Get(prefix + "If-None-Match")
 	if inm != "" {
 		if etagMatches(inm, v.ETag) {
 			return notModified
 		}
-	} else if t, err := http.ParseTime(h.Get(prefix + "If-Modified-Since")); err == nil && !mod.After(t) {
-		return notModified
+	} else if ims != "" {
+		if t, err := http.ParseTime(ims); err == nil && !mod.After(t) {
+			return notModified
+		}
 	}
 	return nil
 }

@@ -44,6 +44,8 @@ type Server struct {
 	cache     *metaCache
 	splitting sync.Map // index shards being split (see index.splitting)
 	commits   *commitQueues
+	// signingKeys keeps derived SigV4 signing keys across requests.
+	signingKeys sigv4.KeyCache
 }
 
 // New builds a server. It does not touch the stores until requests arrive.
@@ -378,6 +380,7 @@ func (s *Server) authenticate(q *request, anon string) error {
 		Region:  s.cfg.Region,
 		MaxSkew: s.cfg.ClockSkew,
 		Now:     s.now,
+		Keys:    &s.signingKeys,
 		Lookup: func(ctx context.Context, id string) (string, error) {
 			secret, u, err := s.lookupKey(ctx, id)
 			user = u
@@ -486,13 +489,22 @@ func (s *Server) finish(q *request, span trace.Span, start time.Time, err error)
 	}
 	span.End()
 	s.tel.record(q.ctx, q.op, status, q.in, q.w.out, dur)
-	attrs := []any{"request_id", q.id, "op", q.op, "method", q.r.Method, "bucket", q.bucket,
-		"key", q.key, "status", status, "bytes_in", q.in, "bytes_out", q.w.out,
-		"duration", dur, "remote", q.r.RemoteAddr, "user", q.user}
-	if sc := span.SpanContext(); sc.HasTraceID() {
-		attrs = append(attrs, "trace_id", sc.TraceID().String())
+	if !s.log.Enabled(q.ctx, slog.LevelInfo) {
+		return
 	}
-	s.log.InfoContext(q.ctx, "s3 access", attrs...)
+	// Attrs, not key-value pairs: no boxing of each value per request.
+	attrs := [...]slog.Attr{
+		slog.String("request_id", q.id), slog.String("op", q.op), slog.String("method", q.r.Method),
+		slog.String("bucket", q.bucket), slog.String("key", q.key), slog.Int("status", status),
+		slog.Int64("bytes_in", q.in), slog.Int64("bytes_out", q.w.out), slog.Duration("duration", dur),
+		slog.String("remote", q.r.RemoteAddr), slog.String("user", q.user), {},
+	}
+	n := len(attrs) - 1
+	if sc := span.SpanContext(); sc.HasTraceID() {
+		attrs[n] = slog.String("trace_id", sc.TraceID().String())
+		n++
+	}
+	s.log.LogAttrs(q.ctx, slog.LevelInfo, "s3 access", attrs[:n]...)
 }
 
 // writeXML sends v as an XML document.

@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -73,6 +74,44 @@ type Verifier struct {
 	MaxSkew time.Duration // 15 minutes when zero
 	Now     func() time.Time
 	Lookup  KeyLookup
+	// Keys, when set, keeps derived signing keys across requests.
+	Keys *KeyCache
+}
+
+// KeyCache keeps derived signing keys. A signing key depends only on the
+// secret, the day, the region and the service, and deriving it takes four
+// HMACs: most of a small request's signature check. The zero value is
+// ready to use.
+type KeyCache struct {
+	mu   sync.Mutex
+	keys map[keyID][]byte
+}
+
+type keyID struct{ secret, date, region, service string }
+
+// maxCachedKeys bounds a KeyCache: past it, the cache starts over (keys
+// change daily, so old ones are dropped that way too).
+const maxCachedKeys = 1024
+
+func (c *KeyCache) get(secret, date, region, service string) []byte {
+	if c == nil {
+		return signingKey(secret, date, region, service)
+	}
+	id := keyID{secret, date, region, service}
+	c.mu.Lock()
+	k, ok := c.keys[id]
+	c.mu.Unlock()
+	if ok {
+		return k
+	}
+	k = signingKey(secret, date, region, service)
+	c.mu.Lock()
+	if c.keys == nil || len(c.keys) >= maxCachedKeys {
+		c.keys = make(map[keyID][]byte)
+	}
+	c.keys[id] = k
+	c.mu.Unlock()
+	return k
 }
 
 // Auth is the outcome of a successful verification.
@@ -229,7 +268,7 @@ func (v *Verifier) verifyHeader(ctx context.Context, r *http.Request, h string) 
 		return nil, err
 	}
 	creq := canonicalRequest(r, canonicalQuery(r.URL.RawQuery, false), signed, payload)
-	key := signingKey(secret, cred.date, cred.region, cred.service)
+	key := v.Keys.get(secret, cred.date, cred.region, cred.service)
 	want := sign(key, stringToSign(amzDate, cred.scope(), creq))
 	if !hmac.Equal([]byte(want), []byte(sig)) {
 		return nil, ErrSignatureMismatch
@@ -288,7 +327,7 @@ func (v *Verifier) verifyPresigned(ctx context.Context, r *http.Request) (*Auth,
 		return nil, err
 	}
 	creq := canonicalRequest(r, canonicalQuery(r.URL.RawQuery, true), signed, payload)
-	key := signingKey(secret, cred.date, cred.region, cred.service)
+	key := v.Keys.get(secret, cred.date, cred.region, cred.service)
 	want := sign(key, stringToSign(amzDate, cred.scope(), creq))
 	if !hmac.Equal([]byte(want), []byte(sig)) {
 		return nil, ErrSignatureMismatch

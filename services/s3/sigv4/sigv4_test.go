@@ -33,12 +33,18 @@ func docVerifier(now time.Time) *Verifier {
 
 var docTime = time.Date(2013, 5, 24, 0, 0, 0, 0, time.UTC)
 
-func TestHeaderAuthDocVector(t *testing.T) {
+// docHeaderRequest is the documentation's GET with header auth.
+func docHeaderRequest() *http.Request {
 	r := httptest.NewRequest("GET", "http://examplebucket.s3.amazonaws.com/test.txt", nil)
 	r.Header.Set("Range", "bytes=0-9")
 	r.Header.Set("X-Amz-Content-Sha256", emptySHA256)
 	r.Header.Set("X-Amz-Date", "20130524T000000Z")
 	r.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
+	return r
+}
+
+func TestHeaderAuthDocVector(t *testing.T) {
+	r := docHeaderRequest()
 	a, err := docVerifier(docTime.Add(time.Minute)).Verify(context.Background(), r)
 	if err != nil {
 		t.Fatalf("verify: %v", err)
@@ -54,14 +60,7 @@ func TestHeaderAuthDocVector(t *testing.T) {
 }
 
 func TestHeaderAuthErrors(t *testing.T) {
-	mk := func() *http.Request {
-		r := httptest.NewRequest("GET", "http://examplebucket.s3.amazonaws.com/test.txt", nil)
-		r.Header.Set("Range", "bytes=0-9")
-		r.Header.Set("X-Amz-Content-Sha256", emptySHA256)
-		r.Header.Set("X-Amz-Date", "20130524T000000Z")
-		r.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
-		return r
-	}
+	mk := docHeaderRequest
 	cases := []struct {
 		name string
 		mod  func(*http.Request, *Verifier)
