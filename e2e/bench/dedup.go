@@ -56,19 +56,24 @@ func dedupBench(raw float64) {
 		cl, err := client.Dial(addr)
 		check(err)
 		ctx := context.Background()
+		pid := proc.Process.Pid
+		cpu := startCPU(pid)
 		start := time.Now()
 		ref, n, _, err := cl.Write(ctx, tc.policy, "", keystream(1, size))
 		check(err)
 		put := float64(n) / time.Since(start).Seconds()
 		add(fmt.Sprintf("dedup put %d MiB unique, %s", *dedupMiB, tc.name), mbs(put),
-			fmt.Sprintf("%.0f%% of raw/%.1f (default chunking, zstd)", 100*put*tc.amp/raw, tc.amp))
+			fmt.Sprintf("%.0f%% of raw/%.1f (default chunking, zstd)%s", 100*put*tc.amp/raw, tc.amp, cpu.perMiB(n)))
+
+		cpu = startCPU(pid)
 
 		start = time.Now()
 		_, _, _, err = cl.Write(ctx, tc.policy, "", keystream(1, size))
 		check(err)
 		reput := float64(size) / time.Since(start).Seconds()
-		add(fmt.Sprintf("dedup re-put same %d MiB, %s", *dedupMiB, tc.name), mbs(reput), fmt.Sprintf("%.2f× raw, %.2f× one hop", reput/raw, reput/hopW))
+		add(fmt.Sprintf("dedup re-put same %d MiB, %s", *dedupMiB, tc.name), mbs(reput), fmt.Sprintf("%.2f× raw, %.2f× one hop%s", reput/raw, reput/hopW, cpu.perMiB(size)))
 
+		cpu = startCPU(pid)
 		start = time.Now()
 		rc, err := cl.Read(ctx, ref, "", 0, -1)
 		check(err)
@@ -79,7 +84,7 @@ func dedupBench(raw float64) {
 			check(fmt.Errorf("dedup get returned %d of %d bytes", got, size))
 		}
 		get := float64(got) / time.Since(start).Seconds()
-		add(fmt.Sprintf("dedup get %d MiB sequential, %s", *dedupMiB, tc.name), mbs(get), fmt.Sprintf("%.2f× raw, %.2f× one hop", get/raw, get/hopR))
+		add(fmt.Sprintf("dedup get %d MiB sequential, %s", *dedupMiB, tc.name), mbs(get), fmt.Sprintf("%.2f× raw, %.2f× one hop%s", get/raw, get/hopR, cpu.perMiB(got)))
 		add(fmt.Sprintf("all-in-one RSS after dedup, %s", tc.name), fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), fmt.Sprintf("%d storage nodes + placement + NATS + dedup", tc.nodes))
 		cl.Close()
 		// SIGTERM, so a SHOAL_CPU_PROFILE set for the run gets written

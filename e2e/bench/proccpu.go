@@ -54,12 +54,32 @@ func startCPU(pid int) *cpuMeter {
 	return m
 }
 
+// used is the CPU time the process used since startCPU (ok false when
+// /proc could not tell).
+func (m *cpuMeter) used() (time.Duration, bool) {
+	end, err := procCPU(m.pid)
+	if m.err != nil || err != nil {
+		return 0, false
+	}
+	return end - m.start, true
+}
+
 // perOp describes the CPU used since startCPU per operation ("" if /proc
 // could not tell).
 func (m *cpuMeter) perOp(ops int) string {
-	end, err := procCPU(m.pid)
-	if m.err != nil || err != nil || ops <= 0 {
+	d, ok := m.used()
+	if !ok || ops <= 0 {
 		return ""
 	}
-	return fmt.Sprintf(", cluster CPU %.2f ms/op", float64(end-m.start)/float64(time.Millisecond)/float64(ops))
+	return fmt.Sprintf(", cluster CPU %.2f ms/op", float64(d)/float64(time.Millisecond)/float64(ops))
+}
+
+// perMiB describes the CPU used since startCPU per MiB moved ("" if /proc
+// could not tell): for streams, the steadier figure beside MB/s.
+func (m *cpuMeter) perMiB(bytes int64) string {
+	d, ok := m.used()
+	if !ok || bytes <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(", cluster CPU %.1f ms/MiB", float64(d)/float64(time.Millisecond)/(float64(bytes)/(1<<20)))
 }
