@@ -31,6 +31,7 @@ import (
 	"shoal/shared/dedup/manifest"
 	"shoal/shared/dedup/policy"
 	"shoal/shared/dht"
+	"shoal/shared/paxos"
 	"shoal/shared/rpc"
 )
 
@@ -189,6 +190,10 @@ var statusTable = []struct {
 	{dedup.ErrRange, codes.OutOfRange},
 	{dedup.ErrCorrupt, codes.DataLoss},
 	{block.ErrNotFound, codes.NotFound},
+	// An uncertain outcome first: it wraps what made it uncertain.
+	{paxos.ErrIndeterminate, codes.Unavailable},
+	{paxos.ErrContended, codes.Aborted},
+	{paxos.ErrNoQuorum, codes.Unavailable},
 	{dht.ErrQuorum, codes.Unavailable},
 	{dht.ErrNoNodes, codes.Unavailable},
 	{dht.ErrNoView, codes.Unavailable},

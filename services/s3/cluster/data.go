@@ -165,6 +165,9 @@ func dataErr(op string, err error) error {
 	case codes.Unavailable, codes.ResourceExhausted:
 		// Retryable: clients back off on 503 SlowDown/ServiceUnavailable.
 		return s3err.Wrap(s3err.ServiceUnavailable, fmt.Errorf("s3 cluster: %s: %w", op, err))
+	case codes.Aborted:
+		// The tier's writers kept colliding (its live-reference set).
+		return s3err.Wrap(s3err.SlowDown, fmt.Errorf("s3 cluster: %s: %w", op, err))
 	}
 	return fmt.Errorf("s3 cluster: %s: %w", op, err)
 }

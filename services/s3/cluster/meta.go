@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"shoal/services/s3"
+	"shoal/services/s3/s3err"
 	"shoal/shared/block"
 	"shoal/shared/dht"
+	"shoal/shared/paxos"
 	"shoal/shared/sizedcache"
 )
 
@@ -82,6 +84,15 @@ func metaErr(err error) error {
 		return fmt.Errorf("%w: %w", s3.ErrNotFound, err)
 	case errors.Is(err, dht.ErrExists):
 		return fmt.Errorf("%w: %w", s3.ErrExists, err)
+	case errors.Is(err, paxos.ErrIndeterminate), errors.Is(err, paxos.ErrContended):
+		// Writers kept colliding on one block (a hot index shard): the
+		// client backs off and retries, which a PUT or DELETE allows
+		// even when an earlier attempt did land.
+		return s3err.Wrap(s3err.SlowDown, err)
+	case errors.Is(err, paxos.ErrNoQuorum), errors.Is(err, dht.ErrQuorum), errors.Is(err, dht.ErrNoNodes), errors.Is(err, dht.ErrNoView):
+		// Too few storage nodes answer: not the client's mistake, and
+		// not a bug (500) either; clients retry a 503.
+		return s3err.Wrap(s3err.ServiceUnavailable, err)
 	}
 	return err
 }
