@@ -27,6 +27,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	tuneGC(log)
 	shutdown, err := telemetry.Setup(ctx, "shoal-"+strings.ReplaceAll(cfg.Target, ",", "+"))
 	if err != nil {
 		return err
