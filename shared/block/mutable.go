@@ -71,10 +71,15 @@ func signedBytes(s *bpb.MutableState) []byte {
 	return b.Bytes()
 }
 
-// Sign signs s as writer.
+// Sign signs s as writer. The signature is known good, so it goes into
+// the process's verified set: acceptors running in this process (the
+// all-in-one's storage nodes accept the versions its frontends sign) then
+// skip an ed25519 verification, 2.5 times the cost of the signing.
 func Sign(s *bpb.MutableState, writer ed25519.PrivateKey) {
 	s.Writer = writer.Public().(ed25519.PublicKey)
-	s.Signature = ed25519.Sign(writer, signedBytes(s))
+	msg := signedBytes(s)
+	s.Signature = ed25519.Sign(writer, msg)
+	remember(verifiedKey(s.Writer, msg, s.Signature))
 }
 
 // CheckDerivation verifies that s's address follows from its owner and
@@ -172,12 +177,7 @@ func verifySignature(writer ed25519.PublicKey, msg, sig []byte) bool {
 	if len(writer) != ed25519.PublicKeySize || len(sig) != ed25519.SignatureSize {
 		return false
 	}
-	h := sha256.New()
-	h.Write(writer)
-	h.Write(sig)
-	h.Write(msg)
-	var k [32]byte
-	h.Sum(k[:0])
+	k := verifiedKey(writer, msg, sig)
 	verified.Lock()
 	_, ok := verified.m[k]
 	verified.Unlock()
@@ -187,11 +187,28 @@ func verifySignature(writer ed25519.PublicKey, msg, sig []byte) bool {
 	if !ed25519.Verify(writer, msg, sig) {
 		return false
 	}
+	remember(k)
+	return true
+}
+
+// verifiedKey names a (writer, message, signature) triple in the verified
+// set.
+func verifiedKey(writer ed25519.PublicKey, msg, sig []byte) [32]byte {
+	h := sha256.New()
+	h.Write(writer)
+	h.Write(sig)
+	h.Write(msg)
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
+}
+
+// remember adds a triple known to verify to the verified set.
+func remember(k [32]byte) {
 	verified.Lock()
 	if len(verified.m) >= maxVerified {
 		clear(verified.m)
 	}
 	verified.m[k] = struct{}{}
 	verified.Unlock()
-	return true
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -50,6 +51,22 @@ func newMoveScene(t *testing.T, name string, leases bool) *moveScene {
 	sc.addr, _ = block.FromBytes(g.Address)
 	if _, err := NewProposer("p", sc.net).Propose(sc.ctx, sc.addr, sc.oldSet, create(g)); err != nil {
 		t.Fatal(err)
+	}
+	// Propose returns once a majority took the genesis; the third
+	// acceptor's accept may still be on its way, and the scenes cut
+	// acceptors off next: wait until every old member holds it.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, n := range sc.oldSet {
+		for {
+			r, _ := sc.net.acc[n].Peek(&bpb.PeekRequest{Address: sc.addr[:]})
+			if r.GetState() != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("acceptor %s never took the genesis", n)
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 	return sc
 }
@@ -215,13 +232,21 @@ func TestHalfSettledMoveDoesNotStall(t *testing.T) {
 	m.MaxRounds = 10
 	_, err := m.Propose(ctx, addr, oldSet, moveTo(newSet))
 	t.Logf("move: %v", err)
-	held := map[string][]string{}
-	for _, n := range []string{"a", "b", "c", "d"} {
-		r, _ := net.acc[n].Peek(&bpb.PeekRequest{Address: addr[:]})
-		held[n] = r.State.GetQuorum()
-	}
-	if !SameSet(held["a"], newSet) || !IsJoint(held["b"]) || !SameSet(held["c"], oldSet) || !IsJoint(held["d"]) {
-		t.Fatalf("setup: acceptors hold %q", held)
+	// The move's accepts past its majority finish in the background:
+	// wait (bounded) for them before checking what each acceptor holds.
+	var held map[string][]string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		held = map[string][]string{}
+		for _, n := range []string{"a", "b", "c", "d"} {
+			r, _ := net.acc[n].Peek(&bpb.PeekRequest{Address: addr[:]})
+			held[n] = r.State.GetQuorum()
+		}
+		if SameSet(held["a"], newSet) && IsJoint(held["b"]) && SameSet(held["c"], oldSet) && IsJoint(held["d"]) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("setup: acceptors hold %q", held)
+		}
 	}
 	// Every acceptor is reachable again: a client must get through.
 	net.mu.Lock()
