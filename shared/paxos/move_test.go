@@ -55,20 +55,26 @@ func newMoveScene(t *testing.T, name string, leases bool) *moveScene {
 	// Propose returns once a majority took the genesis; the third
 	// acceptor's accept may still be on its way, and the scenes cut
 	// acceptors off next: wait until every old member holds it.
-	deadline := time.Now().Add(10 * time.Second)
-	for _, n := range sc.oldSet {
-		for {
-			r, _ := sc.net.acc[n].Peek(&bpb.PeekRequest{Address: sc.addr[:]})
-			if r.GetState() != nil {
-				break
+	waitFor(t, func() bool {
+		for _, n := range sc.oldSet {
+			if r, _ := sc.net.acc[n].Peek(&bpb.PeekRequest{Address: sc.addr[:]}); r.GetState() == nil {
+				return false
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("acceptor %s never took the genesis", n)
-			}
-			time.Sleep(time.Millisecond)
+		}
+		return true
+	}, func() string { return "an old member never took the genesis" })
+	return sc
+}
+
+// waitFor polls cond until it holds, failing with what() after 10 s: a
+// round's accepts past its majority land in the background.
+func waitFor(t *testing.T, cond func() bool, what func() string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(what())
 		}
 	}
-	return sc
 }
 
 // downAt fails calls to the named acceptors.
@@ -235,19 +241,14 @@ func TestHalfSettledMoveDoesNotStall(t *testing.T) {
 	// The move's accepts past its majority finish in the background:
 	// wait (bounded) for them before checking what each acceptor holds.
 	var held map[string][]string
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+	waitFor(t, func() bool {
 		held = map[string][]string{}
 		for _, n := range []string{"a", "b", "c", "d"} {
 			r, _ := net.acc[n].Peek(&bpb.PeekRequest{Address: addr[:]})
 			held[n] = r.State.GetQuorum()
 		}
-		if SameSet(held["a"], newSet) && IsJoint(held["b"]) && SameSet(held["c"], oldSet) && IsJoint(held["d"]) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("setup: acceptors hold %q", held)
-		}
-	}
+		return SameSet(held["a"], newSet) && IsJoint(held["b"]) && SameSet(held["c"], oldSet) && IsJoint(held["d"])
+	}, func() string { return fmt.Sprintf("setup: acceptors hold %q", held) })
 	// Every acceptor is reachable again: a client must get through.
 	net.mu.Lock()
 	net.onAcceptReq = nil
