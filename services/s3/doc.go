@@ -20,11 +20,16 @@
 //
 // A bucket's keys never live in one block (Infinit's mistake). An index is
 // a set of shard blocks, each holding a sorted run of keys [lo, hi) with
-// their values and a right link to the shard starting at hi, plus one
-// directory block listing (lo, shard address) pairs:
+// their values and a right link to the shard starting at hi, plus a
+// directory listing (lo, shard address) pairs:
 //
 //	directory: ""->A  "k"->B  "t"->C
 //	A [""..."k") -> B ["k"..."t") -> C ["t"...+inf)
+//
+// The directory is a tree of blocks (directory.go): a level-0 node lists
+// shards, a node of level n lists nodes of level n-1, and nodes over
+// 128 KiB split, the root by moving its entries into two children so its
+// address stays the bucket's.
 //
 // Writes are one MetaStore.Update (read-modify-write, retried on conflict)
 // of the shard covering the key, so concurrent PUTs from any number of
@@ -50,18 +55,21 @@
 // worst an unreferenced block R, a directory missing R, or a freeze that
 // holds writes to half a shard until it lapses). Shards' low keys never change (there are no
 // merges), so any directory entry with lo <= key leads to the right shard;
-// the directory is therefore only a hint, cached per server and reloaded
-// when lookups follow too many right links.
+// the directory is therefore only a hint, cached per server. A lookup that
+// has to follow a right link refreshes this server's copy of its path and
+// lists the shard if the directory lacks it (a split that stopped before
+// its step 4, or an entry lost to a directory node's split).
 //
-// Lookups cost one directory read (usually cached) and one shard read.
+// Lookups cost one directory read per level (usually cached) and one
+// shard read.
 // Listing with a prefix or a marker starts at the shard covering the first
 // wanted key and follows right links only as far as the page needs; a
 // rolled-up common prefix is skipped with a fresh lookup at the prefix's
 // end, so "dir/" with a million keys under it costs one read, not a
 // million. Ten million keys of ~200 bytes of metadata make ~10,000 shards of
-// 128-256 KiB; the directory then stays under the block limit. Beyond
-// that, new shards are still reachable through right links but not added
-// to the directory (a second directory level is the next step).
+// 128-256 KiB: a two-level directory. (One level, the first format, held
+// ~3,500 shards of long keys; a bucket that outgrew it had its newer shards
+// reachable only through right links.)
 //
 // Index values are per key: all versions of the key, newest first. Multipart
 // objects reference their parts' data as a list of (ref, offset, length)

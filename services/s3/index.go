@@ -31,12 +31,6 @@ var (
 const (
 	shardMagic = 'S'
 	dirMagic   = 'D'
-	// maxDirBytes keeps the directory block under the ~1 MiB block limit.
-	// When full, new shards are still reachable through right links.
-	maxDirBytes = 900 << 10
-	// maxHops is how many right links a lookup follows before it reloads
-	// the directory: more means our cached copy is stale.
-	maxHops = 2
 	// freezeFor is how long a split may hold the upper half of a shard
 	// still: two metadata writes under load take well under it. A writer
 	// that finds a freeze older than this lifts it, and the split gives up.
@@ -189,88 +183,6 @@ func decodeShard(b []byte) (*shard, error) {
 	return s, nil
 }
 
-// directory maps each shard's low key to its address. It is a hint: shard
-// low keys never change (there are no merges), so any entry with lo <= key
-// leads to the right shard by following right links.
-type directory struct {
-	los   []string
-	addrs [][32]byte
-}
-
-func (d *directory) find(k string) [32]byte {
-	i := sort.SearchStrings(d.los, k)
-	if i < len(d.los) && d.los[i] == k {
-		return d.addrs[i]
-	}
-	if i == 0 { // cannot happen: the first shard starts at ""
-		return d.addrs[0]
-	}
-	return d.addrs[i-1]
-}
-
-func (d *directory) encode() []byte {
-	b := []byte{dirMagic, 1}
-	b = binary.AppendUvarint(b, uint64(len(d.los)))
-	for i := range d.los {
-		b = appendStr(b, d.los[i])
-		b = append(b, d.addrs[i][:]...)
-	}
-	return b
-}
-
-func decodeDir(b []byte) (*directory, error) {
-	if len(b) < 2 || b[0] != dirMagic || b[1] != 1 {
-		return nil, errCorruptMeta
-	}
-	dec := &decoder{b: b[2:]}
-	n := dec.uvarint()
-	if n > uint64(len(b)) {
-		return nil, errCorruptMeta
-	}
-	d := &directory{}
-	for i := uint64(0); i < n && dec.err == nil; i++ {
-		d.los = append(d.los, dec.str())
-		var a [32]byte
-		copy(a[:], dec.bytes(32))
-		d.addrs = append(d.addrs, a)
-	}
-	if dec.err != nil || len(d.los) == 0 || d.los[0] != "" {
-		return nil, errCorruptMeta
-	}
-	return d, nil
-}
-
-// dirCache keeps decoded directories per directory address, shared by all
-// indexes of one server. Entries are hints, refreshed when lookups find them
-// stale, so there is no invalidation protocol between servers.
-type dirCache struct {
-	mu   sync.Mutex
-	dirs map[[32]byte]*directory
-}
-
-func newDirCache() *dirCache { return &dirCache{dirs: map[[32]byte]*directory{}} }
-
-func (c *dirCache) get(a [32]byte) *directory {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.dirs[a]
-}
-
-func (c *dirCache) put(a [32]byte, d *directory) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.dirs) > 4096 { // many buckets: drop everything rather than track use
-		clear(c.dirs)
-	}
-	c.dirs[a] = d
-}
-
-func (c *dirCache) drop(a [32]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.dirs, a)
-}
-
 // index is a sharded, ordered map from string keys to byte values stored in
 // mutable blocks. See doc.go for the design.
 type index struct {
@@ -282,6 +194,11 @@ type index struct {
 	// finds its shard over the limit would otherwise start its own split of
 	// the same shard, and all but one would fail after doing the work.
 	splitting *sync.Map
+	// repairing holds the shards this server is listing in the directory
+	// again (see repair).
+	repairing *sync.Map
+	// dirSplitBytes overrides dirSplitBytes (tests).
+	dirSplitBytes int
 	// queues combine this server's writes to each shard.
 	queues *commitQueues
 	// decoded holds shards as read, decoded (nil: decode every read).
@@ -359,47 +276,21 @@ func createIndex(ctx context.Context, meta MetaStore) ([32]byte, error) {
 	return da, nil
 }
 
-func (ix *index) loadDir(ctx context.Context) (*directory, error) {
-	b, _, err := ix.meta.Get(ctx, ix.dir)
-	if errors.Is(err, ErrNotFound) {
-		ix.cache.drop(ix.dir)
-		return nil, errIndexGone
-	}
-	if err != nil {
-		return nil, err
-	}
-	d, err := decodeDir(b)
-	if err != nil {
-		return nil, err
-	}
-	ix.cache.put(ix.dir, d)
-	return d, nil
-}
-
-func (ix *index) directory(ctx context.Context) (*directory, bool, error) {
-	if d := ix.cache.get(ix.dir); d != nil {
-		return d, true, nil
-	}
-	d, err := ix.loadDir(ctx)
-	return d, false, err
-}
-
 // locate finds the shard covering k and returns its address and contents
 // (shared: read-only).
 func (ix *index) locate(ctx context.Context, k string) ([32]byte, *shard, error) {
-	d, cached, err := ix.directory(ctx)
+	addr, cached, err := ix.route(ctx, k, false)
 	if err != nil {
 		return [32]byte{}, nil, err
 	}
-	addr := d.find(k)
 	for hops := 0; ; hops++ {
 		s, err := ix.readShard(ctx, addr)
 		if errors.Is(err, ErrNotFound) {
 			if cached { // the bucket may have been recreated; retry fresh
-				if d, err = ix.loadDir(ctx); err != nil {
+				if addr, cached, err = ix.route(ctx, k, true); err != nil {
 					return [32]byte{}, nil, err
 				}
-				cached, addr, hops = false, d.find(k), 0
+				hops = 0
 				continue
 			}
 			return [32]byte{}, nil, errIndexGone
@@ -408,8 +299,10 @@ func (ix *index) locate(ctx context.Context, k string) ([32]byte, *shard, error)
 			return [32]byte{}, nil, err
 		}
 		if s.covers(k) {
-			if hops > maxHops && cached {
-				_, _ = ix.loadDir(ctx) // refresh the hint for next time
+			if hops > 0 {
+				// The directory (or our copy of it) lacks this shard:
+				// refresh our copy, and list the shard if it is missing.
+				ix.repair(addr, s.lo)
 			}
 			return addr, s, nil
 		}
@@ -418,10 +311,10 @@ func (ix *index) locate(ctx context.Context, k string) ([32]byte, *shard, error)
 			if !cached {
 				return [32]byte{}, nil, errCorruptMeta
 			}
-			if d, err = ix.loadDir(ctx); err != nil {
+			if addr, cached, err = ix.route(ctx, k, true); err != nil {
 				return [32]byte{}, nil, err
 			}
-			cached, addr, hops = false, d.find(k), 0
+			hops = 0
 			continue
 		}
 		addr = s.next
@@ -450,11 +343,11 @@ func (ix *index) update(ctx context.Context, k string, fn func(cur []byte, found
 	// Reading it first cost every PUT a quorum read. Only when that fails
 	// does the write look the key up properly (right links, fresh
 	// directory).
-	d, _, err := ix.directory(ctx)
+	addr, _, err := ix.route(ctx, k, false)
 	if err != nil {
 		return err
 	}
-	addr, guessed := d.find(k), true
+	guessed := true
 	moves, waits := 0, 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -595,40 +488,6 @@ func waitFrozen(ctx context.Context, attempt int) error {
 	}
 }
 
-// publish adds a shard to the directory. Failing here is harmless.
-func (ix *index) publish(ctx context.Context, lo string, a [32]byte) error {
-	var nd *directory
-	_, err := ix.meta.Update(ctx, ix.dir, func(cur []byte) ([]byte, error) {
-		d, err := decodeDir(cur)
-		if err != nil {
-			return nil, err
-		}
-		i := sort.SearchStrings(d.los, lo)
-		if i < len(d.los) && d.los[i] == lo {
-			nd = d
-			return nil, errSplitRace // already there; nothing to write
-		}
-		d.los = append(d.los, "")
-		d.addrs = append(d.addrs, [32]byte{})
-		copy(d.los[i+1:], d.los[i:])
-		copy(d.addrs[i+1:], d.addrs[i:])
-		d.los[i], d.addrs[i] = lo, a
-		out := d.encode()
-		if len(out) > maxDirBytes {
-			return nil, errDirFull
-		}
-		nd = d
-		return out, nil
-	})
-	if errors.Is(err, errSplitRace) {
-		err = nil
-	}
-	if nd != nil {
-		ix.cache.put(ix.dir, nd)
-	}
-	return err
-}
-
 // page returns the entries >= start held by the shard covering start, and
 // where the next shard begins (more=false at the end of the key space).
 func (ix *index) page(ctx context.Context, start string) (keys []string, vals [][]byte, next string, more bool, err error) {
@@ -642,11 +501,10 @@ func (ix *index) page(ctx context.Context, start string) (keys []string, vals []
 
 // shards calls fn for each shard address in key order.
 func (ix *index) shards(ctx context.Context, fn func(addr [32]byte, s *shard) error) error {
-	d, err := ix.loadDir(ctx)
+	addr, _, err := ix.route(ctx, "", true)
 	if err != nil {
 		return err
 	}
-	addr := d.addrs[0]
 	for {
 		s, err := ix.readShard(ctx, addr)
 		if err != nil {
@@ -700,7 +558,8 @@ func (ix *index) seal(ctx context.Context) error {
 	return err
 }
 
-// destroy deletes every block of the index.
+// destroy deletes every block of the index: shards, directory nodes, and
+// the root last, so a destroy that fails part way can be run again.
 func (ix *index) destroy(ctx context.Context) error {
 	var addrs [][32]byte
 	if err := ix.shards(ctx, func(a [32]byte, _ *shard) error {
@@ -709,10 +568,15 @@ func (ix *index) destroy(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	for _, a := range addrs {
+	nodes, err := ix.dirNodes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range append(addrs, nodes...) {
 		if err := ix.meta.Delete(ctx, a); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
+		ix.cache.drop(a)
 	}
 	ix.cache.drop(ix.dir)
 	return ix.meta.Delete(ctx, ix.dir)

@@ -183,25 +183,7 @@ func TestIndexConcurrentSplits(t *testing.T) {
 	}
 	handles := []*s3.Index{a, a.Reopen(), a.Reopen(), a.Reopen()}
 	const per = 1000
-	var wg sync.WaitGroup
-	errs := make(chan error, len(handles))
-	for w, ix := range handles {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < per; i++ {
-				if err := ix.Put(ctx, fmt.Sprintf("k%05d-%d", i, w), []byte(strings.Repeat("v", 20))); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	putConcurrently(t, handles, per, func(i, w int) string { return fmt.Sprintf("k%05d-%d", i, w) }, []byte(strings.Repeat("v", 20)))
 	keys, _, trunc, err := handles[3].List(ctx, "", "", "", 1<<30)
 	if err != nil || trunc {
 		t.Fatal(err, trunc)
@@ -214,6 +196,30 @@ func TestIndexConcurrentSplits(t *testing.T) {
 	}
 	if max := meta.MaxSize.Load(); max > 8<<10 {
 		t.Fatalf("a block grew to %d bytes", max)
+	}
+}
+
+// putConcurrently has each handle, as its own server, put per keys at once.
+func putConcurrently(t *testing.T, handles []*s3.Index, per int, key func(i, w int) string, v []byte) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(handles))
+	for w, ix := range handles {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				if err := ix.Put(context.Background(), key(i, w), v); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
 

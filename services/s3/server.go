@@ -43,6 +43,7 @@ type Server struct {
 
 	cache     *metaCache
 	splitting sync.Map // index shards being split (see index.splitting)
+	repairing sync.Map // index shards being listed again (see index.repair)
 	commits   *commitQueues
 	// signingKeys keeps derived SigV4 signing keys across requests.
 	signingKeys sigv4.KeyCache
