@@ -22,8 +22,9 @@ type ProcCluster struct {
 	Dir     string
 }
 
-// StartProcCluster starts the processes and waits for their banners.
-func StartProcCluster(t testing.TB, nodes int) *ProcCluster {
+// StartProcCluster starts the processes and waits for their banners;
+// nodeArgs go to every storage node.
+func StartProcCluster(t testing.TB, nodes int, nodeArgs ...string) *ProcCluster {
 	t.Helper()
 	c := &ProcCluster{t: t, Dir: t.TempDir()}
 	n := StartProc(t, "nats", "serve", "-target=nats", "-nats.listen=127.0.0.1:0", "-data="+c.Dir)
@@ -34,9 +35,10 @@ func StartProcCluster(t testing.TB, nodes int) *ProcCluster {
 		c.Places = append(c.Places, p.Field("placement", 20*time.Second))
 	}
 	for i := range nodes {
-		p := StartProc(t, fmt.Sprintf("blockstore-%d", i+1), "serve", "-target=blockstore", "-nats.url="+c.NATSURL,
+		args := append([]string{"serve", "-target=blockstore", "-nats.url=" + c.NATSURL,
 			"-blockstore.listen=127.0.0.1:0", fmt.Sprintf("-blockstore.zone=z%d", i%3+1),
-			"-blockstore.dir="+filepath.Join(c.Dir, fmt.Sprintf("bs%d", i+1)), "-blockstore.heartbeat-interval=250ms")
+			"-blockstore.dir=" + filepath.Join(c.Dir, fmt.Sprintf("bs%d", i+1)), "-blockstore.heartbeat-interval=250ms"}, nodeArgs...)
+		p := StartProc(t, fmt.Sprintf("blockstore-%d", i+1), args...)
 		p.Field("blockstore", 20*time.Second)
 		c.Nodes = append(c.Nodes, p)
 	}

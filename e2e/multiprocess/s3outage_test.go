@@ -25,32 +25,7 @@ import (
 // the nodes are back, both work again.
 func TestS3OutageIs503(t *testing.T) {
 	c := framework.StartProcCluster(t, 3)
-	front := framework.StartProc(t, "dedup+s3", "serve", "-target=dedup,s3", "-nats.url="+c.NATSURL,
-		"-dht.placement="+strings.Join(c.Places, ","), "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0",
-		"-data="+filepath.Join(c.Dir, "front"))
-	endpoint := front.Field("s3", 60*time.Second)
-	// The key, made as an operator would: signed with the front's key file.
-	out, stderr, code := framework.Run(t, nil, "s3", "key", "create", "-placement", c.Places[0],
-		"-key-file", filepath.Join(c.Dir, "front", "s3", "signing.key"))
-	if code != 0 {
-		t.Fatalf("s3 key create: %d %s", code, stderr)
-	}
-	var id, secret string
-	for _, line := range strings.Fields(out) {
-		k, v, _ := strings.Cut(line, "=")
-		switch k {
-		case "AWS_ACCESS_KEY_ID":
-			id = v
-		case "AWS_SECRET_ACCESS_KEY":
-			secret = v
-		}
-	}
-	if id == "" || secret == "" {
-		t.Fatalf("s3 key create printed %q", out)
-	}
-	// One attempt per call: the test sees each answer, not the SDK's retries.
-	s3c := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(id, secret, ""), RetryMaxAttempts: 1})
+	s3c := startS3Front(t, c)
 	ctx := context.Background()
 	body := []byte("stored before the outage")
 	put := func(key string) error {
@@ -92,4 +67,36 @@ func TestS3OutageIs503(t *testing.T) {
 	framework.Eventually(t, 30*time.Second, "S3 serves again once the nodes are back", func() bool {
 		return get("before") == nil && put("after") == nil
 	})
+}
+
+// startS3Front runs the dedup tier and S3 as one more process and returns
+// an SDK client with a key made as an operator would (signed with the
+// front's key file), one attempt per call: tests see each answer, not the
+// SDK's retries.
+func startS3Front(t *testing.T, c *framework.ProcCluster) *awss3.Client {
+	t.Helper()
+	front := framework.StartProc(t, "dedup+s3", "serve", "-target=dedup,s3", "-nats.url="+c.NATSURL,
+		"-dht.placement="+strings.Join(c.Places, ","), "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0",
+		"-data="+filepath.Join(c.Dir, "front"))
+	endpoint := front.Field("s3", 60*time.Second)
+	out, stderr, code := framework.Run(t, nil, "s3", "key", "create", "-placement", c.Places[0],
+		"-key-file", filepath.Join(c.Dir, "front", "s3", "signing.key"))
+	if code != 0 {
+		t.Fatalf("s3 key create: %d %s", code, stderr)
+	}
+	var id, secret string
+	for _, line := range strings.Fields(out) {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "AWS_ACCESS_KEY_ID":
+			id = v
+		case "AWS_SECRET_ACCESS_KEY":
+			secret = v
+		}
+	}
+	if id == "" || secret == "" {
+		t.Fatalf("s3 key create printed %q", out)
+	}
+	return awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(id, secret, ""), RetryMaxAttempts: 1})
 }

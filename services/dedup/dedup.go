@@ -190,6 +190,9 @@ var statusTable = []struct {
 	{dedup.ErrRange, codes.OutOfRange},
 	{dedup.ErrCorrupt, codes.DataLoss},
 	{block.ErrNotFound, codes.NotFound},
+	// Full before quorum errors: a put that found nodes full fails for
+	// want of room, which retrying will not make.
+	{rpc.ErrFull, codes.ResourceExhausted},
 	// An uncertain outcome first: it wraps what made it uncertain.
 	{paxos.ErrIndeterminate, codes.Unavailable},
 	{paxos.ErrContended, codes.Aborted},
@@ -197,7 +200,6 @@ var statusTable = []struct {
 	{dht.ErrQuorum, codes.Unavailable},
 	{dht.ErrNoNodes, codes.Unavailable},
 	{dht.ErrNoView, codes.Unavailable},
-	{rpc.ErrFull, codes.ResourceExhausted},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 
@@ -9,6 +10,7 @@ import (
 
 	"shoal/shared/dht"
 	"shoal/shared/paxos"
+	"shoal/shared/rpc"
 )
 
 // The root set's Paxos failures leave the tier as retryable codes, not
@@ -22,6 +24,8 @@ func TestStorageFailuresAreRetryableCodes(t *testing.T) {
 		{fmt.Errorf("retain: %w", paxos.ErrContended), codes.Aborted},
 		{fmt.Errorf("release: %w", paxos.ErrNoQuorum), codes.Unavailable},
 		{fmt.Errorf("put: %w", dht.ErrQuorum), codes.Unavailable},
+		// Nodes that refused for want of room make the write fail as full.
+		{fmt.Errorf("put: %w: 0 of 2 acknowledged: %w", dht.ErrQuorum, errors.Join(rpc.ErrFull, errors.New("unreachable"))), codes.ResourceExhausted},
 		{fmt.Errorf("boom"), codes.Internal},
 	} {
 		if got := status.Code(toStatus(tc.err)); got != tc.want {

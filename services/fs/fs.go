@@ -246,7 +246,7 @@ func (f *FS) errno(op string, err error) syscall.Errno {
 		return en
 	case errors.Is(err, block.ErrNotFound), errors.Is(err, client.ErrNotFound):
 		return syscall.ENOENT
-	case errors.Is(err, errTooLarge):
+	case errors.Is(err, errTooLarge), errors.Is(err, client.ErrFull):
 		return syscall.ENOSPC
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR

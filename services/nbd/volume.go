@@ -232,13 +232,24 @@ func (c *conn) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return c.v.ReadAt(ctx, p, off)
 }
 func (c *conn) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	return c.v.WriteAt(ctx, p, off, fua)
+	return noSpace(c.v.WriteAt(ctx, p, off, fua))
 }
-func (c *conn) Trim(ctx context.Context, off, n int64) error { return c.v.zero(ctx, off, n, false) }
+func (c *conn) Trim(ctx context.Context, off, n int64) error {
+	return noSpace(c.v.zero(ctx, off, n, false))
+}
 func (c *conn) WriteZeroes(ctx context.Context, off, n int64, fua bool) error {
-	return c.v.zero(ctx, off, n, fua)
+	return noSpace(c.v.zero(ctx, off, n, fua))
 }
-func (c *conn) Flush(ctx context.Context) error { return c.v.Flush(ctx) }
+func (c *conn) Flush(ctx context.Context) error { return noSpace(c.v.Flush(ctx)) }
+
+// noSpace makes a commit that failed because the storage nodes are full
+// an ENOSPC for the client, as a full disk's write would be, not EIO.
+func noSpace(err error) error {
+	if errors.Is(err, client.ErrFull) && !errors.Is(err, wire.ErrNoSpace) {
+		return fmt.Errorf("%w: %w", wire.ErrNoSpace, err)
+	}
+	return err
+}
 func (c *conn) Close() error {
 	var err error
 	c.once.Do(func() { err = c.v.release() })

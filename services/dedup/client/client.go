@@ -37,6 +37,8 @@ var (
 	// ErrUnavailable means the tier or too many storage nodes could not be
 	// reached; the call may succeed when retried.
 	ErrUnavailable = errors.New("dedup: unavailable")
+	// ErrFull means the storage nodes had no room left for the data.
+	ErrFull = errors.New("dedup: storage full")
 )
 
 // Error is an error returned by the tier: it matches one of the sentinels
@@ -53,13 +55,14 @@ func (e *Error) GRPCStatus() *status.Status { return e.st }
 // codeTable maps status codes to sentinels; the server's table
 // (services/dedup) is its inverse.
 var codeTable = map[codes.Code]error{
-	codes.InvalidArgument:  ErrInvalid,
-	codes.NotFound:         ErrNotFound,
-	codes.OutOfRange:       ErrRange,
-	codes.DataLoss:         ErrCorrupt,
-	codes.Unavailable:      ErrUnavailable,
-	codes.DeadlineExceeded: context.DeadlineExceeded,
-	codes.Canceled:         context.Canceled,
+	codes.InvalidArgument:   ErrInvalid,
+	codes.NotFound:          ErrNotFound,
+	codes.OutOfRange:        ErrRange,
+	codes.DataLoss:          ErrCorrupt,
+	codes.Unavailable:       ErrUnavailable,
+	codes.ResourceExhausted: ErrFull,
+	codes.DeadlineExceeded:  context.DeadlineExceeded,
+	codes.Canceled:          context.Canceled,
 }
 
 // fromStatus turns a gRPC error into an *Error (or leaves it as is).

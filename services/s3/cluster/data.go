@@ -162,7 +162,10 @@ func dataErr(op string, err error) error {
 		return fmt.Errorf("s3 cluster: %s: %w: %w", op, context.Canceled, err)
 	case codes.DeadlineExceeded:
 		return fmt.Errorf("s3 cluster: %s: %w: %w", op, context.DeadlineExceeded, err)
-	case codes.Unavailable, codes.ResourceExhausted:
+	case codes.ResourceExhausted:
+		// The nodes are full: retrying does not help, so not a 503.
+		return s3err.Wrap(s3err.StorageFull, fmt.Errorf("s3 cluster: %s: %w", op, err))
+	case codes.Unavailable:
 		// Retryable: clients back off on 503 SlowDown/ServiceUnavailable.
 		return s3err.Wrap(s3err.ServiceUnavailable, fmt.Errorf("s3 cluster: %s: %w", op, err))
 	case codes.Aborted:

@@ -54,3 +54,13 @@ func TestStorageErrorsAreRetryable503s(t *testing.T) {
 		t.Error("an unknown error became an S3 error")
 	}
 }
+
+// Full storage nodes are a 507 that SDKs do not retry: waiting does not
+// make room.
+func TestStorageFullIs507(t *testing.T) {
+	err := dataErr("write", status.Error(codes.ResourceExhausted, "blockstore: capacity exhausted"))
+	e, ok := s3err.As(err)
+	if !ok || e.Code != s3err.StorageFull || e.Code.Status() != http.StatusInsufficientStorage {
+		t.Fatalf("full nodes map to %v", err)
+	}
+}

@@ -67,6 +67,7 @@ const (
 	InvalidEncoding
 	RequestHeaderSectionTooLarge
 	InvalidLocationConstraint
+	StorageFull
 	numCodes
 )
 
@@ -126,6 +127,9 @@ var table = [numCodes]entry{
 	InvalidEncoding:                   {"InvalidArgument", 400, "Invalid Encoding Method specified in Request"},
 	RequestHeaderSectionTooLarge:      {"RequestHeaderSectionTooLarge", 400, "Your request header section exceeds the maximum allowed size."},
 	InvalidLocationConstraint:         {"InvalidLocationConstraint", 400, "The specified location constraint is not valid."},
+	// Not an AWS code (AWS does not fill up): 507, which SDKs do not retry, as
+	// S3-compatible stores answer when their drives are full.
+	StorageFull: {"XShoalStorageFull", 507, "The storage nodes have no room left for this data: delete objects or add storage nodes."},
 }
 
 // Name is the code as it appears in the XML body, e.g. "NoSuchKey".
