@@ -182,24 +182,23 @@ func (ix *index) node(ctx context.Context, a [32]byte, fresh bool) (*directory, 
 	return d, false, nil
 }
 
-// path descends from the root to the level-0 node covering k. cached
-// reports whether every node came from this server's cache (and so may be
-// stale).
-func (ix *index) path(ctx context.Context, k string, fresh bool) ([]dirStep, bool, error) {
-	a, all := ix.dir, true
-	var steps []dirStep
+// path descends from the root to the level-0 node covering k, appending
+// the nodes to steps. cached reports whether every node came from this
+// server's cache (and so may be stale).
+func (ix *index) path(ctx context.Context, k string, fresh bool, steps []dirStep) ([]dirStep, bool, error) {
+	a, all, start := ix.dir, true, len(steps)
 	for {
 		d, cached, err := ix.node(ctx, a, fresh)
 		if errors.Is(err, errIndexGone) && a != ix.dir && !fresh {
-			return ix.path(ctx, k, true) // a stale parent; nodes go only with the index
+			return ix.path(ctx, k, true, steps[:start]) // a stale parent; nodes go only with the index
 		}
 		if err != nil {
 			return nil, false, err
 		}
 		all = all && cached
-		if n := len(steps); n > maxDirDepth || (n > 0 && d.level != steps[n-1].d.level-1) {
+		if n := len(steps) - start; n > maxDirDepth || (n > 0 && d.level != steps[len(steps)-1].d.level-1) {
 			if !fresh {
-				return ix.path(ctx, k, true)
+				return ix.path(ctx, k, true, steps[:start])
 			}
 			return nil, false, errCorruptMeta
 		}
@@ -212,9 +211,11 @@ func (ix *index) path(ctx context.Context, k string, fresh bool) ([]dirStep, boo
 }
 
 // route returns the shard the directory names for k (lo <= k; right links
-// lead on from it).
+// lead on from it). Every GET and PUT routes, so its path stays on the
+// stack.
 func (ix *index) route(ctx context.Context, k string, fresh bool) ([32]byte, bool, error) {
-	p, cached, err := ix.path(ctx, k, fresh)
+	var buf [maxDirDepth + 2]dirStep
+	p, cached, err := ix.path(ctx, k, fresh, buf[:0])
 	if err != nil {
 		return [32]byte{}, false, err
 	}
@@ -233,7 +234,7 @@ func (ix *index) dirSplit() int {
 // harmless: the shard is reachable through right links.
 func (ix *index) publish(ctx context.Context, lo string, a [32]byte) error {
 	for attempt := 0; attempt < 3; attempt++ {
-		path, _, err := ix.path(ctx, lo, true)
+		path, _, err := ix.path(ctx, lo, true, nil)
 		if err != nil {
 			return err
 		}

@@ -118,7 +118,7 @@ func (ix *index) Unlisted(ctx context.Context) (int, error) {
 // Unlist removes the directory entry listing a shard under k, as a split
 // that stopped before publishing would leave it.
 func (ix *index) Unlist(ctx context.Context, k string) error {
-	path, _, err := ix.path(ctx, k, true)
+	path, _, err := ix.path(ctx, k, true, nil)
 	if err != nil {
 		return err
 	}
