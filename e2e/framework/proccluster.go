@@ -26,7 +26,14 @@ type ProcCluster struct {
 // nodeArgs go to every storage node.
 func StartProcCluster(t testing.TB, nodes int, nodeArgs ...string) *ProcCluster {
 	t.Helper()
-	c := &ProcCluster{t: t, Dir: t.TempDir()}
+	return StartProcClusterIn(t, t.TempDir(), nodes, nodeArgs...)
+}
+
+// StartProcClusterIn is StartProcCluster with the processes' data under
+// dir (a file system of the test's choosing).
+func StartProcClusterIn(t testing.TB, dir string, nodes int, nodeArgs ...string) *ProcCluster {
+	t.Helper()
+	c := &ProcCluster{t: t, Dir: dir}
 	n := StartProc(t, "nats", "serve", "-target=nats", "-nats.listen=127.0.0.1:0", "-data="+c.Dir)
 	c.NATSURL = n.Field("nats", 20*time.Second)
 	for i := range 2 {

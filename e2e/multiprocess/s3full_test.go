@@ -33,7 +33,7 @@ func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // stored before stays readable.
 func TestS3StorageFullIs507(t *testing.T) {
 	c := framework.StartProcCluster(t, 3, "-blockstore.capacity=2000000")
-	s3c := startS3Front(t, c)
+	s3c, _ := startS3Front(t, c)
 	ctx := context.Background()
 	if _, err := s3c.CreateBucket(ctx, &awss3.CreateBucketInput{Bucket: aws.String("full")}); err != nil {
 		t.Fatal(err)

@@ -25,7 +25,7 @@ import (
 // the nodes are back, both work again.
 func TestS3OutageIs503(t *testing.T) {
 	c := framework.StartProcCluster(t, 3)
-	s3c := startS3Front(t, c)
+	s3c, _ := startS3Front(t, c)
 	ctx := context.Background()
 	body := []byte("stored before the outage")
 	put := func(key string) error {
@@ -70,10 +70,10 @@ func TestS3OutageIs503(t *testing.T) {
 }
 
 // startS3Front runs the dedup tier and S3 as one more process and returns
-// an SDK client with a key made as an operator would (signed with the
-// front's key file), one attempt per call: tests see each answer, not the
-// SDK's retries.
-func startS3Front(t *testing.T, c *framework.ProcCluster) *awss3.Client {
+// it with an SDK client using a key made as an operator would (signed with
+// the front's key file), one attempt per call: tests see each answer, not
+// the SDK's retries.
+func startS3Front(t *testing.T, c *framework.ProcCluster) (*awss3.Client, *framework.Proc) {
 	t.Helper()
 	front := framework.StartProc(t, "dedup+s3", "serve", "-target=dedup,s3", "-nats.url="+c.NATSURL,
 		"-dht.placement="+strings.Join(c.Places, ","), "-dedup.listen=127.0.0.1:0", "-s3.addr=127.0.0.1:0",
@@ -98,5 +98,5 @@ func startS3Front(t *testing.T, c *framework.ProcCluster) *awss3.Client {
 		t.Fatalf("s3 key create printed %q", out)
 	}
 	return awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(id, secret, ""), RetryMaxAttempts: 1})
+		Credentials: credentials.NewStaticCredentialsProvider(id, secret, ""), RetryMaxAttempts: 1}), front
 }

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -33,7 +34,8 @@ var (
 	// ErrCorrupt means stored bytes no longer match their checksum. The entry
 	// is dropped so a repair can store a good copy again.
 	ErrCorrupt = errors.New("silo: checksum mismatch")
-	// ErrFull means the silo's capacity would be exceeded.
+	// ErrFull means the silo's capacity would be exceeded, or its disk is
+	// full.
 	ErrFull = errors.New("silo: capacity exhausted")
 	// ErrClosed means the silo was closed.
 	ErrClosed = errors.New("silo: closed")
@@ -408,7 +410,7 @@ func (s *Silo) PutMany(items []Item) []PutResult {
 		}
 	}
 	if len(store) > 0 {
-		if err := s.store(items, store, segBytes); err != nil {
+		if err := diskFull(s.store(items, store, segBytes)); err != nil {
 			for _, i := range store {
 				out[i].Err = err
 			}
@@ -479,6 +481,16 @@ func (s *Silo) store(items []Item, idx []int, segBytes int) error {
 		s.addLive(segID, int64(segBytes))
 	}
 	return nil
+}
+
+// diskFull makes a write that failed because the disk is full (ENOSPC from
+// a segment or the index) an ErrFull: clients are told there is no room
+// (S3 507, ENOSPC), not that the node failed, and the node stays up.
+func diskFull(err error) error {
+	if err != nil && errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrFull) {
+		return fmt.Errorf("%w: %w", ErrFull, err)
+	}
+	return err
 }
 
 // addLive adjusts a segment's live bytes.

@@ -153,6 +153,22 @@ func TestCapacity(t *testing.T) {
 	}
 }
 
+// A write the disk refuses for want of space is ErrFull, like a capacity
+// limit (the e2e test TestS3DiskFullIs507 fills a real tmpfs); other I/O
+// errors are not.
+func TestDiskFullIsErrFull(t *testing.T) {
+	err := diskFull(fmt.Errorf("silo: segment write: %w", &os.PathError{Op: "write", Path: "seg", Err: syscall.ENOSPC}))
+	if !errors.Is(err, ErrFull) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("ENOSPC: %v", err)
+	}
+	if err := diskFull(fmt.Errorf("silo: segment write: %w", syscall.EIO)); errors.Is(err, ErrFull) {
+		t.Fatalf("EIO became %v", err)
+	}
+	if diskFull(nil) != nil {
+		t.Fatal("nil became an error")
+	}
+}
+
 func TestConcurrentWriters(t *testing.T) {
 	s := openT(t, t.TempDir(), Options{SegmentThreshold: 8 << 10, SegmentSize: 4 << 20})
 	defer s.Close()
