@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"shoal/services/dedup/client"
+	"shoal/shared/paxos"
+	"shoal/shared/rpc"
 )
 
 // Storage nodes without room make a close fail with ENOSPC, as on a full
@@ -15,6 +17,9 @@ func TestFullStorageIsENOSPC(t *testing.T) {
 	f := &FS{log: slog.New(slog.DiscardHandler)}
 	if got := f.errno("flush", fmt.Errorf("write file: %w", client.ErrFull)); got != syscall.ENOSPC {
 		t.Fatalf("full storage: %v", got)
+	}
+	if got := f.errno("setattr", fmt.Errorf("%w: accept: %w", paxos.ErrNoQuorum, rpc.ErrFull)); got != syscall.ENOSPC {
+		t.Fatalf("acceptors full: %v", got)
 	}
 	if got := f.errno("flush", fmt.Errorf("write file: %w", client.ErrUnavailable)); got != syscall.EIO {
 		t.Fatalf("outage: %v", got)

@@ -24,6 +24,7 @@ import (
 	"shoal/shared/block"
 	"shoal/shared/dedup/policy"
 	"shoal/shared/dht"
+	"shoal/shared/rpc"
 	"shoal/shared/sizedcache"
 )
 
@@ -246,7 +247,9 @@ func (f *FS) errno(op string, err error) syscall.Errno {
 		return en
 	case errors.Is(err, block.ErrNotFound), errors.Is(err, client.ErrNotFound):
 		return syscall.ENOENT
-	case errors.Is(err, errTooLarge), errors.Is(err, client.ErrFull):
+	case errors.Is(err, errTooLarge), errors.Is(err, client.ErrFull), errors.Is(err, rpc.ErrFull):
+		// Data refused by the dedup tier, or an inode by acceptors, for
+		// want of room.
 		return syscall.ENOSPC
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR

@@ -7,6 +7,7 @@ import (
 
 	"shoal/services/dedup/client"
 	"shoal/services/nbd/wire"
+	"shoal/shared/rpc"
 )
 
 // A commit the storage nodes refuse for want of room reaches the NBD
@@ -15,6 +16,9 @@ func TestFullStorageIsNoSpace(t *testing.T) {
 	err := noSpace(fmt.Errorf("commit: %w", client.ErrFull))
 	if !errors.Is(err, wire.ErrNoSpace) || !errors.Is(err, client.ErrFull) {
 		t.Fatalf("full storage: %v", err)
+	}
+	if err := noSpace(fmt.Errorf("head: %w", rpc.ErrFull)); !errors.Is(err, wire.ErrNoSpace) {
+		t.Fatalf("acceptors full: %v", err)
 	}
 	if err := noSpace(fmt.Errorf("commit: %w", client.ErrUnavailable)); errors.Is(err, wire.ErrNoSpace) {
 		t.Fatalf("an outage became ENOSPC: %v", err)

@@ -17,6 +17,7 @@ import (
 	"shoal/services/dedup/client"
 	"shoal/services/nbd/wire"
 	"shoal/shared/dht"
+	"shoal/shared/rpc"
 	"shoal/shared/sizedcache"
 )
 
@@ -243,9 +244,10 @@ func (c *conn) WriteZeroes(ctx context.Context, off, n int64, fua bool) error {
 func (c *conn) Flush(ctx context.Context) error { return noSpace(c.v.Flush(ctx)) }
 
 // noSpace makes a commit that failed because the storage nodes are full
-// an ENOSPC for the client, as a full disk's write would be, not EIO.
+// (the data, or the head's Paxos round) an ENOSPC for the client, as a
+// full disk's write would be, not EIO.
 func noSpace(err error) error {
-	if errors.Is(err, client.ErrFull) && !errors.Is(err, wire.ErrNoSpace) {
+	if (errors.Is(err, client.ErrFull) || errors.Is(err, rpc.ErrFull)) && !errors.Is(err, wire.ErrNoSpace) {
 		return fmt.Errorf("%w: %w", wire.ErrNoSpace, err)
 	}
 	return err

@@ -939,7 +939,7 @@ func (s *Silo) StoreRecord(addr block.Address, rec []byte) error {
 	}
 	k := blockKey(addr)
 	k[0] = keyPaxos
-	return s.db.Set(k, rec, pebble.NoSync)
+	return diskFull(s.db.Set(k, rec, pebble.NoSync))
 }
 
 // SyncRecords makes every StoreRecord that returned before it durable: the
@@ -948,5 +948,5 @@ func (s *Silo) SyncRecords() error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	return s.db.LogData(nil, pebble.Sync)
+	return diskFull(s.db.LogData(nil, pebble.Sync))
 }

@@ -14,6 +14,7 @@ import (
 	"shoal/shared/block"
 	"shoal/shared/dht"
 	"shoal/shared/paxos"
+	"shoal/shared/rpc"
 )
 
 // Storage trouble reaches S3 clients as a 503 they retry (SlowDown for
@@ -58,9 +59,15 @@ func TestStorageErrorsAreRetryable503s(t *testing.T) {
 // Full storage nodes are a 507 that SDKs do not retry: waiting does not
 // make room.
 func TestStorageFullIs507(t *testing.T) {
-	err := dataErr("write", status.Error(codes.ResourceExhausted, "blockstore: capacity exhausted"))
-	e, ok := s3err.As(err)
-	if !ok || e.Code != s3err.StorageFull || e.Code.Status() != http.StatusInsufficientStorage {
-		t.Fatalf("full nodes map to %v", err)
+	for _, err := range []error{
+		dataErr("write", status.Error(codes.ResourceExhausted, "blockstore: capacity exhausted")),
+		// Acceptors that could not write their record: the proposer's
+		// quorum failure carries their errors.
+		metaErr(fmt.Errorf("%w: accept: %w", paxos.ErrNoQuorum, errors.Join(fmt.Errorf("node-1: %w", rpc.ErrFull), errors.New("node-2: unreachable")))),
+	} {
+		e, ok := s3err.As(err)
+		if !ok || e.Code != s3err.StorageFull || e.Code.Status() != http.StatusInsufficientStorage {
+			t.Fatalf("full nodes map to %v", err)
+		}
 	}
 }

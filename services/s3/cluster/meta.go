@@ -19,6 +19,7 @@ import (
 	"shoal/shared/block"
 	"shoal/shared/dht"
 	"shoal/shared/paxos"
+	"shoal/shared/rpc"
 	"shoal/shared/sizedcache"
 )
 
@@ -84,6 +85,11 @@ func metaErr(err error) error {
 		return fmt.Errorf("%w: %w", s3.ErrNotFound, err)
 	case errors.Is(err, dht.ErrExists):
 		return fmt.Errorf("%w: %w", s3.ErrExists, err)
+	case errors.Is(err, rpc.ErrFull):
+		// Acceptors whose disks are full: as for data, waiting does not
+		// make room (whether the change landed is as uncertain as with
+		// any failed write).
+		return s3err.Wrap(s3err.StorageFull, err)
 	case errors.Is(err, paxos.ErrIndeterminate), errors.Is(err, paxos.ErrContended):
 		// Writers kept colliding on one block (a hot index shard): the
 		// client backs off and retries, which a PUT or DELETE allows
