@@ -317,7 +317,9 @@ func (ix *index) splitNode(ctx context.Context, path []dirStep, i int) error {
 		return out, err
 	})
 	if err != nil {
-		_ = ix.meta.Delete(ctx, ra)
+		if refused(err) {
+			_ = ix.meta.Delete(ctx, ra)
+		}
 		if errors.Is(err, errSplitRace) || errors.Is(err, errNoSplit) {
 			return nil // the root grew, or another server split this node
 		}
@@ -387,8 +389,10 @@ func (ix *index) growRoot(ctx context.Context) error {
 		return root.encode(), nil
 	})
 	if err != nil {
-		_ = ix.meta.Delete(ctx, la)
-		_ = ix.meta.Delete(ctx, ra)
+		if refused(err) {
+			_ = ix.meta.Delete(ctx, la)
+			_ = ix.meta.Delete(ctx, ra)
+		}
 		if errors.Is(err, errSplitRace) {
 			return nil
 		}

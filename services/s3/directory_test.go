@@ -2,9 +2,12 @@ package s3_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -203,6 +206,81 @@ func TestDirectoryBadInput(t *testing.T) {
 	} {
 		if err := s3.DecodeDirectory(b); err == nil {
 			t.Fatalf("%s: decoded (%v)", name, err)
+		}
+	}
+}
+
+// lyingMeta applies a third of the updates (chosen by a seeded generator)
+// and then reports them failed, as a Paxos round whose outcome is
+// uncertain does. Freezes are spared: one
+// reported failed holds its half of the shard for freezeFor (2 s), which is
+// the design, but would make the test slow.
+type lyingMeta struct {
+	*s3test.Meta
+	mu  sync.Mutex
+	rng *rand.Rand
+}
+
+var errUncertain = errors.New("test: outcome uncertain")
+
+func (m *lyingMeta) Update(ctx context.Context, a [32]byte, fn func([]byte) ([]byte, error)) (uint64, error) {
+	var out []byte
+	v, err := m.Meta.Update(ctx, a, func(cur []byte) ([]byte, error) {
+		b, err := fn(cur)
+		out = b
+		return b, err
+	})
+	if err != nil || s3.SetsFreeze(out) {
+		return v, err
+	}
+	m.mu.Lock()
+	lie := m.rng.IntN(3) == 0
+	m.mu.Unlock()
+	if lie {
+		return 0, errUncertain
+	}
+	return v, err
+}
+
+// A split or directory change whose write is reported failed may still have
+// landed: the block it links must not be deleted then, or the keys behind
+// it become unreachable. Every acknowledged key stays found and listed.
+func TestUncertainSplitsLoseNothing(t *testing.T) {
+	ctx := context.Background()
+	meta := &lyingMeta{Meta: s3test.NewMeta(), rng: rand.New(rand.NewPCG(1, 2))}
+	ix, err := s3.NewTestIndexDir(ctx, meta, 2048, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var acked []string
+	for i := 0; i < 2000; i++ {
+		k := longKey(i, 0)
+		if err := ix.Put(ctx, k, []byte("v")); err == nil {
+			acked = append(acked, k)
+		} else if !errors.Is(err, errUncertain) {
+			t.Fatal(err)
+		}
+	}
+	if len(acked) < 1000 {
+		t.Fatalf("only %d of 2000 puts acknowledged", len(acked))
+	}
+	reader := ix.Reopen()
+	for _, k := range acked {
+		if _, ok, err := reader.Get(ctx, k); err != nil || !ok {
+			t.Fatalf("acknowledged key %q: found %v, %v", k, ok, err)
+		}
+	}
+	keys, _, _, err := reader.List(ctx, "", "", "", 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, k := range keys {
+		listed[k] = true
+	}
+	for _, k := range acked {
+		if !listed[k] {
+			t.Fatalf("acknowledged key %q not listed (%d listed)", k, len(keys))
 		}
 	}
 }

@@ -161,3 +161,9 @@ func (ix *index) ShardLows(ctx context.Context) ([]string, error) {
 
 // Destroy deletes every block of the index.
 func (ix *index) Destroy(ctx context.Context) error { return ix.destroy(ctx) }
+
+// SetsFreeze reports whether b is a shard with a split's freeze on it.
+func SetsFreeze(b []byte) bool {
+	s, err := decodeShard(b)
+	return err == nil && s.frozen != nil
+}

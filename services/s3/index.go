@@ -449,11 +449,22 @@ func (ix *index) split(ctx context.Context, addr [32]byte) error {
 		return c.encode(), nil
 	})
 	if err != nil {
-		_ = ix.meta.Delete(ctx, ra)
+		if refused(err) {
+			_ = ix.meta.Delete(ctx, ra)
+		}
 		ix.unfreeze(ctx, addr, fz)
 		return err
 	}
 	return ix.publish(ctx, right.lo, ra)
+}
+
+// refused reports whether an Update failed because its function refused to
+// write, so the block is as it was. Any other failure may have landed (an
+// uncertain Paxos outcome): a block the write would have linked is then
+// kept, an unreferenced block at worst, since deleting it could leave a
+// link to nothing and the keys behind it unreachable.
+func refused(err error) bool {
+	return errors.Is(err, errSplitRace) || errors.Is(err, errNoSplit) || errors.Is(err, errDirFull) || errors.Is(err, errCorruptMeta)
 }
 
 // unfreeze lifts a split's freeze after the split failed, if it is still
