@@ -87,6 +87,9 @@ func (p *Proc) start() {
 	p.t.Helper()
 	p.cmd = exec.Command(Binary(p.t), p.Args...)
 	p.cmd.Env = os.Environ()
+	// A test binary that dies without its cleanups (a panic, -timeout)
+	// takes its processes with it instead of leaving them serving.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	logf, err := os.CreateTemp("", "shoal-"+p.Name+"-*.log")
 	if err != nil {
 		p.t.Fatal(err)
