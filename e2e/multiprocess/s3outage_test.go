@@ -17,6 +17,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"shoal/e2e/framework"
+	"shoal/services/app"
 )
 
 // A storage outage reaches S3 clients as a 503 (which SDKs retry), never as
@@ -84,17 +85,8 @@ func startS3Front(t *testing.T, c *framework.ProcCluster) (*awss3.Client, *frame
 	if code != 0 {
 		t.Fatalf("s3 key create: %d %s", code, stderr)
 	}
-	var id, secret string
-	for _, line := range strings.Fields(out) {
-		k, v, _ := strings.Cut(line, "=")
-		switch k {
-		case "AWS_ACCESS_KEY_ID":
-			id = v
-		case "AWS_SECRET_ACCESS_KEY":
-			secret = v
-		}
-	}
-	if id == "" || secret == "" {
+	id, secret, err := app.ParseS3Credentials(strings.NewReader(out))
+	if err != nil {
 		t.Fatalf("s3 key create printed %q", out)
 	}
 	return awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,

@@ -19,6 +19,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"shoal/e2e/framework"
+	"shoal/services/app"
 )
 
 const region = "us-east-1"
@@ -46,16 +47,9 @@ func startAllInOne(t testing.TB, extra ...string) *env {
 	e := &env{t: t, proc: p, data: data}
 	e.endpoint = p.Field("s3", 60*time.Second)
 	e.place = p.Field("placement", time.Second)
-	for _, kv := range p.Fields("s3-key", time.Second)[1:] {
-		k, v, _ := strings.Cut(kv, "=")
-		switch k {
-		case "AWS_ACCESS_KEY_ID":
-			e.id = v
-		case "AWS_SECRET_ACCESS_KEY":
-			e.secret = v
-		}
-	}
-	if e.id == "" || e.secret == "" {
+	var err error
+	e.id, e.secret, err = app.ParseS3Credentials(strings.NewReader(strings.Join(p.Fields("s3-key", time.Second)[1:], "\n")))
+	if err != nil {
 		t.Fatalf("banner has no access key: %v", p.Fields("s3-key", time.Second))
 	}
 	return e

@@ -13,6 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"shoal/services/app"
 )
 
 // s3Exec runs the probe's S3 client in the client container, as the
@@ -61,16 +63,8 @@ func (e *env) createS3Key(t *testing.T) {
 		t.Fatal("no running S3 task")
 	}
 	out := mustDocker(t, "exec", c[0], shoal, "s3", "key", "create", "-placement", placementAddr, "-key-file", "/run/secrets/s3-signing")
-	for _, l := range strings.Split(out, "\n") {
-		k, v, _ := strings.Cut(strings.TrimSpace(l), "=")
-		switch k {
-		case "AWS_ACCESS_KEY_ID":
-			e.s3ID = v
-		case "AWS_SECRET_ACCESS_KEY":
-			e.s3Secret = v
-		}
-	}
-	if e.s3ID == "" || e.s3Secret == "" {
+	var err error
+	if e.s3ID, e.s3Secret, err = app.ParseS3Credentials(strings.NewReader(out)); err != nil {
 		t.Fatalf("s3 key create printed %q", out)
 	}
 }

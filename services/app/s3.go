@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -162,7 +163,17 @@ func ReadS3Credentials(path string) (id, secret string, err error) {
 		return "", "", err
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	id, secret, err = ParseS3Credentials(f)
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", path, err)
+	}
+	return id, secret, nil
+}
+
+// ParseS3Credentials reads AWS_ACCESS_KEY_ID=... and
+// AWS_SECRET_ACCESS_KEY=... lines, as `shoal s3 key create` prints them.
+func ParseS3Credentials(r io.Reader) (id, secret string, err error) {
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		k, v, _ := strings.Cut(strings.TrimSpace(sc.Text()), "=")
 		switch k {
@@ -172,10 +183,13 @@ func ReadS3Credentials(path string) (id, secret string, err error) {
 			secret = v
 		}
 	}
-	if id == "" || secret == "" {
-		return "", "", fmt.Errorf("%s: no AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", path)
+	if err := sc.Err(); err != nil {
+		return "", "", err
 	}
-	return id, secret, sc.Err()
+	if id == "" || secret == "" {
+		return "", "", errors.New("no AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+	}
+	return id, secret, nil
 }
 
 // s3DedupAddr is where the S3 frontend finds the dedup tier: the one in

@@ -247,9 +247,9 @@ func (f *FS) errno(op string, err error) syscall.Errno {
 		return en
 	case errors.Is(err, block.ErrNotFound), errors.Is(err, client.ErrNotFound):
 		return syscall.ENOENT
-	case errors.Is(err, errTooLarge), errors.Is(err, client.ErrFull), errors.Is(err, rpc.ErrFull):
-		// Data refused by the dedup tier, or an inode by acceptors, for
-		// want of room.
+	case errors.Is(err, errTooLarge), errors.Is(err, rpc.ErrFull):
+		// rpc.ErrFull: data refused by the dedup tier (client.ErrFull), or
+		// an inode by acceptors, for want of room.
 		return syscall.ENOSPC
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR

@@ -247,7 +247,7 @@ func (c *conn) Flush(ctx context.Context) error { return noSpace(c.v.Flush(ctx))
 // (the data, or the head's Paxos round) an ENOSPC for the client, as a
 // full disk's write would be, not EIO.
 func noSpace(err error) error {
-	if (errors.Is(err, client.ErrFull) || errors.Is(err, rpc.ErrFull)) && !errors.Is(err, wire.ErrNoSpace) {
+	if errors.Is(err, rpc.ErrFull) && !errors.Is(err, wire.ErrNoSpace) { // client.ErrFull too
 		return fmt.Errorf("%w: %w", wire.ErrNoSpace, err)
 	}
 	return err

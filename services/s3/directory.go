@@ -242,10 +242,9 @@ func (ix *index) publish(ctx context.Context, lo string, a [32]byte) error {
 		var nd *directory
 		var size int
 		_, err = ix.meta.Update(ctx, leaf.addr, func(cur []byte) ([]byte, error) {
-			var out []byte
-			nd, out, err = withEntry(cur, 0, lo, a)
-			size = len(out)
-			return out, err
+			d, out, werr := withEntry(cur, 0, lo, a)
+			nd, size = d, len(out)
+			return out, werr
 		})
 		if nd != nil {
 			ix.cache.put(leaf.addr, nd)
@@ -311,10 +310,9 @@ func (ix *index) splitNode(ctx context.Context, path []dirStep, i int) error {
 	var np *directory
 	var psize int
 	_, err = ix.meta.Update(ctx, parent, func(cur []byte) ([]byte, error) {
-		var out []byte
-		np, out, err = withEntry(cur, d.level+1, right.los[0], ra)
-		psize = len(out)
-		return out, err
+		p, out, werr := withEntry(cur, d.level+1, right.los[0], ra)
+		np, psize = p, len(out)
+		return out, werr
 	})
 	if err != nil {
 		if refused(err) {

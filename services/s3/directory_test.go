@@ -105,19 +105,29 @@ func TestDirectoryConcurrentSplits(t *testing.T) {
 		t.Logf("%d shards unlisted before reads", missing)
 	}
 	// Repairs run in the background; read until none is missing (bounded).
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	waitListed(t, reader, 20*time.Second, func() {
 		for _, k := range keys {
 			if _, ok, err := reader.Get(ctx, k); err != nil || !ok {
 				t.Fatalf("get %q: %v %v", k, ok, err)
 			}
 		}
-		missing, err := reader.Unlisted(ctx)
+	})
+}
+
+// waitListed runs each (lookups that trigger repairs) and then checks the
+// directory, until every shard is listed or timeout passes; repairs land
+// in the background.
+func waitListed(t *testing.T, ix *s3.Index, timeout time.Duration, each func()) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		each()
+		missing, err := ix.Unlisted(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if missing == 0 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d shards still unlisted after repairs", missing)
@@ -160,20 +170,7 @@ func TestDirectoryRepair(t *testing.T) {
 	if _, ok, err := ix.Get(ctx, victim); err != nil || !ok {
 		t.Fatalf("get %q through a right link: %v %v", victim, ok, err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		missing, err := ix.Unlisted(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if missing == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the shard reached through a right link was not listed again")
-		}
-		time.Sleep(10 * time.Millisecond) // the repair runs in the background
-	}
+	waitListed(t, ix, 10*time.Second, func() {})
 }
 
 // Directory blocks that are truncated or malformed are refused with an

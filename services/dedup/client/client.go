@@ -37,8 +37,10 @@ var (
 	// ErrUnavailable means the tier or too many storage nodes could not be
 	// reached; the call may succeed when retried.
 	ErrUnavailable = errors.New("dedup: unavailable")
-	// ErrFull means the storage nodes had no room left for the data.
-	ErrFull = errors.New("dedup: storage full")
+	// ErrFull means the storage nodes had no room left for the data. It is
+	// the nodes' own sentinel, so a frontend checks one error whether the
+	// tier or an acceptor it wrote to directly found them full.
+	ErrFull = rpc.ErrFull
 )
 
 // Error is an error returned by the tier: it matches one of the sentinels
