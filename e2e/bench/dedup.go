@@ -73,6 +73,15 @@ func dedupBench(raw float64) {
 		reput := float64(size) / time.Since(start).Seconds()
 		add(fmt.Sprintf("dedup re-put same %d MiB, %s", *dedupMiB, tc.name), mbs(reput), fmt.Sprintf("%.2f× raw, %.2f× one hop%s", reput/raw, reput/hopW, cpu.perMiB(size)))
 
+		// The same again, offered by hash (WriteOffered, what `shoal put`
+		// and FUSE closes use): hashed here, not sent.
+		cpu = startCPU(pid)
+		start = time.Now()
+		_, _, _, err = cl.WriteOffered(ctx, tc.policy, "", keystream(1, size))
+		check(err)
+		offered := float64(size) / time.Since(start).Seconds()
+		add(fmt.Sprintf("dedup re-put same %d MiB offered, %s", *dedupMiB, tc.name), mbs(offered), fmt.Sprintf("%.2f× raw, %.2f× one hop, %.2f× re-put sent%s", offered/raw, offered/hopW, offered/reput, cpu.perMiB(size)))
+
 		cpu = startCPU(pid)
 		start = time.Now()
 		rc, err := cl.Read(ctx, ref, "", 0, -1)

@@ -964,6 +964,148 @@ func (x *PatchRequest) GetZeroLength() int64 {
 	return 0
 }
 
+// WriteOffered is Write for a client that cuts and hashes the stream
+// itself: it offers each window of chunks by hash and length, and sends
+// the bytes of only those chunks the tier asks for. Data the cluster
+// already holds then costs the client a hash and the tier a lookup, not a
+// transfer. The client must cut as the policy says (the tier checks the
+// lengths, and every byte it receives against its offered hash).
+type OfferRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First message only: as in WriteRequest.
+	Policy string `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Volume string `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"`
+	// An offer: the next chunks of the stream, as their SHA-256s (32 bytes
+	// each, concatenated) and their lengths, in stream order.
+	Sums    []byte   `protobuf:"bytes,3,opt,name=sums,proto3" json:"sums,omitempty"`
+	Lengths []uint32 `protobuf:"varint,4,rep,packed,name=lengths,proto3" json:"lengths,omitempty"`
+	// The bytes of the chunks the tier asked for, for the offers answered
+	// so far, in stream order; one chunk may span several messages.
+	Data          []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OfferRequest) Reset() {
+	*x = OfferRequest{}
+	mi := &file_dedupb_dedup_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfferRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfferRequest) ProtoMessage() {}
+
+func (x *OfferRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dedupb_dedup_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfferRequest.ProtoReflect.Descriptor instead.
+func (*OfferRequest) Descriptor() ([]byte, []int) {
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *OfferRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *OfferRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *OfferRequest) GetSums() []byte {
+	if x != nil {
+		return x.Sums
+	}
+	return nil
+}
+
+func (x *OfferRequest) GetLengths() []uint32 {
+	if x != nil {
+		return x.Lengths
+	}
+	return nil
+}
+
+func (x *OfferRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type OfferResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer to one offer, in order: the indexes, into that offer, of
+	// the chunks whose bytes the tier needs (ascending).
+	Need []uint32 `protobuf:"varint,1,rep,packed,name=need,proto3" json:"need,omitempty"`
+	// The last message: the stored stream, as Write returns it.
+	Result        *WriteResponse `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OfferResponse) Reset() {
+	*x = OfferResponse{}
+	mi := &file_dedupb_dedup_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfferResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfferResponse) ProtoMessage() {}
+
+func (x *OfferResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dedupb_dedup_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfferResponse.ProtoReflect.Descriptor instead.
+func (*OfferResponse) Descriptor() ([]byte, []int) {
+	return file_dedupb_dedup_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *OfferResponse) GetNeed() []uint32 {
+	if x != nil {
+		return x.Need
+	}
+	return nil
+}
+
+func (x *OfferResponse) GetResult() *WriteResponse {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 var File_dedupb_dedup_proto protoreflect.FileDescriptor
 
 const file_dedupb_dedup_proto_rawDesc = "" +
@@ -1030,9 +1172,19 @@ const file_dedupb_dedup_proto_rawDesc = "" +
 	"\x06offset\x18\x05 \x01(\x03R\x06offset\x12\x12\n" +
 	"\x04data\x18\x06 \x01(\fR\x04data\x12\x1f\n" +
 	"\vzero_length\x18\a \x01(\x03R\n" +
-	"zeroLength2\x8a\x05\n" +
+	"zeroLength\"\x80\x01\n" +
+	"\fOfferRequest\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x16\n" +
+	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x12\n" +
+	"\x04sums\x18\x03 \x01(\fR\x04sums\x12\x18\n" +
+	"\alengths\x18\x04 \x03(\rR\alengths\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\"Z\n" +
+	"\rOfferResponse\x12\x12\n" +
+	"\x04need\x18\x01 \x03(\rR\x04need\x125\n" +
+	"\x06result\x18\x02 \x01(\v2\x1d.shoal.dedup.v1.WriteResponseR\x06result2\xdb\x05\n" +
 	"\x05Dedup\x12F\n" +
-	"\x05Write\x12\x1c.shoal.dedup.v1.WriteRequest\x1a\x1d.shoal.dedup.v1.WriteResponse(\x01\x12C\n" +
+	"\x05Write\x12\x1c.shoal.dedup.v1.WriteRequest\x1a\x1d.shoal.dedup.v1.WriteResponse(\x01\x12O\n" +
+	"\fWriteOffered\x12\x1c.shoal.dedup.v1.OfferRequest\x1a\x1d.shoal.dedup.v1.OfferResponse(\x010\x01\x12C\n" +
 	"\x04Read\x12\x1b.shoal.dedup.v1.ReadRequest\x1a\x1c.shoal.dedup.v1.ReadResponse0\x01\x12P\n" +
 	"\tReadBatch\x12 .shoal.dedup.v1.ReadBatchRequest\x1a!.shoal.dedup.v1.ReadBatchResponse\x12A\n" +
 	"\x04Stat\x12\x1b.shoal.dedup.v1.StatRequest\x1a\x1c.shoal.dedup.v1.StatResponse\x12F\n" +
@@ -1054,7 +1206,7 @@ func file_dedupb_dedup_proto_rawDescGZIP() []byte {
 	return file_dedupb_dedup_proto_rawDescData
 }
 
-var file_dedupb_dedup_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_dedupb_dedup_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_dedupb_dedup_proto_goTypes = []any{
 	(*WriteRequest)(nil),      // 0: shoal.dedup.v1.WriteRequest
 	(*WriteResponse)(nil),     // 1: shoal.dedup.v1.WriteResponse
@@ -1072,33 +1224,38 @@ var file_dedupb_dedup_proto_goTypes = []any{
 	(*CollectRequest)(nil),    // 13: shoal.dedup.v1.CollectRequest
 	(*CollectResponse)(nil),   // 14: shoal.dedup.v1.CollectResponse
 	(*PatchRequest)(nil),      // 15: shoal.dedup.v1.PatchRequest
+	(*OfferRequest)(nil),      // 16: shoal.dedup.v1.OfferRequest
+	(*OfferResponse)(nil),     // 17: shoal.dedup.v1.OfferResponse
 }
 var file_dedupb_dedup_proto_depIdxs = []int32{
 	2,  // 0: shoal.dedup.v1.ReadBatchRequest.reads:type_name -> shoal.dedup.v1.ReadRequest
 	5,  // 1: shoal.dedup.v1.ReadBatchResponse.results:type_name -> shoal.dedup.v1.ReadResult
-	0,  // 2: shoal.dedup.v1.Dedup.Write:input_type -> shoal.dedup.v1.WriteRequest
-	2,  // 3: shoal.dedup.v1.Dedup.Read:input_type -> shoal.dedup.v1.ReadRequest
-	4,  // 4: shoal.dedup.v1.Dedup.ReadBatch:input_type -> shoal.dedup.v1.ReadBatchRequest
-	7,  // 5: shoal.dedup.v1.Dedup.Stat:input_type -> shoal.dedup.v1.StatRequest
-	15, // 6: shoal.dedup.v1.Dedup.Patch:input_type -> shoal.dedup.v1.PatchRequest
-	9,  // 7: shoal.dedup.v1.Dedup.Retain:input_type -> shoal.dedup.v1.RefRequest
-	9,  // 8: shoal.dedup.v1.Dedup.Release:input_type -> shoal.dedup.v1.RefRequest
-	11, // 9: shoal.dedup.v1.Dedup.Usage:input_type -> shoal.dedup.v1.UsageRequest
-	13, // 10: shoal.dedup.v1.Dedup.Collect:input_type -> shoal.dedup.v1.CollectRequest
-	1,  // 11: shoal.dedup.v1.Dedup.Write:output_type -> shoal.dedup.v1.WriteResponse
-	3,  // 12: shoal.dedup.v1.Dedup.Read:output_type -> shoal.dedup.v1.ReadResponse
-	6,  // 13: shoal.dedup.v1.Dedup.ReadBatch:output_type -> shoal.dedup.v1.ReadBatchResponse
-	8,  // 14: shoal.dedup.v1.Dedup.Stat:output_type -> shoal.dedup.v1.StatResponse
-	1,  // 15: shoal.dedup.v1.Dedup.Patch:output_type -> shoal.dedup.v1.WriteResponse
-	10, // 16: shoal.dedup.v1.Dedup.Retain:output_type -> shoal.dedup.v1.RefResponse
-	10, // 17: shoal.dedup.v1.Dedup.Release:output_type -> shoal.dedup.v1.RefResponse
-	12, // 18: shoal.dedup.v1.Dedup.Usage:output_type -> shoal.dedup.v1.UsageResponse
-	14, // 19: shoal.dedup.v1.Dedup.Collect:output_type -> shoal.dedup.v1.CollectResponse
-	11, // [11:20] is the sub-list for method output_type
-	2,  // [2:11] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	1,  // 2: shoal.dedup.v1.OfferResponse.result:type_name -> shoal.dedup.v1.WriteResponse
+	0,  // 3: shoal.dedup.v1.Dedup.Write:input_type -> shoal.dedup.v1.WriteRequest
+	16, // 4: shoal.dedup.v1.Dedup.WriteOffered:input_type -> shoal.dedup.v1.OfferRequest
+	2,  // 5: shoal.dedup.v1.Dedup.Read:input_type -> shoal.dedup.v1.ReadRequest
+	4,  // 6: shoal.dedup.v1.Dedup.ReadBatch:input_type -> shoal.dedup.v1.ReadBatchRequest
+	7,  // 7: shoal.dedup.v1.Dedup.Stat:input_type -> shoal.dedup.v1.StatRequest
+	15, // 8: shoal.dedup.v1.Dedup.Patch:input_type -> shoal.dedup.v1.PatchRequest
+	9,  // 9: shoal.dedup.v1.Dedup.Retain:input_type -> shoal.dedup.v1.RefRequest
+	9,  // 10: shoal.dedup.v1.Dedup.Release:input_type -> shoal.dedup.v1.RefRequest
+	11, // 11: shoal.dedup.v1.Dedup.Usage:input_type -> shoal.dedup.v1.UsageRequest
+	13, // 12: shoal.dedup.v1.Dedup.Collect:input_type -> shoal.dedup.v1.CollectRequest
+	1,  // 13: shoal.dedup.v1.Dedup.Write:output_type -> shoal.dedup.v1.WriteResponse
+	17, // 14: shoal.dedup.v1.Dedup.WriteOffered:output_type -> shoal.dedup.v1.OfferResponse
+	3,  // 15: shoal.dedup.v1.Dedup.Read:output_type -> shoal.dedup.v1.ReadResponse
+	6,  // 16: shoal.dedup.v1.Dedup.ReadBatch:output_type -> shoal.dedup.v1.ReadBatchResponse
+	8,  // 17: shoal.dedup.v1.Dedup.Stat:output_type -> shoal.dedup.v1.StatResponse
+	1,  // 18: shoal.dedup.v1.Dedup.Patch:output_type -> shoal.dedup.v1.WriteResponse
+	10, // 19: shoal.dedup.v1.Dedup.Retain:output_type -> shoal.dedup.v1.RefResponse
+	10, // 20: shoal.dedup.v1.Dedup.Release:output_type -> shoal.dedup.v1.RefResponse
+	12, // 21: shoal.dedup.v1.Dedup.Usage:output_type -> shoal.dedup.v1.UsageResponse
+	14, // 22: shoal.dedup.v1.Dedup.Collect:output_type -> shoal.dedup.v1.CollectResponse
+	13, // [13:23] is the sub-list for method output_type
+	3,  // [3:13] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_dedupb_dedup_proto_init() }
@@ -1112,7 +1269,7 @@ func file_dedupb_dedup_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dedupb_dedup_proto_rawDesc), len(file_dedupb_dedup_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

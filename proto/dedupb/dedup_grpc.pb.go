@@ -24,15 +24,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Dedup_Write_FullMethodName     = "/shoal.dedup.v1.Dedup/Write"
-	Dedup_Read_FullMethodName      = "/shoal.dedup.v1.Dedup/Read"
-	Dedup_ReadBatch_FullMethodName = "/shoal.dedup.v1.Dedup/ReadBatch"
-	Dedup_Stat_FullMethodName      = "/shoal.dedup.v1.Dedup/Stat"
-	Dedup_Patch_FullMethodName     = "/shoal.dedup.v1.Dedup/Patch"
-	Dedup_Retain_FullMethodName    = "/shoal.dedup.v1.Dedup/Retain"
-	Dedup_Release_FullMethodName   = "/shoal.dedup.v1.Dedup/Release"
-	Dedup_Usage_FullMethodName     = "/shoal.dedup.v1.Dedup/Usage"
-	Dedup_Collect_FullMethodName   = "/shoal.dedup.v1.Dedup/Collect"
+	Dedup_Write_FullMethodName        = "/shoal.dedup.v1.Dedup/Write"
+	Dedup_WriteOffered_FullMethodName = "/shoal.dedup.v1.Dedup/WriteOffered"
+	Dedup_Read_FullMethodName         = "/shoal.dedup.v1.Dedup/Read"
+	Dedup_ReadBatch_FullMethodName    = "/shoal.dedup.v1.Dedup/ReadBatch"
+	Dedup_Stat_FullMethodName         = "/shoal.dedup.v1.Dedup/Stat"
+	Dedup_Patch_FullMethodName        = "/shoal.dedup.v1.Dedup/Patch"
+	Dedup_Retain_FullMethodName       = "/shoal.dedup.v1.Dedup/Retain"
+	Dedup_Release_FullMethodName      = "/shoal.dedup.v1.Dedup/Release"
+	Dedup_Usage_FullMethodName        = "/shoal.dedup.v1.Dedup/Usage"
+	Dedup_Collect_FullMethodName      = "/shoal.dedup.v1.Dedup/Collect"
 )
 
 // DedupClient is the client API for Dedup service.
@@ -40,6 +41,7 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type DedupClient interface {
 	Write(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteRequest, WriteResponse], error)
+	WriteOffered(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[OfferRequest, OfferResponse], error)
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
 	ReadBatch(ctx context.Context, in *ReadBatchRequest, opts ...grpc.CallOption) (*ReadBatchResponse, error)
 	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*StatResponse, error)
@@ -78,9 +80,22 @@ func (c *dedupClient) Write(ctx context.Context, opts ...grpc.CallOption) (grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Dedup_WriteClient = grpc.ClientStreamingClient[WriteRequest, WriteResponse]
 
+func (c *dedupClient) WriteOffered(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[OfferRequest, OfferResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Dedup_ServiceDesc.Streams[1], Dedup_WriteOffered_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[OfferRequest, OfferResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Dedup_WriteOfferedClient = grpc.BidiStreamingClient[OfferRequest, OfferResponse]
+
 func (c *dedupClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Dedup_ServiceDesc.Streams[1], Dedup_Read_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Dedup_ServiceDesc.Streams[2], Dedup_Read_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +134,7 @@ func (c *dedupClient) Stat(ctx context.Context, in *StatRequest, opts ...grpc.Ca
 
 func (c *dedupClient) Patch(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PatchRequest, WriteResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Dedup_ServiceDesc.Streams[2], Dedup_Patch_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Dedup_ServiceDesc.Streams[3], Dedup_Patch_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -175,6 +190,7 @@ func (c *dedupClient) Collect(ctx context.Context, in *CollectRequest, opts ...g
 // for forward compatibility.
 type DedupServer interface {
 	Write(grpc.ClientStreamingServer[WriteRequest, WriteResponse]) error
+	WriteOffered(grpc.BidiStreamingServer[OfferRequest, OfferResponse]) error
 	Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
 	ReadBatch(context.Context, *ReadBatchRequest) (*ReadBatchResponse, error)
 	Stat(context.Context, *StatRequest) (*StatResponse, error)
@@ -202,6 +218,9 @@ type UnimplementedDedupServer struct{}
 
 func (UnimplementedDedupServer) Write(grpc.ClientStreamingServer[WriteRequest, WriteResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Write not implemented")
+}
+func (UnimplementedDedupServer) WriteOffered(grpc.BidiStreamingServer[OfferRequest, OfferResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method WriteOffered not implemented")
 }
 func (UnimplementedDedupServer) Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Read not implemented")
@@ -254,6 +273,13 @@ func _Dedup_Write_Handler(srv interface{}, stream grpc.ServerStream) error {
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Dedup_WriteServer = grpc.ClientStreamingServer[WriteRequest, WriteResponse]
+
+func _Dedup_WriteOffered_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(DedupServer).WriteOffered(&grpc.GenericServerStream[OfferRequest, OfferResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Dedup_WriteOfferedServer = grpc.BidiStreamingServer[OfferRequest, OfferResponse]
 
 func _Dedup_Read_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(ReadRequest)
@@ -417,6 +443,12 @@ var Dedup_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Write",
 			Handler:       _Dedup_Write_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "WriteOffered",
+			Handler:       _Dedup_WriteOffered_Handler,
+			ServerStreams: true,
 			ClientStreams: true,
 		},
 		{

@@ -187,6 +187,7 @@ var statusTable = []struct {
 	{dedup.ErrConfig, codes.InvalidArgument},
 	{dedup.ErrKey, codes.InvalidArgument},
 	{dedup.ErrPatch, codes.InvalidArgument},
+	{dedup.ErrOffer, codes.InvalidArgument},
 	{dedup.ErrRange, codes.OutOfRange},
 	{dedup.ErrCorrupt, codes.DataLoss},
 	{block.ErrNotFound, codes.NotFound},
@@ -260,6 +261,20 @@ func (s *Service) writer(p policy.Policy, volume string) (*dedup.Writer, error) 
 	}
 	s.writers[id] = w
 	return w, nil
+}
+
+// writerFor is writer for a policy as a write's first message names it
+// ("" = the default).
+func (s *Service) writerFor(pol, volume string) (*dedup.Writer, policy.Policy, error) {
+	p := policy.Default()
+	if pol != "" {
+		var err error
+		if p, err = policy.Parse(pol); err != nil {
+			return nil, p, err
+		}
+	}
+	w, err := s.writer(p, volume)
+	return w, p, err
 }
 
 // reader returns the reader for refs of policy p in volume.
@@ -357,18 +372,24 @@ func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
 	if err != nil {
 		return toStatus(err)
 	}
-	p := policy.Default()
-	if first.Policy != "" {
-		if p, err = policy.Parse(first.Policy); err != nil {
-			return toStatus(err)
-		}
-	}
-	w, err := s.writer(p, first.Volume)
+	w, _, err := s.writerFor(first.Policy, first.Volume)
 	if err != nil {
 		return toStatus(err)
 	}
-	// The reference is registered as a live root while the write's last
-	// chunks are still being stored (see dedup.Writer.WritePublish).
+	ref, bin, err := s.publishWrite(ctx, first.Volume, func(publish func(context.Context, manifest.Ref) error) (manifest.Ref, bool, error) {
+		return w.WritePublish(ctx, &streamReader{stream: stream, cur: first.Data}, publish)
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	return stream.SendAndClose(&dpb.WriteResponse{Ref: bin, Size: ref.Size, Etag: ref.ETagHex()})
+}
+
+// publishWrite runs write, which stores a stream and calls publish once
+// every manifest node is stored: publish registers the reference as a live
+// root while the write's last chunks are still being stored (see
+// dedup.Writer.WritePublish). It returns the reference in binary form.
+func (s *Service) publishWrite(ctx context.Context, volume string, write func(publish func(context.Context, manifest.Ref) error) (manifest.Ref, bool, error)) (manifest.Ref, []byte, error) {
 	var (
 		bin    []byte
 		rootOf string // the root's volume
@@ -378,14 +399,14 @@ func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
 		if err != nil {
 			return err
 		}
-		vol := rootVolume(ref, first.Volume)
+		vol := rootVolume(ref, volume)
 		if err := s.roots.add(ctx, vol, b, 1); err != nil {
 			return fmt.Errorf("dedup: registering the reference: %w", err)
 		}
 		bin, rootOf = b, vol
 		return nil
 	}
-	ref, published, err := w.WritePublish(ctx, &streamReader{stream: stream, cur: first.Data}, publish)
+	ref, published, err := write(publish)
 	if err != nil {
 		if published {
 			// The write failed after its reference became a root: take the
@@ -396,9 +417,9 @@ func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
 			}
 			cancel()
 		}
-		return toStatus(err)
+		return manifest.Ref{}, nil, err
 	}
-	return stream.SendAndClose(&dpb.WriteResponse{Ref: bin, Size: ref.Size, Etag: ref.ETagHex()})
+	return ref, bin, nil
 }
 
 // maxPatchBytes bounds the data one Patch carries: it is held in memory

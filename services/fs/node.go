@@ -852,7 +852,11 @@ func (n *node) commitLocked(ctx context.Context) error {
 		}
 	} else {
 		var err error
-		ref, _, _, err = n.fsys.data.Write(ctx, n.fsys.policy, n.fsys.dvol, io.NewSectionReader(n.spool, 0, size))
+		write := n.fsys.data.Write
+		if o, ok := n.fsys.data.(offerer); ok {
+			write = o.WriteOffered
+		}
+		ref, _, _, err = write(ctx, n.fsys.policy, n.fsys.dvol, io.NewSectionReader(n.spool, 0, size))
 		if err != nil {
 			return err
 		}

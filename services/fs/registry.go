@@ -23,6 +23,13 @@ type Data interface {
 	Release(ctx context.Context, ref []byte, volume string) error
 }
 
+// offerer is a Data that can write by offering chunk hashes first
+// (*client.Client): a close rewrites the whole file, and this way only the
+// chunks that changed are sent.
+type offerer interface {
+	WriteOffered(ctx context.Context, policy, volume string, r io.Reader) (ref []byte, size int64, etag string, err error)
+}
+
 // Errors of the registry.
 var (
 	ErrExists   = errors.New("fs: volume exists")

@@ -69,6 +69,7 @@ type sealKey struct {
 
 type sealedChunk struct {
 	addr       block.Address
+	logical    int
 	stored     int
 	compressed bool
 	shards     []block.Address // an erasure-coded chunk's shard addresses
@@ -150,6 +151,10 @@ func NewWriter(store BlockStore, cfg WriterConfig) (*Writer, error) {
 
 func (w *Writer) cutter() (chunker.Cutter, error) { return cutter(w.cfg.Policy.Chunking) }
 
+// NewCutter returns the chunker a Writer of chunking c cuts streams with:
+// what a client offering chunks (Resolve) must cut with.
+func NewCutter(c policy.Chunking) (chunker.Cutter, error) { return cutter(c) }
+
 func cutter(c policy.Chunking) (chunker.Cutter, error) {
 	if c.Mode == policy.Fixed {
 		return chunker.NewFixed(c.Size)
@@ -163,13 +168,17 @@ type job struct {
 	sum   block.Address // SHA-256(plain)
 	// lazy: the entry came from the SealCache and stored is not made yet;
 	// put seals the chunk if the store turns out not to hold it.
-	lazy   bool
-	cost   int64
-	done   chan struct{} // closed by the worker that sealed it
-	stored []byte
-	owned  bool // stored is a pooled buffer of its own
-	shards [][]byte
-	entry  manifest.Chunk
+	lazy bool
+	// known: the chunk came from Resolve, the store holds it and entry is
+	// set; there are no bytes. claimed: sum is what the client offered,
+	// to be checked against plain.
+	known, claimed bool
+	cost           int64
+	done           chan struct{} // closed by the worker that sealed it
+	stored         []byte
+	owned          bool // stored is a pooled buffer of its own
+	shards         [][]byte
+	entry          manifest.Chunk
 	// missing lists the ranks of an erasure-coded chunk's shards that the
 	// store lacks, when it could say (nil: send them all).
 	missing []int
@@ -259,6 +268,20 @@ func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(con
 	if err != nil {
 		return manifest.Ref{}, false, err
 	}
+	ch := chunker.New(r, cut)
+	return w.write(ctx, func() (Chunk, error) {
+		b, err := ch.Next()
+		if err != nil && !errors.Is(err, io.EOF) {
+			err = fmt.Errorf("dedup: reading stream: %w", err)
+		}
+		return Chunk{Plain: b}, err
+	}, publish)
+}
+
+// write is WritePublish on a stream already cut into chunks: next returns
+// them in order, then io.EOF. A chunk's Plain is copied before next is
+// called again.
+func (w *Writer) write(ctx context.Context, next func() (Chunk, error), publish func(context.Context, manifest.Ref) error) (ref manifest.Ref, published bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	p := &pipeline{w: w, ctx: ctx, cancel: cancel, budget: newBudget(w.cfg.MaxInFlight), costPer: 1, digest: newStreamDigest()}
@@ -280,7 +303,7 @@ func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(con
 		defer p.wg.Done()
 		defer close(orderCh)
 		defer close(workCh)
-		n, err := p.produce(chunker.New(r, cut), workCh, orderCh)
+		n, err := p.produce(next, workCh, orderCh)
 		if err != nil {
 			p.fail(err)
 		}
@@ -365,23 +388,35 @@ func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(con
 	return ref, published, nil
 }
 
-func (p *pipeline) produce(ch *chunker.Chunker, workCh, orderCh chan<- *job) (int64, error) {
+func (p *pipeline) produce(next func() (Chunk, error), workCh, orderCh chan<- *job) (int64, error) {
 	var size int64
 	for {
-		b, err := ch.Next()
+		c, err := next()
 		if errors.Is(err, io.EOF) {
 			return size, nil
 		}
 		if err != nil {
-			return size, fmt.Errorf("dedup: reading stream: %w", err)
+			return size, err
 		}
+		if c.Known != nil {
+			// Resolve found it stored: nothing to seal, hash or send.
+			size += int64(c.Known.entry.Logical)
+			j := &job{sum: c.Known.sum, known: true, entry: c.Known.entry, done: closedDone}
+			select {
+			case orderCh <- j:
+			case <-p.ctx.Done():
+				return size, context.Cause(p.ctx)
+			}
+			continue
+		}
+		b := c.Plain
 		size += int64(len(b))
 		// Acquire before allocating, so a stalled store stops the reading.
 		cost, err := p.budget.acquire(p.ctx, int64(float64(bufCap(len(b)))*p.costPer))
 		if err != nil {
 			return size, err
 		}
-		j := &job{plain: getBuf(len(b)), cost: cost, done: make(chan struct{})}
+		j := &job{plain: getBuf(len(b)), cost: cost, done: make(chan struct{}), sum: c.Sum, claimed: c.Claimed}
 		copy(j.plain, b)
 		for _, c := range []chan<- *job{workCh, orderCh} {
 			select {
@@ -395,6 +430,9 @@ func (p *pipeline) produce(ch *chunker.Chunker, workCh, orderCh chan<- *job) (in
 	}
 }
 
+// closedDone is the done channel of jobs that need no sealing.
+var closedDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 // seal computes a chunk's stored form, address and shards.
 func (p *pipeline) seal(j *job) {
 	if p.ctx.Err() != nil {
@@ -402,7 +440,12 @@ func (p *pipeline) seal(j *job) {
 		return
 	}
 	w := p.w
-	j.sum = block.Sum(j.plain)
+	sum := block.Sum(j.plain)
+	if j.claimed && sum != j.sum {
+		j.err = fmt.Errorf("%w: a chunk's bytes do not match the hash offered for them", ErrOffer)
+		return
+	}
+	j.sum = sum
 	if !w.sealing() {
 		// Stored as is: the plaintext's hash is the address.
 		j.stored = j.plain
@@ -455,7 +498,7 @@ func (p *pipeline) encode(j *job) error {
 	} else {
 		j.entry.Shards = addrs
 		if c := w.cfg.Sealed; c != nil && w.sealing() && w.caches() {
-			c.c.Put(sealKey{w.id, j.sum}, sealedChunk{addr: j.entry.Addr, stored: j.entry.Stored,
+			c.c.Put(sealKey{w.id, j.sum}, sealedChunk{addr: j.entry.Addr, logical: j.entry.Logical, stored: j.entry.Stored,
 				compressed: j.entry.Compressed, shards: addrs}, sealEntryBytes+len(addrs)*len(block.Address{}))
 		}
 	}
@@ -491,7 +534,7 @@ func (p *pipeline) sealNow(j *job) error {
 	if !j.owned {
 		putBuf(dst)
 	}
-	s := sealedChunk{stored: len(stored), compressed: compressed}
+	s := sealedChunk{logical: len(j.plain), stored: len(stored), compressed: compressed}
 	if !compressed && !w.sealer.Encrypted() {
 		s.addr = j.sum // compression did not pay: stored as is
 	} else {
@@ -569,7 +612,7 @@ func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBui
 		} else {
 			ask = ask[:0]
 			for _, j := range batch {
-				if !seen.has(j.entry.Addr) && !sendSmall {
+				if !seen.has(j.entry.Addr) && !sendSmall && !j.known {
 					ask = append(ask, j.entry.Addr)
 				}
 			}
@@ -601,7 +644,7 @@ func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBui
 			if err := tree.addChunk(j.entry, unique); err != nil {
 				return err
 			}
-			skip := repeat || present[a]
+			skip := repeat || present[a] || j.known
 			if skip {
 				p.release(j)
 				continue
@@ -632,7 +675,7 @@ func (p *pipeline) shardsPresent(batch []*job, seen *recent) (map[block.Address]
 	var stripes []block.Address
 	var shards [][]block.Address
 	for _, j := range batch {
-		if !seen.has(j.entry.Addr) {
+		if !seen.has(j.entry.Addr) && !j.known {
 			ask = append(ask, j)
 			stripes = append(stripes, j.entry.Addr)
 			shards = append(shards, j.entry.Shards)

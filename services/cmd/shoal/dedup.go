@@ -86,7 +86,9 @@ func cmdPut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		return err
 	}
 	defer c.Close()
-	bin, _, _, err := c.Write(ctx, *pol, *vol, r)
+	// Offered: data already in the cluster (a file put again, a copy) is
+	// hashed here and not sent.
+	bin, _, _, err := c.WriteOffered(ctx, *pol, *vol, r)
 	if err != nil {
 		return err
 	}
