@@ -14,10 +14,11 @@ import (
 )
 
 // Limits on what an offering client may have outstanding: chunks per
-// offer, and offers answered but not yet consumed (a client waits for an
-// answer before it sends that offer's bytes, so a few are enough).
+// offer (16,384: 8 MiB of the smallest CDC chunks, twice what the client
+// puts in one), and offers answered but not yet consumed (a client waits
+// for an answer before it sends that offer's bytes, so a few are enough).
 const (
-	maxOfferChunks = 4096
+	maxOfferChunks = 1 << 14
 	maxOfferAhead  = 64
 )
 

@@ -81,17 +81,26 @@ func (w *Writer) Resolve(ctx context.Context, sums []block.Address, lengths []ui
 			}
 			entries[i] = manifest.Chunk{Addr: sum, Logical: n, Stored: n}
 		} else {
-			c := w.cfg.Sealed
-			if c == nil || !w.caches() {
-				continue
+			var s sealedChunk
+			ok := false
+			if c := w.cfg.Sealed; c != nil && w.caches() {
+				s, ok = c.c.Get(sealKey{w.id, sum})
+				ok = ok && (w.ec == nil) == (s.shards == nil) && s.logical == n
 			}
-			s, ok := c.c.Get(sealKey{w.id, sum})
-			if !ok || (w.ec == nil) != (s.shards == nil) || s.logical != n {
+			switch {
+			case ok:
+				entries[i] = manifest.Chunk{Addr: s.addr, Logical: n, Stored: s.stored, Compressed: s.compressed, Shards: s.shards}
+				if w.sealer.Encrypted() {
+					entries[i].Seed = sum
+				}
+			case w.ec == nil && !w.sealer.Encrypted():
+				// Not in the cache (a restart, another replica): a chunk
+				// compression did not pay for is stored as is, under its
+				// plaintext hash, and a block at that address can only be
+				// that plaintext. Incompressible data is then found cold.
+				entries[i] = manifest.Chunk{Addr: sum, Logical: n, Stored: n}
+			default:
 				continue
-			}
-			entries[i] = manifest.Chunk{Addr: s.addr, Logical: n, Stored: s.stored, Compressed: s.compressed, Shards: s.shards}
-			if w.sealer.Encrypted() {
-				entries[i].Seed = sum
 			}
 		}
 		cand = append(cand, i)

@@ -13,6 +13,7 @@ import (
 	"shoal/shared/dedup/manifest"
 	"shoal/shared/dedup/memstore"
 	"shoal/shared/dedup/policy"
+	"shoal/shared/dedup/seal"
 )
 
 // cut is what an offering client does: cut with the policy's chunker and
@@ -158,25 +159,48 @@ func TestOfferedWrites(t *testing.T) {
 				t.Fatalf("edited stream read back wrong (%v)", err)
 			}
 
-			// A block the store lost is asked for, not trusted to the cache.
+			// Blocks the store lost are asked for, not trusted to the cache.
 			if !ec {
-				var lost block.Address
 				for a := range store.Addresses() {
-					lost = a
-					break
-				}
-				if err := store.Delete(ctx, lost); err != nil {
-					t.Fatal(err)
+					if err := store.Delete(ctx, a); err != nil {
+						t.Fatal(err)
+					}
 				}
 				ref, sent, err := offer(t, w, p, data, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if sent == 0 {
-					t.Fatalf("a chunk the store lost was not asked for")
+				if sent != len(chunks) {
+					t.Fatalf("the store lost every block, and %d of %d chunks were asked for", sent, len(chunks))
 				}
 				if got, err := readRange(t, r, ref, 0, -1); err != nil || !bytes.Equal(got, data) {
 					t.Fatalf("after the loss, read back wrong (%v)", err)
+				}
+			}
+
+			// A cold cache (a restart, another replica): a chunk stored as
+			// is is still found by its plaintext hash, unless encrypted or
+			// erasure-coded; compressed chunks are sent again.
+			if !ec && !p.Encrypt {
+				cold, err := dedup.NewWriter(store, dedup.WriterConfig{Policy: p, VolumeKey: keyFor(p), Sealed: dedup.NewSealCache(1 << 20)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ref, sent, err := offer(t, cold, p, data, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				asIs := 0
+				for _, c := range chunks {
+					if sealed, _, compressed, err := mustSealer(t, p).Seal(nil, c); err == nil && !compressed && len(sealed) == len(c) {
+						asIs++
+					}
+				}
+				if asIs == 0 || sent != len(chunks)-asIs {
+					t.Fatalf("cold cache: sent %d of %d chunks, %d of them stored as is", sent, len(chunks), asIs)
+				}
+				if got, err := readRange(t, r, ref, 0, -1); err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("cold cache: read back wrong (%v)", err)
 				}
 			}
 
@@ -228,4 +252,13 @@ func TestOfferLengths(t *testing.T) {
 	if _, err := w.Resolve(context.Background(), make([]block.Address, 2), []uint32{1}); !errors.Is(err, dedup.ErrOffer) {
 		t.Fatalf("2 hashes, 1 length: %v", err)
 	}
+}
+
+func mustSealer(t *testing.T, p policy.Policy) *seal.Sealer {
+	t.Helper()
+	s, err := seal.New(p.Compression, keyFor(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -18,17 +18,17 @@ import (
 
 // An offering write cuts the stream into windows of chunks, hashes them
 // here, offers each window by hash and sends only the chunks the tier
-// asks for. Memory per write is about (offersAhead + 5) windows.
+// asks for. Memory per write is at most offersAhead + 7 windows.
 const (
 	// offerMin: streams shorter than this go through Write, whose single
 	// round trip a small object cannot win back.
 	offerMin = 1 << 20
-	// offerBytes and offerChunks bound one window.
-	offerBytes  = 4 << 20
-	offerChunks = 1024
+	// offerBytes is read into each window (plus the previous window's
+	// uncut tail).
+	offerBytes = 4 << 20
 	// offersAhead is how many windows are offered before the first of
 	// them is answered, so the tier's lookups overlap the hashing here.
-	offersAhead = 4
+	offersAhead = 3
 )
 
 // WriteOffered is Write for data that may already be stored (a file put
@@ -68,13 +68,13 @@ func (c *Client) WriteOffered(ctx context.Context, pol, volume string, r io.Read
 	cutDone := make(chan *window, 1)
 	ready := make(chan *window, 1)
 	prodErr := make(chan error, 1)
-	free := make(chan []byte, offersAhead+5)
+	free := make(chan []byte, offersAhead+7)
 	for range cap(free) {
 		free <- nil // allocated on first use, then reused
 	}
 	go func() {
 		defer close(cutDone)
-		prodErr <- produceWindows(ctx, chunker.New(io.MultiReader(bytes.NewReader(head), r), cut), p.Chunking.MaxLen(), free, cutDone)
+		prodErr <- produceWindows(ctx, io.MultiReader(bytes.NewReader(head), r), cut, free, cutDone)
 	}()
 	go func() {
 		defer close(ready)
@@ -96,41 +96,96 @@ func (c *Client) WriteOffered(ctx context.Context, pol, volume string, r io.Read
 
 // window is a run of chunks, their bytes back to back in buf.
 type window struct {
-	buf  []byte
-	lens []uint32
-	sums []byte // 32 bytes per chunk
+	buf   []byte
+	lens  []uint32
+	sums  []byte // 32 bytes per chunk
+	whole []byte // the buffer buf is part of, to reuse
 }
 
 // produceWindows cuts the stream into windows, handing them to ready in
-// order.
-func produceWindows(ctx context.Context, ch *chunker.Chunker, maxLen int, free chan []byte, ready chan<- *window) error {
+// order. A goroutine of its own reads ahead, so this one only cuts
+// (FastCDC is sequential: the one stage that cannot use every core). Each
+// window buffer is read into past a gap of one largest chunk, where the
+// previous window's uncut tail goes: the stream is copied only by read.
+func produceWindows(ctx context.Context, r io.Reader, cut chunker.Cutter, free chan []byte, ready chan<- *window) error {
+	maxLen := cut.MaxLen()
+	type piece struct {
+		buf []byte // read into buf[maxLen:maxLen+n]
+		n   int
+		err error
+	}
+	pieces := make(chan piece, 1)
+	rctx, stop := context.WithCancel(ctx)
+	readDone := make(chan struct{})
+	defer func() {
+		// The caller owns r again once the write returns: no read may be
+		// left running.
+		stop()
+		<-readDone
+	}()
+	go func() {
+		defer close(readDone)
+		defer close(pieces)
+		for {
+			var b []byte
+			select {
+			case b = <-free:
+			case <-rctx.Done():
+				return
+			}
+			if b == nil {
+				b = make([]byte, maxLen+offerBytes)
+			}
+			n, err := io.ReadFull(r, b[maxLen:maxLen+offerBytes])
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				err = io.EOF
+			}
+			select {
+			case pieces <- piece{b, n, err}:
+			case <-rctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var carry []byte // read and not cut: less than one largest chunk
 	for eof := false; !eof; {
-		var buf []byte
+		var p piece
+		var ok bool
 		select {
-		case buf = <-free:
+		case p, ok = <-pieces:
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}
-		if buf == nil {
-			buf = make([]byte, 0, offerBytes+maxLen)
+		if !ok {
+			return context.Cause(ctx)
 		}
-		w := &window{buf: buf[:0]}
-		for len(w.buf) < offerBytes && len(w.lens) < offerChunks {
-			b, err := ch.Next()
-			if errors.Is(err, io.EOF) {
-				eof = true
-				break
-			}
-			if err != nil {
-				return fmt.Errorf("dedup: reading the stream: %w", err)
-			}
-			w.buf = append(w.buf, b...)
-			w.lens = append(w.lens, uint32(len(b)))
+		if errors.Is(p.err, io.EOF) {
+			eof = true
+		} else if p.err != nil {
+			return fmt.Errorf("dedup: reading the stream: %w", p.err)
 		}
+		from := maxLen - len(carry)
+		copy(p.buf[from:], carry)
+		buf := p.buf[from : maxLen+p.n]
+		// Cut only with a largest chunk's worth of bytes ahead (or at the
+		// end), as chunker.Chunker does: the cuts are the tier's own.
+		w := &window{}
+		pos := 0
+		for len(buf)-pos >= maxLen || eof && pos < len(buf) {
+			n := cut.Cut(buf[pos:])
+			w.lens = append(w.lens, uint32(n))
+			pos += n
+		}
+		carry = append(carry[:0], buf[pos:]...)
 		if len(w.lens) == 0 {
-			free <- w.buf
-			break
+			free <- p.buf
+			continue
 		}
+		w.buf = buf[:pos]
+		w.whole = p.buf
 		select {
 		case ready <- w:
 		case <-ctx.Done():
@@ -238,7 +293,7 @@ func (o *offerer) run(ready <-chan *window, free chan<- []byte) ([]byte, int64, 
 		if err := o.sendNeeded(w, resp.Need); err != nil {
 			return nil, 0, "", err
 		}
-		free <- w.buf
+		free <- w.whole
 	}
 	if o.first != nil {
 		// Nothing was offered: WriteOffered sends streams this short
