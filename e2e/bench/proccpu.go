@@ -76,10 +76,13 @@ func (m *cpuMeter) perOp(ops int) string {
 
 // perMiB describes the CPU used since startCPU per MiB moved ("" if /proc
 // could not tell): for streams, the steadier figure beside MB/s.
-func (m *cpuMeter) perMiB(bytes int64) string {
+func (m *cpuMeter) perMiB(bytes int64) string { return m.perMiBOf("cluster", bytes) }
+
+// perMiBOf is perMiB naming whose CPU it is.
+func (m *cpuMeter) perMiBOf(who string, bytes int64) string {
 	d, ok := m.used()
 	if !ok || bytes <= 0 {
 		return ""
 	}
-	return fmt.Sprintf(", cluster CPU %.1f ms/MiB", float64(d)/float64(time.Millisecond)/(float64(bytes)/(1<<20)))
+	return fmt.Sprintf(", %s CPU %.1f ms/MiB", who, float64(d)/float64(time.Millisecond)/(float64(bytes)/(1<<20)))
 }
