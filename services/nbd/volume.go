@@ -118,7 +118,9 @@ func (m *Manager) Open(ctx context.Context, name string) (wire.Backend, wire.Exp
 				if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
 					err = fmt.Errorf("%w: %w", wire.ErrUnknownExport, err)
 				}
-				return nil, wire.ExportInfo{}, err
+				// A first open writes the volume's stream of zeros: on a
+				// full cluster the client is told so.
+				return nil, wire.ExportInfo{}, noSpace(err)
 			}
 			m.open[name] = v
 		}

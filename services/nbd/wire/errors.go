@@ -50,8 +50,9 @@ func openReply(err error) uint32 {
 	case errors.Is(err, ErrInvalid):
 		return repErrInvalid
 	default:
-		// The spec has no generic failure reply; "export not available" is
-		// what the client would conclude anyway.
+		// The spec has no generic failure reply (nor one for a full
+		// store): "export not available" is what the client would conclude
+		// anyway, and the reply's message says why.
 		return protocol.NEGOTIATION_TYPE_REPLY_ERR_UNKNOWN
 	}
 }

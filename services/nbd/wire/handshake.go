@@ -291,6 +291,11 @@ func (c *conn) closeBackend(b Backend) {
 }
 
 func openMessage(name string, err error) string {
+	if errors.Is(err, ErrNoSpace) {
+		// Why the store is full (which nodes, how many bytes) is for the
+		// server log.
+		return fmt.Sprintf("export %q: %v", name, ErrNoSpace)
+	}
 	for _, known := range []error{ErrUnknownExport, ErrBusy, ErrShutdown, ErrInvalid, ErrReadOnly} {
 		if errors.Is(err, known) {
 			return err.Error()

@@ -330,6 +330,7 @@ func TestRawOptions(t *testing.T) {
 	ex.addError("busy", fmt.Errorf("held elsewhere: %w", wire.ErrBusy))
 	ex.addError("broken", errors.New("disk on fire at 10.0.0.7"))
 	ex.addError("stopping", wire.ErrShutdown)
+	ex.addError("full", fmt.Errorf("creating its data: %w", wire.ErrNoSpace))
 	addr := serve(t, &wire.Server{Exports: ex, MaxRequest: 1 << 20})
 
 	rc := dial(t, addr)
@@ -370,11 +371,15 @@ func TestRawOptions(t *testing.T) {
 		rc.expectOptReply(optInfo, repErrInvalid)
 	}
 
-	for name, typ := range map[string]uint32{"nope": repErrUnknown, "busy": repErrPolicy, "broken": repErrUnknown, "stopping": repErrShutdown} {
+	for name, typ := range map[string]uint32{"nope": repErrUnknown, "busy": repErrPolicy, "broken": repErrUnknown, "stopping": repErrShutdown, "full": repErrUnknown} {
 		rc.option(optInfo, infoData(name))
 		r := rc.expectOptReply(optInfo, typ)
 		if len(r.data) == 0 || bytes.Contains(r.data, []byte("10.0.0.7")) {
 			t.Errorf("%s: message %q: want a message, without internal details", name, r.data)
+		}
+		// No reply type says "full": the message must.
+		if name == "full" && !bytes.Contains(r.data, []byte("no space left")) {
+			t.Errorf("full: message %q does not say why", r.data)
 		}
 	}
 
