@@ -406,21 +406,22 @@ func (ix *index) growRoot(ctx context.Context) error {
 // a fresh look at the directory confirms it is missing: in the background,
 // once at a time per shard and server.
 func (ix *index) repair(addr [32]byte, lo string) {
-	if ix.repairing == nil {
+	if ix.repairing == nil || ix.bg == nil {
 		return
 	}
 	if _, busy := ix.repairing.LoadOrStore(addr, true); busy {
 		return
 	}
-	go func() {
+	started := ix.bg.run(10*time.Second, func(ctx context.Context) {
 		defer ix.repairing.Delete(addr)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
 		if got, _, err := ix.route(ctx, lo, true); err != nil || got == addr {
 			return
 		}
 		_ = ix.publish(ctx, lo, addr)
-	}()
+	})
+	if !started {
+		ix.repairing.Delete(addr) // shutting down: a later lookup repairs it
+	}
 }
 
 // dirNodes returns the addresses of every directory node below the root.

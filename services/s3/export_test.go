@@ -19,7 +19,7 @@ func NewTestIndex(ctx context.Context, meta MetaStore, splitBytes int) (*Index, 
 	if err != nil {
 		return nil, err
 	}
-	return &index{meta: meta, dir: dir, splitBytes: splitBytes, cache: newDirCache(), splitting: &sync.Map{}, repairing: &sync.Map{}, queues: newCommitQueues(meta)}, nil
+	return &index{meta: meta, dir: dir, splitBytes: splitBytes, cache: newDirCache(), splitting: &sync.Map{}, repairing: &sync.Map{}, bg: newBackground(), queues: newCommitQueues(meta)}, nil
 }
 
 // NewTestIndexDir is NewTestIndex with directory nodes that split above
@@ -35,7 +35,7 @@ func NewTestIndexDir(ctx context.Context, meta MetaStore, splitBytes, dirBytes i
 // Reopen returns a second handle with its own directory cache, as another
 // server would have.
 func (ix *index) Reopen() *Index {
-	return &index{meta: ix.meta, dir: ix.dir, splitBytes: ix.splitBytes, cache: newDirCache(), splitting: &sync.Map{}, repairing: &sync.Map{}, dirSplitBytes: ix.dirSplitBytes, queues: newCommitQueues(ix.meta)}
+	return &index{meta: ix.meta, dir: ix.dir, splitBytes: ix.splitBytes, cache: newDirCache(), splitting: &sync.Map{}, repairing: &sync.Map{}, bg: newBackground(), dirSplitBytes: ix.dirSplitBytes, queues: newCommitQueues(ix.meta)}
 }
 
 func (ix *index) Put(ctx context.Context, k string, v []byte) error {

@@ -58,7 +58,7 @@ type bucketListEntry struct {
 }
 
 func (s *Server) newIndex(dir [32]byte) *index {
-	return &index{meta: s.meta, dir: dir, splitBytes: s.cfg.ShardSplitBytes, cache: s.dirs, splitting: &s.splitting, repairing: &s.repairing, queues: s.commits, decoded: s.shards}
+	return &index{meta: s.meta, dir: dir, splitBytes: s.cfg.ShardSplitBytes, cache: s.dirs, splitting: &s.splitting, repairing: &s.repairing, bg: s.bg, queues: s.commits, decoded: s.shards}
 }
 
 // loadBucket reads the bucket's root; NoSuchBucket when absent.

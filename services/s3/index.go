@@ -197,6 +197,8 @@ type index struct {
 	// repairing holds the shards this server is listing in the directory
 	// again (see repair).
 	repairing *sync.Map
+	// bg runs the repairs (nil: they do not run).
+	bg *background
 	// dirSplitBytes overrides dirSplitBytes (tests).
 	dirSplitBytes int
 	// queues combine this server's writes to each shard.

@@ -44,6 +44,7 @@ type Server struct {
 	cache     *metaCache
 	splitting sync.Map // index shards being split (see index.splitting)
 	repairing sync.Map // index shards being listed again (see index.repair)
+	bg        *background
 	commits   *commitQueues
 	// signingKeys keeps derived SigV4 signing keys across requests.
 	signingKeys sigv4.KeyCache
@@ -66,6 +67,7 @@ func New(cfg Config, data DataStore, meta MetaStore, logger *slog.Logger) (*Serv
 	}
 	s := &Server{cfg: cfg, data: data, meta: meta, log: logger, tel: tel,
 		dirs: newDirCache(), shards: newShardCache(), now: time.Now, names: map[string][32]byte{}}
+	s.bg = newBackground()
 	s.commits = newCommitQueues(meta)
 	s.cache = newMetaCache(cfg.MetaCacheTTL, func() time.Time { return s.now() })
 	return s, nil
@@ -98,7 +100,52 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
 		err = serr
 	}
+	s.bg.close()
 	return err
+}
+
+// background runs work that requests start and do not wait for (index
+// repairs), so that shutting down ends it and waits for it: none outlives
+// the stores it uses.
+type background struct {
+	ctx    context.Context
+	stop   context.CancelFunc
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func newBackground() *background {
+	b := &background{}
+	b.ctx, b.stop = context.WithCancel(context.Background())
+	return b
+}
+
+// run runs fn in a goroutine under ctx (cancelled at close) bounded by
+// timeout, unless the server is shutting down.
+func (b *background) run(timeout time.Duration, fn func(ctx context.Context)) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		ctx, cancel := context.WithTimeout(b.ctx, timeout)
+		defer cancel()
+		fn(ctx)
+	}()
+	return true
+}
+
+// close cancels the work running and waits for it.
+func (b *background) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.stop()
+	b.wg.Wait()
 }
 
 // request is the per-request state handlers work with.
