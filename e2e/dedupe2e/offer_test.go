@@ -102,15 +102,49 @@ func TestWriteOffered(t *testing.T) {
 		})
 	}
 
-	// A failing reader aborts the write with its own error.
+	// Many windows, each needing some of its chunks: a 48 MiB stream
+	// stored, then offered again with every third MiB changed.
+	big := randBytes(40, 48<<20)
+	if _, _, _, err := cl.WriteOffered(ctx, "", "", bytes.NewReader(big)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(big); i += 3 << 20 {
+		big[i] ^= 0xff
+	}
+	before := sent.n.Load()
+	ref, size, _, err := cl.WriteOffered(ctx, "", "", bytes.NewReader(big))
+	if err != nil || size != int64(len(big)) {
+		t.Fatalf("patched stream: %d bytes, %v", size, err)
+	}
+	if n := sent.n.Load() - before; n > int64(len(big))/4 {
+		t.Fatalf("patched stream sent %d bytes of %d", n, len(big))
+	}
+	if got := read(t, ctx, cl, ref, "", 0, -1); !bytes.Equal(got, big) {
+		t.Fatal("patched stream read back wrong")
+	}
+
+	// A failing reader, or a cancelled call, aborts the write with its own
+	// error and publishes no reference.
+	usage, err := cl.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	boom := errors.New("client-side failure")
-	_, _, _, err = cl.WriteOffered(ctx, "", "", io.MultiReader(bytes.NewReader(data), errReader{boom}))
+	_, _, _, err = cl.WriteOffered(ctx, "", "", io.MultiReader(bytes.NewReader(randBytes(41, 9<<20)), errReader{boom}))
 	if !errors.Is(err, boom) {
 		t.Fatalf("failing reader: %v", err)
 	}
+	cctx, cancel := context.WithCancel(ctx)
+	_, _, _, err = cl.WriteOffered(cctx, "", "", io.MultiReader(bytes.NewReader(randBytes(42, 9<<20)), cancelReader{cctx, cancel}))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled write: %v", err)
+	}
+	if after, err := cl.Usage(ctx); err != nil || after.Logical != usage.Logical {
+		t.Fatalf("aborted writes changed the live bytes: %d → %d (%v)", usage.Logical, after.Logical, err)
+	}
 	// Short streams go through Write, whatever their policy says.
 	small := randBytes(22, 100<<10)
-	ref := write(t, ctx, cl, "", "", small)
+	ref = write(t, ctx, cl, "", "", small)
 	if got := read(t, ctx, cl, ref, "", 0, -1); !bytes.Equal(got, small) {
 		t.Fatal("small stream read back wrong")
 	}
@@ -176,4 +210,17 @@ func TestWriteOfferedBadInput(t *testing.T) {
 	if err := one(&dedupb.OfferRequest{Policy: fixed, Sums: sum[:], Lengths: []uint32{64 << 10}}, &dedupb.OfferRequest{Data: chunk}); err != nil {
 		t.Fatalf("a well-formed offered write: %v", err)
 	}
+}
+
+// cancelReader cancels its call when reached, and then fails as a source
+// whose context ended would.
+type cancelReader struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (c cancelReader) Read([]byte) (int, error) {
+	c.cancel()
+	<-c.ctx.Done()
+	return 0, c.ctx.Err()
 }
