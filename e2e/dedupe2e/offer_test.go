@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -200,6 +201,15 @@ func TestWriteOfferedBadInput(t *testing.T) {
 		"bytes not the hash":    {{Policy: fixed, Sums: sum[:], Lengths: []uint32{64 << 10}}, {Data: randBytes(24, 64<<10)}},
 		"bytes missing":         {{Policy: fixed, Sums: sum[:], Lengths: []uint32{64 << 10}}, {Data: chunk[:1000]}},
 		"bad policy":            {{Policy: "chunk=fixed:1", Sums: sum[:], Lengths: []uint32{1}}},
+	}
+	// Offers far ahead of their bytes: refused past a bound, not held.
+	var ahead []*dedupb.OfferRequest
+	for i := range 40 {
+		s := block.Sum([]byte{byte(i), 1, 2, 3})
+		ahead = append(ahead, &dedupb.OfferRequest{Policy: fixed, Sums: s[:], Lengths: []uint32{64 << 10}})
+	}
+	if err := one(ahead...); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "ahead of their bytes") {
+		t.Errorf("40 offers ahead of their bytes: %v", err)
 	}
 	for name, msgs := range cases {
 		if err := one(msgs...); status.Code(err) != codes.InvalidArgument {

@@ -16,10 +16,12 @@ import (
 // Limits on what an offering client may have outstanding: chunks per
 // offer (16,384: 8 MiB of the smallest CDC chunks, twice what the client
 // puts in one), and offers answered but not yet consumed (a client waits
-// for an answer before it sends that offer's bytes, so a few are enough).
+// for an answer before it sends that offer's bytes, so a few are enough;
+// the client offers three ahead). A stream holds at most ~12 MiB of
+// offers; its bytes wait in gRPC's flow-control window, not here.
 const (
 	maxOfferChunks = 1 << 14
-	maxOfferAhead  = 64
+	maxOfferAhead  = 16
 )
 
 // WriteOffered is Write for a client that cuts and hashes the stream
