@@ -82,7 +82,13 @@ func (p *Process) startS3(ctx context.Context) error {
 		return err
 	}
 	p.stoppers = append(p.stoppers, conn.Close)
-	srv, err := s3.New(p.cfg.S3, cluster.NewData(conn), cluster.NewMeta(cl, key), log)
+	data := cluster.NewData(conn)
+	if p.cfg.S3.DirectReads {
+		if err := data.ReadDirect(cl, log); err != nil {
+			return err
+		}
+	}
+	srv, err := s3.New(p.cfg.S3, data, cluster.NewMeta(cl, key), log)
 	if err != nil {
 		return err
 	}

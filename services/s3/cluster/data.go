@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,7 +18,11 @@ import (
 	"shoal/proto/dedupb"
 	"shoal/services/s3"
 	"shoal/services/s3/s3err"
+	"shoal/shared/block"
 	"shoal/shared/combine"
+	"shoal/shared/dedup"
+	"shoal/shared/dedup/manifest"
+	"shoal/shared/dht"
 )
 
 // writeChunk is the payload of one Write message: large enough to keep the
@@ -52,6 +57,32 @@ type Data struct {
 	// Batches and BatchedReads count ReadBatch calls and the reads they
 	// carried (for tests and metrics).
 	Batches, BatchedReads atomic.Int64
+	// direct, when set, reads unencrypted streams from the storage nodes
+	// (see ReadDirect); DirectReads counts them.
+	direct      *dedup.Reader
+	DirectReads atomic.Int64
+}
+
+// ReadDirect makes d read unencrypted streams itself, with the dedup
+// tier's own reader (shared/dedup) on store, a DHT client of this
+// process: the bytes of a GET then cross one hop (node → S3 server)
+// instead of two (node → dedup tier → S3 server). The reader verifies
+// every block against its address, rebuilds erasure-coded chunks from
+// any k shards and re-puts damaged shards, as the tier does. Encrypted
+// streams still go through the tier: it holds the volume keys. Call it
+// before serving.
+func (d *Data) ReadDirect(store dedup.BlockStore, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r, err := dedup.NewReader(store, dedup.ReaderConfig{Repair: true, OnDamage: func(dm dedup.Damage) {
+		log.Warn("erasure-coded shard damaged", "stripe", dm.Stripe.String(), "rank", dm.Rank, "err", dm.Err, "repaired", dm.Repaired, "repair_err", dm.RepairErr)
+	}})
+	if err != nil {
+		return err
+	}
+	d.direct = r
+	return nil
 }
 
 // A small object's GET used to open a Read stream of its own: a stream's
@@ -243,6 +274,11 @@ func (d *Data) Read(ctx context.Context, ref []byte, off, n int64) (io.ReadClose
 	if err != nil {
 		return nil, err
 	}
+	if d.direct != nil {
+		if mref, err := manifest.ParseRef(inner); err == nil && !mref.Policy.Encrypt {
+			return d.readDirect(ctx, mref, off, n)
+		}
+	}
 	if n >= 0 && n <= smallReadMax {
 		if rc, ok, err := d.readSmall(ctx, vol, inner, off, n); ok {
 			return rc, err
@@ -269,6 +305,63 @@ func (d *Data) Read(ctx context.Context, ref []byte, off, n int64) (io.ReadClose
 		rd.eof = true
 	}
 	return rd, nil
+}
+
+// readDirect reads [off, off+n) of an unencrypted stream from the nodes.
+// Its first bytes are read before it returns, as the tier's first message
+// is, so a missing or unreadable block is an error of Read (answered as
+// such) rather than a short body after a 200.
+func (d *Data) readDirect(ctx context.Context, ref manifest.Ref, off, n int64) (io.ReadCloser, error) {
+	d.DirectReads.Add(1)
+	rc, err := d.direct.Read(ctx, ref, off, n)
+	if err != nil {
+		return nil, directErr("read", err)
+	}
+	if n < 0 || n > ref.Size-off {
+		n = ref.Size - off
+	}
+	first := make([]byte, min(max(n, 0), smallReadMax))
+	k, err := io.ReadFull(rc, first)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		_ = rc.Close()
+		return nil, directErr("read", err)
+	}
+	if int64(k) == n {
+		// All of it (every small object): nothing left open.
+		_ = rc.Close()
+		return io.NopCloser(bytes.NewReader(first[:k])), nil
+	}
+	return &directReader{r: io.MultiReader(bytes.NewReader(first[:k]), rc), c: rc}, nil
+}
+
+type directReader struct {
+	r io.Reader
+	c io.Closer
+}
+
+func (r *directReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = directErr("read", err)
+	}
+	return n, err
+}
+
+func (r *directReader) Close() error { return r.c.Close() }
+
+// directErr maps the reader's errors to the frontend's sentinels, as
+// dataErr does the tier's status codes.
+func directErr(op string, err error) error {
+	switch {
+	case errors.Is(err, block.ErrNotFound):
+		return fmt.Errorf("s3 cluster: %s: %w: %w", op, s3.ErrNotFound, err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("s3 cluster: %s: %w", op, err)
+	case errors.Is(err, dht.ErrQuorum), errors.Is(err, dht.ErrNoNodes), errors.Is(err, dht.ErrNoView):
+		// Retryable: clients back off on 503 ServiceUnavailable.
+		return s3err.Wrap(s3err.ServiceUnavailable, fmt.Errorf("s3 cluster: %s: %w", op, err))
+	}
+	return fmt.Errorf("s3 cluster: %s: %w", op, err)
 }
 
 type reader struct {
