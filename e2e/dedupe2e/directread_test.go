@@ -3,16 +3,12 @@ package dedupe2e
 import (
 	"bytes"
 	"errors"
-	"io"
 	"testing"
 	"time"
 
 	"shoal/services/s3"
-	"shoal/services/s3/cluster"
 	"shoal/shared/block"
-	"shoal/shared/dedup/manifest"
 	"shoal/shared/dht"
-	"shoal/shared/rpc"
 )
 
 // The S3 tier's data store reading unencrypted objects from the nodes
@@ -25,22 +21,9 @@ import (
 func TestDirectReads(t *testing.T) {
 	c, d := start(t, 4)
 	ctx := ctxT(t, 3*time.Minute)
-	conn, err := rpc.Dial(d.Service.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	data := cluster.NewData(conn)
+	data, get := s3Data(t, ctx, d)
 	if err := data.ReadDirect(c.Client(dht.Config{MaxBlockSize: block.MaxSealed}), nil); err != nil {
 		t.Fatal(err)
-	}
-	get := func(ref []byte, off, n int64) ([]byte, error) {
-		rc, err := data.Read(ctx, ref, off, n)
-		if err != nil {
-			return nil, err
-		}
-		defer rc.Close()
-		return io.ReadAll(rc)
 	}
 	type object struct {
 		name, vol, pol string
@@ -81,15 +64,7 @@ func TestDirectReads(t *testing.T) {
 	}
 
 	// A manifest that is not stored.
-	ref := refs["large"]
-	vol, inner := ref[2:2+int(ref[1])], ref[2+int(ref[1]):]
-	mref, err := manifest.ParseRef(inner)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mref.Inline, mref.Root = "", block.Sum([]byte("no such manifest"))
-	missing, _ := mref.MarshalBinary()
-	if _, err := get(append(append([]byte{1, byte(len(vol))}, vol...), missing...), 0, 10); !errors.Is(err, s3.ErrNotFound) {
+	if _, err := get(missingManifest(t, refs["large"]), 0, 10); !errors.Is(err, s3.ErrNotFound) {
 		t.Fatalf("missing manifest: %v, want not found", err)
 	}
 

@@ -2,6 +2,7 @@ package dedupe2e
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"shoal/e2e/framework"
 	"shoal/proto/dedupb"
 	"shoal/services/s3"
 	"shoal/services/s3/cluster"
@@ -28,12 +30,7 @@ import (
 func TestReadBatch(t *testing.T) {
 	_, d := start(t, 3)
 	ctx := ctxT(t, 2*time.Minute)
-	conn, err := rpc.Dial(d.Service.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	data := cluster.NewData(conn)
+	data, get := s3Data(t, ctx, d)
 
 	type object struct {
 		ref  []byte
@@ -51,14 +48,6 @@ func TestReadBatch(t *testing.T) {
 			t.Fatalf("write %d: %d bytes, %v", i, size, err)
 		}
 		objs = append(objs, object{ref, body})
-	}
-	get := func(ref []byte, off, n int64) ([]byte, error) {
-		rc, err := data.Read(ctx, ref, off, n)
-		if err != nil {
-			return nil, err
-		}
-		defer rc.Close()
-		return io.ReadAll(rc)
 	}
 
 	before := data.BatchedReads.Load()
@@ -101,14 +90,7 @@ func TestReadBatch(t *testing.T) {
 	t.Logf("%d small reads in %d batches", 3*len(objs), data.Batches.Load())
 
 	// A reference to a manifest that is not stored fails on its own.
-	vol, inner := objs[1].ref[2:2+int(objs[1].ref[1])], objs[1].ref[2+int(objs[1].ref[1]):]
-	ref, err := manifest.ParseRef(inner)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref.Inline, ref.Root = "", block.Sum([]byte("no such manifest"))
-	missing, _ := ref.MarshalBinary()
-	missingRef := append(append([]byte{1, byte(len(vol))}, vol...), missing...)
+	missingRef := missingManifest(t, objs[1].ref)
 	var mu sync.Mutex
 	var good, bad int
 	for i := range 16 {
@@ -154,7 +136,13 @@ func TestReadBatch(t *testing.T) {
 	}
 
 	// The tier's own limits, straight through gRPC.
+	conn, err := rpc.Dial(d.Service.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
 	c := dedupb.NewDedupClient(conn)
+	vol, inner := objs[1].ref[2:2+int(objs[1].ref[1])], objs[1].ref[2+int(objs[1].ref[1]):]
 	tooMany := &dedupb.ReadBatchRequest{}
 	for range 257 {
 		tooMany.Reads = append(tooMany.Reads, &dedupb.ReadRequest{Ref: inner, Volume: string(vol), Length: 1})
@@ -186,4 +174,36 @@ func TestReadBatch(t *testing.T) {
 	if r := resp.Results[3]; r.Code != 0 || !bytes.Equal(r.Data, objs[1].body[:5]) {
 		t.Fatalf("good item beside bad ones: code %d %q, %d bytes", r.Code, r.Message, len(r.Data))
 	}
+}
+
+// s3Data is the S3 tier's data store on d, over real gRPC, and a reader
+// of whole ranges through it.
+func s3Data(t *testing.T, ctx context.Context, d *framework.Dedup) (*cluster.Data, func(ref []byte, off, n int64) ([]byte, error)) {
+	conn, err := rpc.Dial(d.Service.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	data := cluster.NewData(conn)
+	return data, func(ref []byte, off, n int64) ([]byte, error) {
+		rc, err := data.Read(ctx, ref, off, n)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return io.ReadAll(rc)
+	}
+}
+
+// missingManifest is ref (a Data reference) naming a manifest that is not
+// stored.
+func missingManifest(t *testing.T, ref []byte) []byte {
+	vol, inner := ref[2:2+int(ref[1])], ref[2+int(ref[1]):]
+	mref, err := manifest.ParseRef(inner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mref.Inline, mref.Root = "", block.Sum([]byte("no such manifest"))
+	missing, _ := mref.MarshalBinary()
+	return append(append([]byte{1, byte(len(vol))}, vol...), missing...)
 }
