@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +21,8 @@ import (
 
 	dpb "shoal/proto/dedupb"
 	"shoal/services/dedup/client"
+	"shoal/shared/block"
+	"shoal/shared/dht"
 	"shoal/shared/rpc"
 )
 
@@ -53,7 +56,7 @@ func dedupBench(raw float64) {
 		if *dedupOnly != "" && *dedupOnly != tc.name {
 			continue
 		}
-		proc, addr := startDedupCluster(filepath.Join(*dir, "dedup-"+strings.ReplaceAll(tc.name, " ", "")), tc.nodes)
+		proc, addr, place := startDedupCluster(filepath.Join(*dir, "dedup-"+strings.ReplaceAll(tc.name, " ", "")), tc.nodes)
 		cl, err := client.Dial(addr)
 		check(err)
 		ctx := context.Background()
@@ -94,18 +97,35 @@ func dedupBench(raw float64) {
 		add(fmt.Sprintf("dedup put %d MiB unique offered, %s", *dedupMiB, tc.name), mbs(newOffered),
 			fmt.Sprintf("%.0f%% of raw/%.1f, %.2f× put sent%s%s", 100*newOffered*tc.amp/raw, tc.amp, newOffered/put, cpu.perMiB(size), self.perMiBOf("client", size)))
 
-		cpu = startCPU(pid)
-		start = time.Now()
-		rc, err := cl.Read(ctx, ref, "", 0, -1)
-		check(err)
-		got, err := io.Copy(io.Discard, rc)
-		check(err)
-		rc.Close()
-		if got != size {
-			check(fmt.Errorf("dedup get returned %d of %d bytes", got, size))
+		// Sequential get through the tier, then read from the nodes
+		// directly (ReadDirect, what `shoal get` does by default).
+		getOnce := func(c *client.Client) (float64, string) {
+			cpu, self := startCPU(pid), startCPU(os.Getpid())
+			start := time.Now()
+			rc, err := c.Read(ctx, ref, "", 0, -1)
+			check(err)
+			got, err := io.Copy(io.Discard, rc)
+			check(err)
+			rc.Close()
+			if got != size {
+				check(fmt.Errorf("dedup get returned %d of %d bytes", got, size))
+			}
+			return float64(got) / time.Since(start).Seconds(), cpu.perMiB(got) + self.perMiBOf("client", got)
 		}
-		get := float64(got) / time.Since(start).Seconds()
-		add(fmt.Sprintf("dedup get %d MiB sequential, %s", *dedupMiB, tc.name), mbs(get), fmt.Sprintf("%.2f× raw, %.2f× one hop%s", get/raw, get/hopR, cpu.perMiB(got)))
+		get, cpuNote := getOnce(cl)
+		add(fmt.Sprintf("dedup get %d MiB sequential, %s", *dedupMiB, tc.name), mbs(get), fmt.Sprintf("through the tier, %.2f× raw, %.2f× one hop%s", get/raw, get/hopR, cpuNote))
+		dc, err := dht.New(dht.Config{Placement: []string{place}, MaxBlockSize: block.MaxSealed}, slog.New(slog.DiscardHandler))
+		check(err)
+		direct, err := client.Dial(addr)
+		check(err)
+		check(direct.ReadDirect(dc))
+		dget, cpuNote := getOnce(direct)
+		if direct.DirectReads() == 0 {
+			check(fmt.Errorf("dedup get: the direct read went through the tier"))
+		}
+		add(fmt.Sprintf("dedup get %d MiB sequential direct, %s", *dedupMiB, tc.name), mbs(dget), fmt.Sprintf("from the nodes (shoal get), %.2f× raw, %.2f× through the tier%s", dget/raw, dget/get, cpuNote))
+		direct.Close()
+		dc.Close()
 		add(fmt.Sprintf("all-in-one RSS after dedup, %s", tc.name), fmt.Sprintf("%.0f MiB", rssMiB(proc.Process.Pid)), fmt.Sprintf("%d storage nodes + placement + NATS + dedup", tc.nodes))
 		cl.Close()
 		// SIGTERM, so a SHOAL_CPU_PROFILE set for the run gets written
@@ -131,12 +151,13 @@ func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 // startDedupCluster runs NATS, placement, nodes storage nodes and the dedup
 // tier in one process, every port chosen by the kernel, and returns the
 // dedup address from the banner.
-func startDedupCluster(data string, nodes int) (*exec.Cmd, string) {
+func startDedupCluster(data string, nodes int) (*exec.Cmd, string, string) {
 	cmd := shoalCmd("serve", "-target=nats,placement,blockstore,dedup", "-data="+data, fmt.Sprintf("-nodes=%d", nodes),
 		"-nats.listen=127.0.0.1:0", "-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0")
-	addr := startBanner(cmd).get("dedup")
-	if addr == "" {
-		check(fmt.Errorf("dedup cluster printed no dedup endpoint"))
+	b := startBanner(cmd)
+	addr, place := b.get("dedup"), b.get("placement")
+	if addr == "" || place == "" {
+		check(fmt.Errorf("dedup cluster printed no dedup or placement endpoint"))
 	}
 	// The banner is printed once every node is started, but placement
 	// learns of them from heartbeats: wait until a tiny write succeeds.
@@ -163,7 +184,7 @@ func startDedupCluster(data string, nodes int) (*exec.Cmd, string) {
 		}
 		time.Sleep(100 * time.Millisecond) // retry interval while nodes join
 	}
-	return cmd, addr
+	return cmd, addr, place
 }
 
 // grpcHop measures one gRPC hop on this machine with the dedup client and

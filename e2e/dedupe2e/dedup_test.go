@@ -580,7 +580,7 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 // replaced by a renamed temporary file (which turned /dev/null into a
 // plain file).
 func TestCLIPutGet(t *testing.T) {
-	_, d := start(t, 3)
+	c, d := start(t, 3)
 	dir := t.TempDir()
 	data := randBytes(7, 3<<20+11)
 	in := filepath.Join(dir, "in")
@@ -614,6 +614,16 @@ func TestCLIPutGet(t *testing.T) {
 	fresh := filepath.Join(dir, "fresh")
 	get(fresh)
 	check(fresh)
+
+	// Read from the nodes directly, and with a placement that does not
+	// answer (through the tier, as before).
+	for _, place := range []string{strings.Join(c.PlacementAddrs(), ","), "127.0.0.1:1"} {
+		path := filepath.Join(dir, "direct")
+		if _, stderr, code := framework.Run(t, nil, "get", "-dedup", addr, "-placement", place, "-o", path, ref); code != 0 {
+			t.Fatalf("shoal get -placement %s: exit %d: %s", place, code, stderr)
+		}
+		check(path)
+	}
 
 	old := filepath.Join(dir, "old")
 	if err := os.WriteFile(old, []byte("previous contents"), 0o640); err != nil {

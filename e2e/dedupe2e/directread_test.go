@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"shoal/services/dedup/client"
 	"shoal/services/s3"
 	"shoal/shared/block"
+	"shoal/shared/dedup/manifest"
 	"shoal/shared/dht"
 )
 
@@ -72,5 +74,72 @@ func TestDirectReads(t *testing.T) {
 	c.StopNode(0)
 	if got, err := get(refs["ec"], 0, -1); err != nil || !bytes.Equal(got, objs[4].body) {
 		t.Fatalf("ec with a node stopped: %d bytes, %v", len(got), err)
+	}
+}
+
+// The dedup client reading from the nodes itself (ReadDirect, what
+// `shoal get`, mounts and NBD servers do): unencrypted streams read back
+// exact and are counted as direct, encrypted ones come through the tier,
+// a missing block is not found, and a client whose DHT cannot reach the
+// nodes still reads, through the tier.
+func TestClientDirectReads(t *testing.T) {
+	c, d := start(t, 3)
+	ctx := ctxT(t, 2*time.Minute)
+	plain, enc := randBytes(60, 3<<20+5), randBytes(61, 200<<10)
+	plainRef := write(t, ctx, d.Client, "", "", plain)
+	encRef := write(t, ctx, d.Client, "encrypt=on", "v", enc)
+
+	cl, err := client.Dial(d.Service.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	if err := cl.ReadDirect(c.Client(dht.Config{})); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, ctx, cl, plainRef, "", 0, -1); !bytes.Equal(got, plain) {
+		t.Fatal("direct read: wrong bytes")
+	}
+	if got := read(t, ctx, cl, plainRef, "", 1<<20, 5); !bytes.Equal(got, plain[1<<20:1<<20+5]) {
+		t.Fatal("direct range read: wrong bytes")
+	}
+	if n := cl.DirectReads(); n != 2 {
+		t.Fatalf("%d direct reads, want 2", n)
+	}
+	if got := read(t, ctx, cl, encRef, "v", 0, -1); !bytes.Equal(got, enc) {
+		t.Fatal("encrypted read: wrong bytes")
+	}
+	if n := cl.DirectReads(); n != 2 {
+		t.Fatalf("an encrypted read went direct (%d)", n)
+	}
+	ref, err := manifest.ParseRef(plainRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref.Inline, ref.Root = "", block.Sum([]byte("no such manifest"))
+	missing, _ := ref.MarshalBinary()
+	if _, err := cl.Read(ctx, missing, "", 0, -1); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("missing manifest: %v, want not found", err)
+	}
+
+	// No placement answers this client's DHT: the tier serves the read.
+	lost, err := client.Dial(d.Service.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lost.Close() })
+	nowhere, err := dht.New(dht.Config{Placement: []string{"127.0.0.1:1"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nowhere.Close() })
+	if err := lost.ReadDirect(nowhere); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, ctx, lost, plainRef, "", 0, -1); !bytes.Equal(got, plain) {
+		t.Fatal("read with the nodes unreachable: wrong bytes")
+	}
+	if n := lost.DirectReads(); n != 0 {
+		t.Fatalf("%d reads counted direct with the nodes unreachable", n)
 	}
 }

@@ -66,6 +66,12 @@ func (p *Process) startNBD(ctx context.Context) error {
 		cl.Close()
 		return err
 	}
+	// Extents of unencrypted volumes are read from the nodes directly.
+	if err := dc.ReadDirect(cl); err != nil {
+		dc.Close()
+		cl.Close()
+		return err
+	}
 	cfg := p.cfg.NBD
 	if cfg.ID == "" {
 		if cfg.ID, err = nbdServerID(filepath.Join(p.cfg.DataDir, "nbd", "server-id")); err != nil {

@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -619,3 +620,39 @@ func (c *nodeCache) put(a block.Address, n *manifest.Node) {
 	c.m[a] = n
 	c.fifo = append(c.fifo, a)
 }
+
+// ReadFirst reads the first bytes of rc, n bytes long in all, up to
+// first of them, before it returns: a caller that must answer a failure
+// before sending anything (an HTTP status, a fallback to another path)
+// learns of it here. The result serves those bytes, then the rest of rc;
+// errors of later reads go through wrap, as the one returned here does.
+// rc is closed on error, and once all n bytes are in hand.
+func ReadFirst(rc io.ReadCloser, n int64, first int, wrap func(error) error) (io.ReadCloser, error) {
+	buf := make([]byte, min(max(n, 0), int64(first)))
+	k, err := io.ReadFull(rc, buf)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		_ = rc.Close()
+		return nil, wrap(err)
+	}
+	if int64(k) == n {
+		_ = rc.Close()
+		return io.NopCloser(bytes.NewReader(buf[:k])), nil
+	}
+	return &firstReader{r: io.MultiReader(bytes.NewReader(buf[:k]), rc), c: rc, wrap: wrap}, nil
+}
+
+type firstReader struct {
+	r    io.Reader
+	c    io.Closer
+	wrap func(error) error
+}
+
+func (r *firstReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = r.wrap(err)
+	}
+	return n, err
+}
+
+func (r *firstReader) Close() error { return r.c.Close() }

@@ -5,14 +5,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"shoal/services/dedup/client"
+	"shoal/shared/block"
 	"shoal/shared/dedup/manifest"
 	"shoal/shared/dedup/policy"
+	"shoal/shared/dht"
 )
 
 // dedupFlags are the flags every dedup-tier command takes.
@@ -104,11 +108,20 @@ func cmdGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs, addr := dedupFlags("get", stderr)
 	out := fs.String("o", "", "write to this file instead of stdout")
 	vol := fs.String("volume", "", "volume of an encrypted reference")
+	place := fs.String("placement", "", "placement address(es), comma-separated: read unencrypted data from the storage nodes directly (default: the all-in-one's 127.0.0.1:7100 when -dedup is its address; \"none\" reads through the dedup tier)")
 	ref, c, err := refCommand(fs, args, addr, "usage: shoal get REF [-o FILE]")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if *place == "" && *addr == defaultDedupAddr {
+		*place = "127.0.0.1:7100"
+	}
+	if *place != "" && *place != "none" {
+		if dc := directReads(ctx, c, strings.Split(*place, ",")); dc != nil {
+			defer dc.Close()
+		}
+	}
 	rc, err := c.Read(ctx, ref, *vol, 0, -1)
 	if err != nil {
 		return err
@@ -273,4 +286,22 @@ func refCommand(fs *flag.FlagSet, args []string, addr *string, usage string) ([]
 		return nil, nil, err
 	}
 	return ref, c, nil
+}
+
+// directReads sets c to read unencrypted data from the storage nodes
+// (client.ReadDirect) through a DHT client on the placement replicas at
+// place, if one answers within two seconds; otherwise reads go through the
+// dedup tier as before. The DHT client, if any, is the caller's to close.
+func directReads(ctx context.Context, c *client.Client, place []string) *dht.Client {
+	dc, err := dht.New(dht.Config{Placement: place, MaxBlockSize: block.MaxSealed}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil
+	}
+	vctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := dc.RefreshView(vctx); err != nil || c.ReadDirect(dc) != nil {
+		dc.Close()
+		return nil
+	}
+	return dc
 }

@@ -133,6 +133,10 @@ func withDedup(ctx context.Context, name, frontend string, createKey bool, usage
 			return err
 		}
 		defer dc.Close()
+		// Reads of unencrypted data (a mount's files) come from the nodes.
+		if err := dc.ReadDirect(cl); err != nil {
+			return err
+		}
 		return fn(ctx, cl, key, dc, pos)
 	})
 }

@@ -85,8 +85,9 @@ func fromStatus(err error) error {
 // Client talks to one dedup server address (a swarm service VIP or a
 // load balancer spreads calls over replicas; the tier is stateless).
 type Client struct {
-	cc  *grpc.ClientConn
-	api dpb.DedupClient
+	cc     *grpc.ClientConn
+	api    dpb.DedupClient
+	direct *direct // see ReadDirect
 }
 
 // Dial connects lazily to addr: errors surface on the first call.
@@ -220,6 +221,11 @@ func (c *Client) Patch(ctx context.Context, policy, volume string, base []byte, 
 // reads to the end. Every block is verified by the tier. The caller must
 // Close the result; errors met mid-stream come out of Read.
 func (c *Client) Read(ctx context.Context, ref []byte, volume string, off, n int64) (io.ReadCloser, error) {
+	if c.direct != nil {
+		if rc, ok := c.readDirect(ctx, ref, off, n); ok {
+			return rc, nil
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	stream, err := c.api.Read(ctx, &dpb.ReadRequest{Ref: ref, Volume: volume, Offset: off, Length: n})
 	if err != nil {

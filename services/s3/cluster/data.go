@@ -276,7 +276,11 @@ func (d *Data) Read(ctx context.Context, ref []byte, off, n int64) (io.ReadClose
 	}
 	if d.direct != nil {
 		if mref, err := manifest.ParseRef(inner); err == nil && !mref.Policy.Encrypt {
-			return d.readDirect(ctx, mref, off, n)
+			if rc, err := d.readDirect(ctx, mref, off, n); err == nil {
+				return rc, nil
+			}
+			// The tier answers failures: it tells lost data from a node
+			// this process cannot reach, as every GET used to be told.
 		}
 	}
 	if n >= 0 && n <= smallReadMax {
@@ -309,45 +313,22 @@ func (d *Data) Read(ctx context.Context, ref []byte, off, n int64) (io.ReadClose
 
 // readDirect reads [off, off+n) of an unencrypted stream from the nodes.
 // Its first bytes are read before it returns, as the tier's first message
-// is, so a missing or unreadable block is an error of Read (answered as
-// such) rather than a short body after a 200.
+// is, so a missing or unreadable block fails Read (and the tier is asked)
+// rather than cutting a body short after a 200.
 func (d *Data) readDirect(ctx context.Context, ref manifest.Ref, off, n int64) (io.ReadCloser, error) {
-	d.DirectReads.Add(1)
 	rc, err := d.direct.Read(ctx, ref, off, n)
 	if err != nil {
-		return nil, directErr("read", err)
+		return nil, err
 	}
 	if n < 0 || n > ref.Size-off {
 		n = ref.Size - off
 	}
-	first := make([]byte, min(max(n, 0), smallReadMax))
-	k, err := io.ReadFull(rc, first)
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-		_ = rc.Close()
-		return nil, directErr("read", err)
+	rc, err = dedup.ReadFirst(rc, n, smallReadMax, func(err error) error { return directErr("read", err) })
+	if err == nil {
+		d.DirectReads.Add(1)
 	}
-	if int64(k) == n {
-		// All of it (every small object): nothing left open.
-		_ = rc.Close()
-		return io.NopCloser(bytes.NewReader(first[:k])), nil
-	}
-	return &directReader{r: io.MultiReader(bytes.NewReader(first[:k]), rc), c: rc}, nil
+	return rc, err
 }
-
-type directReader struct {
-	r io.Reader
-	c io.Closer
-}
-
-func (r *directReader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) {
-		err = directErr("read", err)
-	}
-	return n, err
-}
-
-func (r *directReader) Close() error { return r.c.Close() }
 
 // directErr maps the reader's errors to the frontend's sentinels, as
 // dataErr does the tier's status codes.
