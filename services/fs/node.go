@@ -853,7 +853,11 @@ func (n *node) commitLocked(ctx context.Context) error {
 	} else {
 		var err error
 		write := n.fsys.data.Write
-		if o, ok := n.fsys.data.(offerer); ok {
+		if o, ok := n.fsys.data.(offerer); ok && n.ino != nil && len(n.ino.Ref) > 0 {
+			// A file that had data (appended to, edited, or truncated
+			// and written again by an editor) is mostly what is stored:
+			// offered, only its changed chunks travel. A new file's
+			// data is new, and offering it would hash it twice.
 			write = o.WriteOffered
 		}
 		ref, _, _, err = write(ctx, n.fsys.policy, n.fsys.dvol, io.NewSectionReader(n.spool, 0, size))
