@@ -106,9 +106,18 @@ func TestWriteOffered(t *testing.T) {
 	// Many windows, each needing some of its chunks: a 48 MiB stream
 	// stored, then offered again with every third MiB changed.
 	big := randBytes(40, 48<<20)
-	if _, _, _, err := cl.WriteOffered(ctx, "", "", bytes.NewReader(big)); err != nil {
+	bigRef, _, _, err := cl.WriteOffered(ctx, "", "", bytes.NewReader(big))
+	if err != nil {
 		t.Fatal(err)
 	}
+	// New data: after two windows asked for whole, the rest is pushed.
+	if n := cl.PushedWindows(); n < 4 {
+		t.Fatalf("48 MiB of new data: %d windows pushed", n)
+	}
+	if got := read(t, ctx, cl, bigRef, "", 0, -1); !bytes.Equal(got, big) {
+		t.Fatal("pushed stream read back wrong")
+	}
+	pushed := cl.PushedWindows()
 	for i := 0; i < len(big); i += 3 << 20 {
 		big[i] ^= 0xff
 	}
@@ -122,6 +131,9 @@ func TestWriteOffered(t *testing.T) {
 	}
 	if got := read(t, ctx, cl, ref, "", 0, -1); !bytes.Equal(got, big) {
 		t.Fatal("patched stream read back wrong")
+	}
+	if n := cl.PushedWindows() - pushed; n != 0 {
+		t.Fatalf("stored data pushed: %d windows", n)
 	}
 
 	// A failing reader, or a cancelled call, aborts the write with its own
@@ -201,6 +213,8 @@ func TestWriteOfferedBadInput(t *testing.T) {
 		"bytes not the hash":    {{Policy: fixed, Sums: sum[:], Lengths: []uint32{64 << 10}}, {Data: randBytes(24, 64<<10)}},
 		"bytes missing":         {{Policy: fixed, Sums: sum[:], Lengths: []uint32{64 << 10}}, {Data: chunk[:1000]}},
 		"bad policy":            {{Policy: "chunk=fixed:1", Sums: sum[:], Lengths: []uint32{1}}},
+		"pushed with hashes":    {{Policy: fixed, Sums: sum[:], Lengths: []uint32{64 << 10}, Push: true}, {Data: chunk}},
+		"pushed bytes missing":  {{Policy: fixed, Lengths: []uint32{64 << 10}, Push: true}, {Data: chunk[:100]}},
 	}
 	// Offers far ahead of their bytes: refused past a bound, not held.
 	var ahead []*dedupb.OfferRequest
@@ -216,9 +230,12 @@ func TestWriteOfferedBadInput(t *testing.T) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
 		}
 	}
-	// The protocol done right, by hand: offer, be asked, send.
+	// The protocol done right, by hand: offer, be asked, send; and push.
 	if err := one(&dedupb.OfferRequest{Policy: fixed, Sums: sum[:], Lengths: []uint32{64 << 10}}, &dedupb.OfferRequest{Data: chunk}); err != nil {
 		t.Fatalf("a well-formed offered write: %v", err)
+	}
+	if err := one(&dedupb.OfferRequest{Policy: fixed, Lengths: []uint32{64 << 10}, Push: true}, &dedupb.OfferRequest{Data: chunk}); err != nil {
+		t.Fatalf("a well-formed pushed write: %v", err)
 	}
 }
 

@@ -981,7 +981,12 @@ type OfferRequest struct {
 	Lengths []uint32 `protobuf:"varint,4,rep,packed,name=lengths,proto3" json:"lengths,omitempty"`
 	// The bytes of the chunks the tier asked for, for the offers answered
 	// so far, in stream order; one chunk may span several messages.
-	Data          []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	Data []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	// A pushed window: the bytes of every chunk of this offer follow at
+	// once, unasked, and no answer is sent. It carries lengths and no sums
+	// (the tier hashes what it receives). A client pushes while offers keep
+	// coming back all needed (new data), and offers again now and then.
+	Push          bool `protobuf:"varint,6,opt,name=push,proto3" json:"push,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1049,6 +1054,13 @@ func (x *OfferRequest) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *OfferRequest) GetPush() bool {
+	if x != nil {
+		return x.Push
+	}
+	return false
 }
 
 type OfferResponse struct {
@@ -1172,13 +1184,14 @@ const file_dedupb_dedup_proto_rawDesc = "" +
 	"\x06offset\x18\x05 \x01(\x03R\x06offset\x12\x12\n" +
 	"\x04data\x18\x06 \x01(\fR\x04data\x12\x1f\n" +
 	"\vzero_length\x18\a \x01(\x03R\n" +
-	"zeroLength\"\x80\x01\n" +
+	"zeroLength\"\x94\x01\n" +
 	"\fOfferRequest\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x12\n" +
 	"\x04sums\x18\x03 \x01(\fR\x04sums\x12\x18\n" +
 	"\alengths\x18\x04 \x03(\rR\alengths\x12\x12\n" +
-	"\x04data\x18\x05 \x01(\fR\x04data\"Z\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x12\n" +
+	"\x04push\x18\x06 \x01(\bR\x04push\"Z\n" +
 	"\rOfferResponse\x12\x12\n" +
 	"\x04need\x18\x01 \x03(\rR\x04need\x125\n" +
 	"\x06result\x18\x02 \x01(\v2\x1d.shoal.dedup.v1.WriteResponseR\x06result2\xdb\x05\n" +

@@ -54,7 +54,7 @@ func (s *Service) WriteOffered(stream dpb.Dedup_WriteOfferedServer) error {
 
 // offerWindow is one answered offer whose chunks are not all consumed.
 type offerWindow struct {
-	sums  []block.Address
+	sums  []block.Address // nil for a pushed window
 	lens  []uint32
 	known []*dedup.KnownChunk
 }
@@ -96,7 +96,10 @@ func (o *offerSource) next() (dedup.Chunk, error) {
 				return dedup.Chunk{Known: k}, nil
 			}
 			if n := int(win.lens[i]); len(o.buf) >= n {
-				c := dedup.Chunk{Plain: o.buf[:n:n], Sum: win.sums[i], Claimed: true}
+				c := dedup.Chunk{Plain: o.buf[:n:n]}
+				if win.sums != nil {
+					c.Sum, c.Claimed = win.sums[i], true
+				}
 				o.buf = o.buf[n:]
 				o.pos++
 				return c, nil
@@ -147,7 +150,9 @@ func (o *offerSource) handle(m *dpb.OfferRequest) error {
 		return nil
 	}
 	switch {
-	case len(m.Sums) != len(m.Lengths)*len(block.Address{}):
+	case m.Push && len(m.Sums) > 0:
+		return fmt.Errorf("%w: a pushed window carries no hashes", dedup.ErrOffer)
+	case !m.Push && len(m.Sums) != len(m.Lengths)*len(block.Address{}):
 		return fmt.Errorf("%w: %d bytes of hashes for %d chunks", dedup.ErrOffer, len(m.Sums), len(m.Lengths))
 	case len(m.Lengths) > maxOfferChunks:
 		return fmt.Errorf("%w: %d chunks in one offer (at most %d)", dedup.ErrOffer, len(m.Lengths), maxOfferChunks)
@@ -161,6 +166,13 @@ func (o *offerSource) handle(m *dpb.OfferRequest) error {
 	}
 	last := int(m.Lengths[len(m.Lengths)-1])
 	o.short = o.chunking.Mode == policy.Fixed && last != o.chunking.Size || o.chunking.Mode == policy.CDC && last < o.chunking.Min
+	if m.Push {
+		for _, n := range m.Lengths {
+			o.owed += int64(n)
+		}
+		o.windows = append(o.windows, &offerWindow{lens: m.Lengths, known: make([]*dedup.KnownChunk, len(m.Lengths))})
+		return nil
+	}
 	sums := make([]block.Address, len(m.Lengths))
 	for i := range sums {
 		copy(sums[i][:], m.Sums[i*len(block.Address{}):])

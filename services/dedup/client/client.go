@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -88,7 +89,13 @@ type Client struct {
 	cc     *grpc.ClientConn
 	api    dpb.DedupClient
 	direct *direct // see ReadDirect
+	// pushed counts the windows offered writes sent whole (see learn).
+	pushed atomic.Int64
 }
+
+// PushedWindows is how many windows WriteOffered calls sent whole,
+// unasked, having found their data new.
+func (c *Client) PushedWindows() int64 { return c.pushed.Load() }
 
 // Dial connects lazily to addr: errors surface on the first call.
 func Dial(addr string, opts ...grpc.DialOption) (*Client, error) {

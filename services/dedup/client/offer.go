@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	dpb "shoal/proto/dedupb"
 	"shoal/shared/block"
@@ -76,15 +77,18 @@ func (c *Client) WriteOffered(ctx context.Context, pol, volume string, r io.Read
 		defer close(cutDone)
 		prodErr <- produceWindows(ctx, io.MultiReader(bytes.NewReader(head), r), cut, free, cutDone)
 	}()
+	o := &offerer{stream: stream, first: &dpb.OfferRequest{Policy: p.String(), Volume: volume}, prodErr: prodErr}
 	go func() {
 		defer close(ready)
 		for w := range cutDone {
-			w.hash()
+			if !o.pushing.Load() {
+				w.hash()
+			}
 			ready <- w // run drains ready before it returns
 		}
 	}()
-	o := &offerer{stream: stream, first: &dpb.OfferRequest{Policy: p.String(), Volume: volume}, prodErr: prodErr}
 	ref, size, etag, err = o.run(ready, free)
+	c.pushed.Add(o.pushed)
 	if err != nil {
 		cancel(err) // aborts the stream: the server stores no reference
 		for range ready {
@@ -223,7 +227,26 @@ type offerer struct {
 	first  *dpb.OfferRequest // the policy and volume, sent with the first offer
 	// prodErr has the producer's outcome once ready is closed.
 	prodErr <-chan error
+	// New data is pushed, not offered: pushing tells the hasher to skip
+	// the windows it would only waste hashes on, pushLeft counts the
+	// windows still to push before offering again, newInARow the answers
+	// in a row that asked for (nearly) everything, pushed the windows
+	// pushed.
+	pushing   atomic.Bool
+	pushLeft  int
+	newInARow int
+	pushed    int64
 }
+
+// An answer asking for at least newShare of a window's bytes means new
+// data; after pushAfter of them in a row the next pushRun windows are
+// pushed (sent whole, unhashed, unasked: what Write costs), then offers
+// resume, to notice data that is stored again.
+const (
+	newShare  = 0.9
+	pushAfter = 2
+	pushRun   = 16
+)
 
 func (o *offerer) send(m *dpb.OfferRequest) error {
 	if o.first != nil {
@@ -248,7 +271,9 @@ func (o *offerer) run(ready <-chan *window, free chan<- []byte) ([]byte, int64, 
 	var offered []*window
 	done := false
 	for {
-		for !done && len(offered) < offersAhead {
+		// Bytes go in stream order: a window is pushed only once every
+		// window offered before it is answered and its bytes sent.
+		for !done && len(offered) < offersAhead && (o.pushLeft == 0 || len(offered) == 0) {
 			var w *window
 			var ok bool
 			if len(offered) == 0 {
@@ -273,6 +298,19 @@ func (o *offerer) run(ready <-chan *window, free chan<- []byte) ([]byte, int64, 
 				done = true
 				break
 			}
+			if o.pushLeft > 0 {
+				if err := o.push(w); err != nil {
+					return nil, 0, "", err
+				}
+				if o.pushLeft--; o.pushLeft == 0 {
+					o.pushing.Store(false)
+				}
+				free <- w.whole
+				continue
+			}
+			if w.sums == nil {
+				w.hash() // cut while pushing
+			}
 			if err := o.send(&dpb.OfferRequest{Sums: w.sums, Lengths: w.lens}); err != nil {
 				return nil, 0, "", err
 			}
@@ -290,6 +328,7 @@ func (o *offerer) run(ready <-chan *window, free chan<- []byte) ([]byte, int64, 
 		}
 		w := offered[0]
 		offered = offered[1:]
+		o.learn(w, resp.Need)
 		if err := o.sendNeeded(w, resp.Need); err != nil {
 			return nil, 0, "", err
 		}
@@ -311,6 +350,38 @@ func (o *offerer) run(ready <-chan *window, free chan<- []byte) ([]byte, int64, 
 		return nil, 0, "", fmt.Errorf("dedup: the tier answered an offer it was not sent")
 	}
 	return resp.Result.Ref, resp.Result.Size, resp.Result.Etag, nil
+}
+
+// learn notes how much of w the tier needed, and starts pushing after
+// pushAfter windows of new data in a row.
+func (o *offerer) learn(w *window, need []uint32) {
+	var needed int64
+	for _, i := range need {
+		if int(i) < len(w.lens) {
+			needed += int64(w.lens[i])
+		}
+	}
+	if float64(needed) < newShare*float64(len(w.buf)) {
+		o.newInARow = 0
+		return
+	}
+	if o.newInARow++; o.newInARow >= pushAfter {
+		o.newInARow, o.pushLeft = 0, pushRun
+		o.pushing.Store(true)
+	}
+}
+
+// push sends w whole, unasked.
+func (o *offerer) push(w *window) error {
+	if err := o.send(&dpb.OfferRequest{Lengths: w.lens, Push: true}); err != nil {
+		return err
+	}
+	o.pushed++
+	all := make([]uint32, len(w.lens))
+	for i := range all {
+		all[i] = uint32(i)
+	}
+	return o.sendNeeded(w, all)
 }
 
 // sendNeeded sends the chunks of w the tier asked for, in order, in
