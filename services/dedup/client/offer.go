@@ -36,9 +36,11 @@ const (
 // again, a copy, a backup): it cuts and hashes the stream here, with the
 // policy's own chunker, offers the chunks by hash, and sends only those
 // the cluster lacks. Data already stored then costs a hash per byte here
-// and no transfer; new data costs one SHA-256 pass more than Write (the
-// tier checks every byte it receives against the hash offered for it).
-// Same arguments, result and retain as Write.
+// and no transfer. New data would cost one SHA-256 pass more than Write
+// (the tier checks every byte it receives against the hash offered for
+// it), so once offers keep coming back all needed, windows are pushed
+// whole and unhashed for a while (see learn). Same arguments, result and
+// retain as Write.
 func (c *Client) WriteOffered(ctx context.Context, pol, volume string, r io.Reader) (ref []byte, size int64, etag string, err error) {
 	p := policy.Default()
 	if pol != "" {
