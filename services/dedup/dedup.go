@@ -263,18 +263,26 @@ func (s *Service) writer(p policy.Policy, volume string) (*dedup.Writer, error) 
 	return w, nil
 }
 
-// writerFor is writer for a policy as a write's first message names it
-// ("" = the default).
-func (s *Service) writerFor(pol, volume string) (*dedup.Writer, policy.Policy, error) {
+// firstWriter is the writer a write stream's first message names (its
+// policy, "" for the default, and volume), given that message as Recv
+// returned it.
+func (s *Service) firstWriter(first interface {
+	GetPolicy() string
+	GetVolume() string
+}, err error) (*dedup.Writer, error) {
+	if errors.Is(err, io.EOF) {
+		return nil, invalid("empty write stream: the first message carries the policy")
+	}
+	if err != nil {
+		return nil, err
+	}
 	p := policy.Default()
-	if pol != "" {
-		var err error
+	if pol := first.GetPolicy(); pol != "" {
 		if p, err = policy.Parse(pol); err != nil {
-			return nil, p, err
+			return nil, err
 		}
 	}
-	w, err := s.writer(p, volume)
-	return w, p, err
+	return s.writer(p, first.GetVolume())
 }
 
 // reader returns the reader for refs of policy p in volume.
@@ -366,13 +374,7 @@ func (r *streamReader) Read(p []byte) (int, error) {
 func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
 	ctx := stream.Context()
 	first, err := stream.Recv()
-	if errors.Is(err, io.EOF) {
-		return toStatus(invalid("empty write stream: the first message carries the policy"))
-	}
-	if err != nil {
-		return toStatus(err)
-	}
-	w, _, err := s.writerFor(first.Policy, first.Volume)
+	w, err := s.firstWriter(first, err)
 	if err != nil {
 		return toStatus(err)
 	}

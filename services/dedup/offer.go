@@ -32,17 +32,11 @@ const (
 func (s *Service) WriteOffered(stream dpb.Dedup_WriteOfferedServer) error {
 	ctx := stream.Context()
 	first, err := stream.Recv()
-	if errors.Is(err, io.EOF) {
-		return toStatus(invalid("empty write stream: the first message carries the policy"))
-	}
+	w, err := s.firstWriter(first, err)
 	if err != nil {
 		return toStatus(err)
 	}
-	w, p, err := s.writerFor(first.Policy, first.Volume)
-	if err != nil {
-		return toStatus(err)
-	}
-	src := &offerSource{ctx: ctx, w: w, chunking: p.Chunking, stream: stream, pending: first}
+	src := &offerSource{ctx: ctx, w: w, chunking: w.Policy().Chunking, stream: stream, pending: first}
 	ref, bin, err := s.publishWrite(ctx, first.Volume, func(publish func(context.Context, manifest.Ref) error) (manifest.Ref, bool, error) {
 		return w.WriteChunks(ctx, src.next, publish)
 	})

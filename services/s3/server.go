@@ -66,8 +66,7 @@ func New(cfg Config, data DataStore, meta MetaStore, logger *slog.Logger) (*Serv
 		return nil, err
 	}
 	s := &Server{cfg: cfg, data: data, meta: meta, log: logger, tel: tel,
-		dirs: newDirCache(), shards: newShardCache(), now: time.Now, names: map[string][32]byte{}}
-	s.bg = newBackground()
+		dirs: newDirCache(), shards: newShardCache(), now: time.Now, names: map[string][32]byte{}, bg: newBackground()}
 	s.commits = newCommitQueues(meta)
 	s.cache = newMetaCache(cfg.MetaCacheTTL, func() time.Time { return s.now() })
 	return s, nil

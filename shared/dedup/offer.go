@@ -89,10 +89,7 @@ func (w *Writer) Resolve(ctx context.Context, sums []block.Address, lengths []ui
 			}
 			switch {
 			case ok:
-				entries[i] = manifest.Chunk{Addr: s.addr, Logical: n, Stored: s.stored, Compressed: s.compressed, Shards: s.shards}
-				if w.sealer.Encrypted() {
-					entries[i].Seed = sum
-				}
+				entries[i] = w.chunkEntry(sum, n, s)
 			case w.ec == nil && !w.sealer.Encrypted():
 				// Not in the cache (a restart, another replica): a chunk
 				// compression did not pay for is stored as is, under its
@@ -129,45 +126,24 @@ func (w *Writer) held(ctx context.Context, idx []int, entries []manifest.Chunk) 
 		for k, i := range idx {
 			addrs[k] = entries[i].Addr
 		}
-		has, err := w.store.Has(ctx, addrs)
-		if err != nil {
-			return nil, fmt.Errorf("dedup: has: %w", err)
-		}
-		if len(has) != len(addrs) {
-			return nil, fmt.Errorf("%w: has answered %d of %d", ErrStore, len(has), len(addrs))
-		}
-		return has, nil
+		return w.has(ctx, addrs)
 	}
-	sc := w.store.(ShardChecker) // w.caches() held for every candidate
 	stripes := make([]block.Address, len(idx))
 	shards := make([][]block.Address, len(idx))
 	for k, i := range idx {
 		stripes[k], shards[k] = entries[i].Addr, entries[i].Shards
 	}
-	has, err := sc.HasShards(ctx, stripes, shards)
+	// w.caches() held for every candidate: the store is a ShardChecker.
+	has, err := hasShards(ctx, w.store.(ShardChecker), stripes, shards)
 	if err != nil {
-		return nil, fmt.Errorf("dedup: has shards: %w", err)
-	}
-	if len(has) != len(idx) {
-		return nil, fmt.Errorf("%w: has shards answered %d of %d chunks", ErrStore, len(has), len(idx))
+		return nil, err
 	}
 	out := make([]bool, len(idx))
 	for k := range idx {
-		if len(has[k]) != len(shards[k]) {
-			return nil, fmt.Errorf("%w: has shards answered %d of %d shards", ErrStore, len(has[k]), len(shards[k]))
-		}
 		out[k] = true
 		for _, ok := range has[k] {
 			out[k] = out[k] && ok
 		}
 	}
 	return out, nil
-}
-
-// WriteChunks is WritePublish for a stream the caller has cut: next
-// returns its chunks in order (bytes, or what Resolve found), then io.EOF.
-// Bytes offered as Claimed must hash to their Sum, or the write fails with
-// ErrOffer. A chunk's Plain may be reused once next is called again.
-func (w *Writer) WriteChunks(ctx context.Context, next func() (Chunk, error), publish func(context.Context, manifest.Ref) error) (manifest.Ref, bool, error) {
-	return w.write(ctx, next, publish)
 }

@@ -621,14 +621,20 @@ func (c *nodeCache) put(a block.Address, n *manifest.Node) {
 	c.fifo = append(c.fifo, a)
 }
 
-// ReadFirst reads the first bytes of rc, n bytes long in all, up to
-// first of them, before it returns: a caller that must answer a failure
+// ReadFirst is Read that has the range's first bytes (up to first of
+// them) in hand before it returns: a caller that must answer a failure
 // before sending anything (an HTTP status, a fallback to another path)
-// learns of it here. The result serves those bytes, then the rest of rc;
-// errors of later reads go through wrap, as the one returned here does.
-// rc is closed on error, and once all n bytes are in hand.
-func ReadFirst(rc io.ReadCloser, n int64, first int, wrap func(error) error) (io.ReadCloser, error) {
-	buf := make([]byte, min(max(n, 0), int64(first)))
+// learns of it here. Errors of later reads go through wrap, as one
+// returned here does.
+func (r *Reader) ReadFirst(ctx context.Context, ref manifest.Ref, off, n int64, first int, wrap func(error) error) (io.ReadCloser, error) {
+	rc, err := r.Read(ctx, ref, off, n)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	if n < 0 || n > ref.Size-off {
+		n = ref.Size - off
+	}
+	buf := make([]byte, min(n, int64(first)))
 	k, err := io.ReadFull(rc, buf)
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 		_ = rc.Close()

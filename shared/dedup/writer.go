@@ -151,6 +151,9 @@ func NewWriter(store BlockStore, cfg WriterConfig) (*Writer, error) {
 
 func (w *Writer) cutter() (chunker.Cutter, error) { return cutter(w.cfg.Policy.Chunking) }
 
+// Policy is the policy the Writer stores streams under.
+func (w *Writer) Policy() policy.Policy { return w.cfg.Policy }
+
 // NewCutter returns the chunker a Writer of chunking c cuts streams with:
 // what a client offering chunks (Resolve) must cut with.
 func NewCutter(c policy.Chunking) (chunker.Cutter, error) { return cutter(c) }
@@ -269,7 +272,7 @@ func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(con
 		return manifest.Ref{}, false, err
 	}
 	ch := chunker.New(r, cut)
-	return w.write(ctx, func() (Chunk, error) {
+	return w.WriteChunks(ctx, func() (Chunk, error) {
 		b, err := ch.Next()
 		if err != nil && !errors.Is(err, io.EOF) {
 			err = fmt.Errorf("dedup: reading stream: %w", err)
@@ -278,10 +281,11 @@ func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(con
 	}, publish)
 }
 
-// write is WritePublish on a stream already cut into chunks: next returns
-// them in order, then io.EOF. A chunk's Plain is copied before next is
-// called again.
-func (w *Writer) write(ctx context.Context, next func() (Chunk, error), publish func(context.Context, manifest.Ref) error) (ref manifest.Ref, published bool, err error) {
+// WriteChunks is WritePublish for a stream the caller has cut: next
+// returns its chunks in order (bytes, or what Resolve found), then io.EOF.
+// Bytes offered as Claimed must hash to their Sum, or the write fails with
+// ErrOffer. A chunk's Plain may be reused once next is called again.
+func (w *Writer) WriteChunks(ctx context.Context, next func() (Chunk, error), publish func(context.Context, manifest.Ref) error) (ref manifest.Ref, published bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	p := &pipeline{w: w, ctx: ctx, cancel: cancel, budget: newBudget(w.cfg.MaxInFlight), costPer: 1, digest: newStreamDigest()}
@@ -454,7 +458,7 @@ func (p *pipeline) seal(j *job) {
 		if c := w.cfg.Sealed; c != nil && w.caches() {
 			if s, ok := c.c.Get(sealKey{w.id, j.sum}); ok && (w.ec == nil) == (s.shards == nil) {
 				j.lazy = true
-				j.entry = w.chunkEntry(j, s)
+				j.entry = w.chunkEntry(j.sum, len(j.plain), s)
 				return
 			}
 		}
@@ -511,10 +515,12 @@ func (w *Writer) sealing() bool {
 	return w.cfg.Policy.Encrypt || w.cfg.Policy.Compression.Algo != policy.NoCompression
 }
 
-func (w *Writer) chunkEntry(j *job, s sealedChunk) manifest.Chunk {
-	c := manifest.Chunk{Addr: s.addr, Logical: len(j.plain), Stored: s.stored, Compressed: s.compressed, Shards: s.shards}
+// chunkEntry is the manifest entry of a chunk of plaintext hash sum and
+// logical bytes, sealed as s.
+func (w *Writer) chunkEntry(sum block.Address, logical int, s sealedChunk) manifest.Chunk {
+	c := manifest.Chunk{Addr: s.addr, Logical: logical, Stored: s.stored, Compressed: s.compressed, Shards: s.shards}
 	if w.sealer.Encrypted() {
-		c.Seed = j.sum // seal derives the chunk key from the plaintext hash
+		c.Seed = sum // seal derives the chunk key from the plaintext hash
 	}
 	return c
 }
@@ -547,7 +553,7 @@ func (p *pipeline) sealNow(j *job) error {
 		j.lazy = false
 		return nil
 	}
-	j.entry = w.chunkEntry(j, s)
+	j.entry = w.chunkEntry(j.sum, len(j.plain), s)
 	if c := w.cfg.Sealed; c != nil && w.ec == nil {
 		// Erasure-coded chunks are cached by encode, with their shards.
 		c.c.Put(sealKey{w.id, j.sum}, s, sealEntryBytes)
@@ -617,12 +623,9 @@ func (p *pipeline) collect(orderCh <-chan *job, putCh chan<- *job, tree *treeBui
 				}
 			}
 			if len(ask) > 0 {
-				has, err := p.w.store.Has(p.ctx, ask)
+				has, err := p.w.has(p.ctx, ask)
 				if err != nil {
-					return fmt.Errorf("dedup: has: %w", err)
-				}
-				if len(has) != len(ask) {
-					return fmt.Errorf("%w: has answered %d of %d", ErrStore, len(has), len(ask))
+					return err
 				}
 				for i, a := range ask {
 					if has[i] {
@@ -684,17 +687,11 @@ func (p *pipeline) shardsPresent(batch []*job, seen *recent) (map[block.Address]
 	if len(ask) == 0 {
 		return present, nil
 	}
-	has, err := sc.HasShards(p.ctx, stripes, shards)
+	has, err := hasShards(p.ctx, sc, stripes, shards)
 	if err != nil {
-		return nil, fmt.Errorf("dedup: has shards: %w", err)
-	}
-	if len(has) != len(ask) {
-		return nil, fmt.Errorf("%w: has shards answered %d of %d chunks", ErrStore, len(has), len(ask))
+		return nil, err
 	}
 	for i, j := range ask {
-		if len(has[i]) != len(j.entry.Shards) {
-			return nil, fmt.Errorf("%w: has shards answered %d of %d shards", ErrStore, len(has[i]), len(j.entry.Shards))
-		}
 		j.missing = j.missing[:0]
 		for rank, ok := range has[i] {
 			if !ok {
@@ -706,6 +703,37 @@ func (p *pipeline) shardsPresent(batch []*job, seen *recent) (map[block.Address]
 		}
 	}
 	return present, nil
+}
+
+// has asks the store which of addrs it holds (touching them), checking
+// that it answered for each.
+func (w *Writer) has(ctx context.Context, addrs []block.Address) ([]bool, error) {
+	has, err := w.store.Has(ctx, addrs)
+	if err != nil {
+		return nil, fmt.Errorf("dedup: has: %w", err)
+	}
+	if len(has) != len(addrs) {
+		return nil, fmt.Errorf("%w: has answered %d of %d", ErrStore, len(has), len(addrs))
+	}
+	return has, nil
+}
+
+// hasShards asks sc which shards of each stripe it holds (touching them),
+// checking that it answered for each shard.
+func hasShards(ctx context.Context, sc ShardChecker, stripes []block.Address, shards [][]block.Address) ([][]bool, error) {
+	has, err := sc.HasShards(ctx, stripes, shards)
+	if err != nil {
+		return nil, fmt.Errorf("dedup: has shards: %w", err)
+	}
+	if len(has) != len(stripes) {
+		return nil, fmt.Errorf("%w: has shards answered %d of %d chunks", ErrStore, len(has), len(stripes))
+	}
+	for i := range has {
+		if len(has[i]) != len(shards[i]) {
+			return nil, fmt.Errorf("%w: has shards answered %d of %d shards", ErrStore, len(has[i]), len(shards[i]))
+		}
+	}
+	return has, nil
 }
 
 // put stores one chunk: one block, or its shards (those missing, when the

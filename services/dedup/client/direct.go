@@ -56,14 +56,7 @@ func (c *Client) readDirect(ctx context.Context, b []byte, off, n int64) (io.Rea
 	if err != nil || ref.Policy.Encrypt || off < 0 || off > ref.Size {
 		return nil, false
 	}
-	r, err := c.direct.r.Read(ctx, ref, off, n)
-	if err != nil {
-		return nil, false
-	}
-	if n < 0 || n > ref.Size-off {
-		n = ref.Size - off
-	}
-	rc, err := dedup.ReadFirst(r, n, 64<<10, directErr)
+	rc, err := c.direct.r.ReadFirst(ctx, ref, off, n, 64<<10, directErr)
 	if err != nil {
 		return nil, false
 	}

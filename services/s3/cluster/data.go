@@ -18,11 +18,9 @@ import (
 	"shoal/proto/dedupb"
 	"shoal/services/s3"
 	"shoal/services/s3/s3err"
-	"shoal/shared/block"
 	"shoal/shared/combine"
 	"shoal/shared/dedup"
 	"shoal/shared/dedup/manifest"
-	"shoal/shared/dht"
 )
 
 // writeChunk is the payload of one Write message: large enough to keep the
@@ -314,35 +312,16 @@ func (d *Data) Read(ctx context.Context, ref []byte, off, n int64) (io.ReadClose
 // readDirect reads [off, off+n) of an unencrypted stream from the nodes.
 // Its first bytes are read before it returns, as the tier's first message
 // is, so a missing or unreadable block fails Read (and the tier is asked)
-// rather than cutting a body short after a 200.
+// rather than cutting a body short after a 200. A later failure can only
+// cut the body short, as one from the tier's stream does.
 func (d *Data) readDirect(ctx context.Context, ref manifest.Ref, off, n int64) (io.ReadCloser, error) {
-	rc, err := d.direct.Read(ctx, ref, off, n)
-	if err != nil {
-		return nil, err
-	}
-	if n < 0 || n > ref.Size-off {
-		n = ref.Size - off
-	}
-	rc, err = dedup.ReadFirst(rc, n, smallReadMax, func(err error) error { return directErr("read", err) })
+	rc, err := d.direct.ReadFirst(ctx, ref, off, n, smallReadMax, func(err error) error {
+		return fmt.Errorf("s3 cluster: read: %w", err)
+	})
 	if err == nil {
 		d.DirectReads.Add(1)
 	}
 	return rc, err
-}
-
-// directErr maps the reader's errors to the frontend's sentinels, as
-// dataErr does the tier's status codes.
-func directErr(op string, err error) error {
-	switch {
-	case errors.Is(err, block.ErrNotFound):
-		return fmt.Errorf("s3 cluster: %s: %w: %w", op, s3.ErrNotFound, err)
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("s3 cluster: %s: %w", op, err)
-	case errors.Is(err, dht.ErrQuorum), errors.Is(err, dht.ErrNoNodes), errors.Is(err, dht.ErrNoView):
-		// Retryable: clients back off on 503 ServiceUnavailable.
-		return s3err.Wrap(s3err.ServiceUnavailable, fmt.Errorf("s3 cluster: %s: %w", op, err))
-	}
-	return fmt.Errorf("s3 cluster: %s: %w", op, err)
 }
 
 type reader struct {
