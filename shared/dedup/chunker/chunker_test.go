@@ -220,3 +220,83 @@ func TestBufferGrowsWithTheStream(t *testing.T) {
 		t.Fatalf("cuts differ with a growing buffer: %d chunks vs %d", len(got), len(want))
 	}
 }
+
+// refCut is Cut's rule one byte at a time, as its comment states it: the
+// lanes and pairs of the fast path must find exactly these cuts, since
+// boundaries are part of the stored format.
+func refCut(c *FastCDC, data []byte) int {
+	n := len(data)
+	if n <= c.min {
+		return n
+	}
+	n = min(n, c.max)
+	normal := min(c.avg, n)
+	var h uint64
+	for i := c.min; i < n; i++ {
+		h = h<<1 + gear[data[i]]
+		start, end, mask := c.min, normal, c.maskS
+		if i >= normal {
+			start, end, mask = normal, n, c.maskL
+		}
+		hit := h&mask == 0
+		if (i-start)%2 == 0 && i+1 < end {
+			hit = (h<<1)&(mask<<1) == 0
+		}
+		if hit {
+			return i + 1
+		}
+	}
+	return n
+}
+
+func TestFastCDCMatchesTheRule(t *testing.T) {
+	for _, sz := range [][3]int{
+		{64, 128, 256}, {100, 128, 4096}, {65, 1024, 8191}, {2048, 4096, 65536},
+		{4 << 10, 16 << 10, 64 << 10}, {16 << 10, 64 << 10, 256 << 10}, {5000, 8192, 100000},
+	} {
+		c, err := NewFastCDC(sz[0], sz[1], sz[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Low-entropy data makes cuts frequent, so both lanes hit often,
+		// at either byte of a pair, and sometimes together.
+		for seed, data := range [][]byte{randBytes(uint64(sz[0]), 4<<20), lowEntropy(uint64(sz[1]), 4<<20)} {
+			cuts := 0
+			for rest := data; len(rest) > 0; cuts++ {
+				want := refCut(c, rest)
+				if got := c.Cut(rest); got != want {
+					t.Fatalf("%v data %d at offset %d: cut %d, the rule says %d", sz, seed, len(data)-len(rest), got, want)
+				}
+				rest = rest[want:]
+			}
+			// Every length around min, avg and max and the lanes' rounds,
+			// a sample of those between, at one offset.
+			for n := 0; n < min(len(data), sz[2]+3); n++ {
+				if n%(2*lane) > 66 && n%(2*lane) < 2*lane-66 && abs(n-sz[0]) > 66 && abs(n-sz[1]) > 66 && abs(n-sz[2]) > 66 {
+					n += 61
+				}
+				if got, want := c.Cut(data[:n]), refCut(c, data[:n]); got != want {
+					t.Fatalf("%v data %d, %d bytes: cut %d, the rule says %d", sz, seed, n, got, want)
+				}
+			}
+			if cuts < 8 {
+				t.Fatalf("%v: only %d cuts", sz, cuts)
+			}
+		}
+	}
+}
+
+// lowEntropy draws bytes from a handful of values, with runs.
+func lowEntropy(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 7))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.IntN(3))
+		if r.IntN(8) == 0 && i > 0 {
+			b[i] = b[i-1]
+		}
+	}
+	return b
+}
+
+func abs(n int) int { return max(n, -n) }
