@@ -341,11 +341,29 @@ func (x replicated) Has(ctx context.Context, addrs []block.Address) ([]bool, err
 // streamReader reads a Write call's bytes straight off the gRPC stream, so
 // the library's byte budget is the only buffer: when it is full the writer
 // stops reading, the stream's flow-control window fills and the client's
-// Send blocks (backpressure end to end).
+// Send blocks (backpressure end to end). Every message is decoded into the
+// same buffer (rpc.Reused), which goes back to a pool when the Write ends.
 type streamReader struct {
 	stream dpb.Dedup_WriteServer
 	cur    []byte
 	eof    bool
+	msg    dpb.WriteRequest // the last message's fields but data
+	next   rpc.Reused
+}
+
+// writeDataField is WriteRequest.data's field number.
+var writeDataField = (&dpb.WriteRequest{}).ProtoReflect().Descriptor().Fields().ByName("data").Number()
+
+// recv receives the next message: its data in r.cur, the rest in r.msg.
+func (r *streamReader) recv() error {
+	if r.next.Msg == nil {
+		r.next = rpc.Reused{Msg: &r.msg, Field: writeDataField}
+	}
+	if err := r.stream.RecvMsg(&r.next); err != nil {
+		return err
+	}
+	r.cur = r.next.Bytes
+	return nil
 }
 
 func (r *streamReader) Read(p []byte) (int, error) {
@@ -353,7 +371,7 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		if r.eof {
 			return 0, io.EOF
 		}
-		m, err := r.stream.Recv()
+		err := r.recv()
 		if errors.Is(err, io.EOF) {
 			r.eof = true
 			continue
@@ -361,7 +379,6 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		r.cur = m.Data
 	}
 	n := copy(p, r.cur)
 	r.cur = r.cur[n:]
@@ -373,13 +390,15 @@ func (r *streamReader) Read(p []byte) (int, error) {
 // space reclamation's safety rests on.
 func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
 	ctx := stream.Context()
-	first, err := stream.Recv()
-	w, err := s.firstWriter(first, err)
+	r := &streamReader{stream: stream}
+	// WritePublish has stopped reading when it returns.
+	defer r.next.Release()
+	w, err := s.firstWriter(&r.msg, r.recv())
 	if err != nil {
 		return toStatus(err)
 	}
-	ref, bin, err := s.publishWrite(ctx, first.Volume, func(publish func(context.Context, manifest.Ref) error) (manifest.Ref, bool, error) {
-		return w.WritePublish(ctx, &streamReader{stream: stream, cur: first.Data}, publish)
+	ref, bin, err := s.publishWrite(ctx, r.msg.Volume, func(publish func(context.Context, manifest.Ref) error) (manifest.Ref, bool, error) {
+		return w.WritePublish(ctx, r, publish)
 	})
 	if err != nil {
 		return toStatus(err)

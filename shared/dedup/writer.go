@@ -272,6 +272,8 @@ func (w *Writer) WritePublish(ctx context.Context, r io.Reader, publish func(con
 		return manifest.Ref{}, false, err
 	}
 	ch := chunker.New(r, cut)
+	// WriteChunks has stopped calling next when it returns.
+	defer ch.Release()
 	return w.WriteChunks(ctx, func() (Chunk, error) {
 		b, err := ch.Next()
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -796,6 +798,7 @@ func Digest(chunking policy.Chunking, r io.Reader) ([16]byte, error) {
 	}
 	d := newStreamDigest()
 	ch := chunker.New(r, cut)
+	defer ch.Release()
 	for {
 		b, err := ch.Next()
 		if errors.Is(err, io.EOF) {

@@ -81,3 +81,46 @@ func TestCodecRegistered(t *testing.T) {
 		}
 	}
 }
+
+// Reused decodes like proto.Unmarshal, the one field going to its buffer,
+// which later messages overwrite in place and Release hands on.
+func TestReusedDecodesLikeUnmarshal(t *testing.T) {
+	c := encoding.GetCodecV2("proto")
+	r := Reused{Msg: &bpb.PutRequest{}, Field: 2}
+	var storage *byte
+	for i, m := range []*bpb.PutRequest{
+		{Address: []byte("a1"), Data: bytes.Repeat([]byte{1}, 300<<10), Kind: bpb.BlockKind(1)},
+		{Address: []byte("a2"), Data: []byte("small")},
+		{Address: []byte("a3")},
+	} {
+		wire, err := c.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Unmarshal(wire, &r); err != nil {
+			t.Fatal(err)
+		}
+		got := r.Msg.(*bpb.PutRequest)
+		if !bytes.Equal(r.Bytes, m.Data) || !bytes.Equal(got.Address, m.Address) || got.Kind != m.Kind || got.Data != nil {
+			t.Fatalf("message %d decoded as %q/%d bytes/%v", i, got.Address, len(r.Bytes), got.Kind)
+		}
+		if i == 0 {
+			storage = &r.Bytes[:1][0]
+		} else if &r.Bytes[:1][0] != storage {
+			t.Fatalf("message %d got new storage", i)
+		}
+	}
+	// A repeated occurrence of the field: the last one wins, as in proto;
+	// a malformed message is an error.
+	wire := []byte{0x12, 5, 'f', 'i', 'r', 's', 't', 0x12, 1, 'x'}
+	if err := r.decode(wire); err != nil || string(r.Bytes) != "x" {
+		t.Fatalf("repeated field: %q, %v", r.Bytes, err)
+	}
+	if err := r.decode([]byte{0x12, 9, 'x'}); err == nil {
+		t.Fatal("a truncated field decoded")
+	}
+	r.Release()
+	if r.Bytes != nil {
+		t.Fatal("Release kept the buffer")
+	}
+}

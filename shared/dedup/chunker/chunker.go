@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"sync"
 )
 
 // ErrBadSize means the chunk sizes are out of range or inconsistent.
@@ -261,9 +262,30 @@ func (c *Chunker) Next() ([]byte, error) {
 	return chunk, nil
 }
 
+// bigPool keeps the bigBuf buffers of released chunkers: a new one is
+// memory the process touches for the first time, which on a VM costs
+// ~10 µs a page (2.5 ms per buffer).
+var bigPool sync.Pool // *[]byte of capacity bigBuf
+
+// Release hands the chunker's buffer to later chunkers. Neither the
+// chunker nor the chunks it returned may be used afterwards.
+func (c *Chunker) Release() {
+	if cap(c.buf) == bigBuf {
+		b := c.buf[:0]
+		bigPool.Put(&b)
+	}
+	c.buf, c.start, c.end, c.eof, c.err = nil, 0, 0, true, errReleased
+}
+
+var errReleased = errors.New("chunker: used after Release")
+
 func (c *Chunker) fill() {
 	if c.fills++; c.fills == 3 && len(c.buf) < bigBuf {
-		c.buf = append(make([]byte, 0, bigBuf), c.buf[c.start:c.end]...)[:bigBuf]
+		big := make([]byte, 0, bigBuf)
+		if p, ok := bigPool.Get().(*[]byte); ok {
+			big = *p
+		}
+		c.buf = append(big[:0], c.buf[c.start:c.end]...)[:bigBuf]
 	} else {
 		copy(c.buf, c.buf[c.start:c.end])
 	}

@@ -300,3 +300,44 @@ func lowEntropy(seed uint64, n int) []byte {
 }
 
 func abs(n int) int { return max(n, -n) }
+
+// A released chunker's buffer serves the next long stream, which is cut
+// exactly as with a new one; the released chunker refuses to go on.
+func TestReleaseReusesTheBuffer(t *testing.T) {
+	c, _ := NewFastCDC(16<<10, 64<<10, 256<<10)
+	a, b := randBytes(11, 6<<20), randBytes(12, 5<<20)
+	var want []int
+	for _, k := range chunks(t, b, c, 1<<20) {
+		want = append(want, len(k))
+	}
+	ch := New(bytes.NewReader(a), c)
+	for range 40 {
+		if _, err := ch.Next(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ch.Release()
+	if _, err := ch.Next(); err == nil || errors.Is(err, io.EOF) {
+		t.Fatalf("Next after Release: %v, want an error", err)
+	}
+	for range 3 {
+		ch = New(&slowReader{data: b, n: 1 << 20}, c)
+		var got []int
+		var all []byte
+		for {
+			k, err := ch.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, len(k))
+			all = append(all, k...)
+		}
+		if !slices.Equal(got, want) || !bytes.Equal(all, b) {
+			t.Fatalf("a stream cut with a reused buffer differs: %d chunks vs %d", len(got), len(want))
+		}
+		ch.Release()
+	}
+}
