@@ -274,8 +274,13 @@ func span(ctx context.Context, name string, addr []byte) trace.Span {
 	return sp
 }
 
+// A Put's data is done with when it returns (the silo writes it through),
+// so the codec decodes it into a pooled buffer.
+func init() { rpc.PoolField(&pb.PutRequest{}, "data") }
+
 // Put validates and stores a block.
 func (n *Node) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	defer rpc.Release(req)
 	addr, err := block.FromBytes(req.Address)
 	if err != nil {
 		return nil, toStatus(err)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -418,11 +419,27 @@ func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w 
 	if len(targets) < w {
 		return fmt.Errorf("%w: %d nodes up, need %d", ErrQuorum, len(targets), w)
 	}
+	release := func() {}
 	if w < len(targets) {
 		// The writes past the quorum outlive this call, and a caller may
 		// reuse its buffer once Put returns (the dedup pipeline pools
-		// them): those writes must not read it.
-		data = bytes.Clone(data)
+		// them): those writes must not read it. A large block's copy is
+		// pooled and goes back after the last write: each travels alone in
+		// a unary call (putOne), which is done with it when it returns.
+		if len(data) > batchMaxBlock {
+			buf := rpc.Buffer(len(data))
+			copy(*buf, data)
+			data = *buf
+			var left atomic.Int32
+			left.Store(int32(len(targets)))
+			release = func() {
+				if left.Add(-1) == 0 {
+					rpc.FreeBuffer(buf)
+				}
+			}
+		} else {
+			data = bytes.Clone(data)
+		}
 	}
 	req := &bpb.PutRequest{Address: addr[:], Data: data, Kind: bpb.BlockKind_BLOCK_KIND_IMMUTABLE}
 	type result struct {
@@ -435,10 +452,12 @@ func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w 
 	bgctx := context.WithoutCancel(ctx)
 	for _, n := range targets {
 		if !c.background(func() {
+			defer release()
 			cctx, cancel := c.callCtx(bgctx)
 			defer cancel()
 			results <- result{n.Id, c.putOne(cctx, n, req)}
 		}) {
+			release()
 			results <- result{n.Id, ErrClosed}
 		}
 	}

@@ -3,12 +3,14 @@ package rpc
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registered first, so ours replaces it
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // codec is gRPC's protobuf codec with Shoal's message buffer pool in place
@@ -58,6 +60,11 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	buf := data.MaterializeToBuffer(messagePool)
 	defer buf.Free()
+	if anyPooled.Load() {
+		if fd, ok := pooledFields.Load(m.ProtoReflect().Descriptor().FullName()); ok {
+			return unmarshalPooled(buf.ReadOnlyData(), m, fd.(protoreflect.FieldDescriptor))
+		}
+	}
 	// proto.Unmarshal copies what it keeps, so the buffer can go back.
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
 }
@@ -97,24 +104,87 @@ func (r *Reused) decode(b []byte) error {
 			r.Bytes = *p
 		}
 	}
-	r.Bytes, r.rest = r.Bytes[:0], r.rest[:0]
+	v, rest, err := split(b, r.Field, r.rest[:0])
+	r.rest = rest
+	if err != nil {
+		return err
+	}
+	r.Bytes = append(r.Bytes[:0], v...)
+	return proto.Unmarshal(r.rest, r.Msg)
+}
+
+// split returns the value of the bytes field numbered field in the wire
+// message b (the last one, as proto does) and appends every other field to
+// rest.
+func split(b []byte, field protowire.Number, rest []byte) (value, _ []byte, _ error) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return protowire.ParseError(n)
+			return nil, rest, protowire.ParseError(n)
 		}
 		l := protowire.ConsumeFieldValue(num, typ, b[n:])
 		if l < 0 {
-			return protowire.ParseError(l)
+			return nil, rest, protowire.ParseError(l)
 		}
-		if num == r.Field && typ == protowire.BytesType {
-			// A repeated scalar field: the last one wins, as in proto.
-			v, _ := protowire.ConsumeBytes(b[n:])
-			r.Bytes = append(r.Bytes[:0], v...)
+		if num == field && typ == protowire.BytesType {
+			value, _ = protowire.ConsumeBytes(b[n:])
 		} else {
-			r.rest = append(r.rest, b[:n+l]...)
+			rest = append(rest, b[:n+l]...)
 		}
 		b = b[n+l:]
 	}
-	return proto.Unmarshal(r.rest, r.Msg)
+	return value, rest, nil
+}
+
+// pooledFields holds, by message name, the bytes field servers decode into
+// a buffer from the message pool (PoolField); pooled maps each message so
+// decoded to its buffer until Release.
+var (
+	pooledFields sync.Map // protoreflect.FullName → protoreflect.FieldDescriptor
+	anyPooled    atomic.Bool
+	pooled       sync.Map // proto.Message → *[]byte
+)
+
+// PoolField makes the codec decode the bytes field named field of every
+// received message of m's type into a buffer from the message pool, for
+// handlers that take a large payload and are done with it when they
+// return: a buffer of its own per message is mostly fresh pages (see
+// Reused). Such a handler calls Release(req) when nothing refers to the
+// field any more; a message it never releases keeps its buffer from the
+// pool until it does.
+func PoolField(m proto.Message, field protoreflect.Name) {
+	d := m.ProtoReflect().Descriptor()
+	fd := d.Fields().ByName(field)
+	if fd == nil || fd.Kind() != protoreflect.BytesKind || fd.Cardinality() == protoreflect.Repeated {
+		panic(fmt.Sprintf("rpc: %s has no singular bytes field %q", d.FullName(), field))
+	}
+	pooledFields.Store(d.FullName(), fd)
+	anyPooled.Store(true)
+}
+
+// Release gives back the buffer of a message the codec decoded under
+// PoolField; other messages are left alone. m's pooled field must no
+// longer be used.
+func Release(m proto.Message) {
+	if b, ok := pooled.LoadAndDelete(m); ok {
+		messagePool.Put(b.(*[]byte))
+	}
+}
+
+func unmarshalPooled(b []byte, m proto.Message, fd protoreflect.FieldDescriptor) error {
+	v, rest, err := split(b, fd.Number(), nil)
+	if err != nil {
+		return err
+	}
+	if err := proto.Unmarshal(rest, m); err != nil {
+		return err
+	}
+	if v == nil {
+		return nil
+	}
+	buf := messagePool.Get(len(v))
+	copy(*buf, v)
+	m.ProtoReflect().Set(fd, protoreflect.ValueOfBytes((*buf)[:len(v)]))
+	pooled.Store(m, buf)
+	return nil
 }

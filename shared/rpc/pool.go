@@ -62,3 +62,11 @@ func (p *bufferPool) Put(b *[]byte) {
 		pool.Put(b) // only buffers of exactly a class size: Get relies on it
 	}
 }
+
+// Buffer returns n bytes, not zeroed, from the pool gRPC messages use: for
+// a caller that copies a large payload it will be done with soon (a
+// buffer of its own would be fresh pages; see Reused).
+func Buffer(n int) *[]byte { return messagePool.Get(n) }
+
+// FreeBuffer gives back a buffer from Buffer; it must no longer be used.
+func FreeBuffer(b *[]byte) { messagePool.Put(b) }

@@ -124,3 +124,36 @@ func TestReusedDecodesLikeUnmarshal(t *testing.T) {
 		t.Fatal("Release kept the buffer")
 	}
 }
+
+// A PoolField message decodes as proto.Unmarshal would, its field in a
+// pooled buffer that Release gives back; other messages are left alone.
+func TestPoolField(t *testing.T) {
+	PoolField(&bpb.PutRequest{}, "data")
+	c := encoding.GetCodecV2("proto")
+	m := &bpb.PutRequest{Address: []byte("addr"), Data: bytes.Repeat([]byte{7}, 200<<10), Kind: bpb.BlockKind(2)}
+	wire, err := c.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &bpb.PutRequest{}
+	if err := c.Unmarshal(wire, got); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got, m) {
+		t.Fatal("a pooled decode differs from the message sent")
+	}
+	if _, ok := pooled.Load(got); !ok {
+		t.Fatal("the decoded message holds no pooled buffer")
+	}
+	Release(got)
+	Release(m) // not decoded here: nothing happens
+	if _, ok := pooled.Load(got); ok {
+		t.Fatal("Release kept the buffer")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("PoolField accepted a field that is not bytes")
+		}
+	}()
+	PoolField(&bpb.PutRequest{}, "kind")
+}
