@@ -92,6 +92,13 @@ func TestOneNodeDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Put returns at W=2 acknowledgements; the third replica's write may
+	// still be on its way, and this node must hold the block to show it
+	// kept it across the restart below.
+	framework.Eventually(t, 10*time.Second, "node-2 holds the block", func() bool {
+		got, _, err := c.Nodes[1].Silo().Get(a1)
+		return err == nil && bytes.Equal(got, before)
+	})
 	c.StopNode(1)
 	// Before the failure detector notices, and after.
 	for round := range 2 {

@@ -11,6 +11,7 @@ import (
 	"shoal/shared/dedup"
 	"shoal/shared/dedup/manifest"
 	"shoal/shared/dedup/policy"
+	"shoal/shared/rpc"
 )
 
 // Limits on what an offering client may have outstanding: chunks per
@@ -31,13 +32,15 @@ const (
 // registers the reference as a live root before it returns.
 func (s *Service) WriteOffered(stream dpb.Dedup_WriteOfferedServer) error {
 	ctx := stream.Context()
-	first, err := stream.Recv()
-	w, err := s.firstWriter(first, err)
+	src := &offerSource{ctx: ctx, stream: stream}
+	// WriteChunks has stopped calling src.next when it returns.
+	defer src.in.Release()
+	w, err := s.firstWriter(&src.msg, src.recv())
 	if err != nil {
 		return toStatus(err)
 	}
-	src := &offerSource{ctx: ctx, w: w, chunking: w.Policy().Chunking, stream: stream, pending: first}
-	ref, bin, err := s.publishWrite(ctx, first.Volume, func(publish func(context.Context, manifest.Ref) error) (manifest.Ref, bool, error) {
+	src.w, src.chunking, src.pending = w, w.Policy().Chunking, true
+	ref, bin, err := s.publishWrite(ctx, src.msg.Volume, func(publish func(context.Context, manifest.Ref) error) (manifest.Ref, bool, error) {
 		return w.WriteChunks(ctx, src.next, publish)
 	})
 	if err != nil {
@@ -65,10 +68,13 @@ type offerSource struct {
 	w        *dedup.Writer
 	chunking policy.Chunking
 	stream   dpb.Dedup_WriteOfferedServer
-	pending  *dpb.OfferRequest // received, not yet handled
+	in       rpc.Reused       // each message's data, in one pooled buffer
+	msg      dpb.OfferRequest // the rest of it
+	pending  bool             // msg and in are received, not yet handled
 
 	windows []*offerWindow
 	pos     int    // next chunk of windows[0]
+	acc     []byte // holds buf: data moves here as it arrives
 	buf     []byte // received bytes not yet handed out
 	owed    int64  // bytes asked for and not yet received
 	short   bool   // the last chunk offered was shorter than the policy cuts
@@ -104,8 +110,8 @@ func (o *offerSource) next() (dedup.Chunk, error) {
 		if o.eof {
 			return dedup.Chunk{}, fmt.Errorf("%w: the stream ended before the bytes asked for", dedup.ErrOffer)
 		}
-		if o.pending == nil {
-			m, err := o.stream.Recv()
+		if !o.pending {
+			err := o.recv()
 			if errors.Is(err, io.EOF) {
 				o.eof = true
 				if len(o.buf) > 0 {
@@ -116,29 +122,39 @@ func (o *offerSource) next() (dedup.Chunk, error) {
 			if err != nil {
 				return dedup.Chunk{}, err
 			}
-			o.pending = m
 		}
-		m := o.pending
-		o.pending = nil
-		if err := o.handle(m); err != nil {
+		o.pending = false
+		if err := o.handle(&o.msg, o.in.Bytes); err != nil {
 			return dedup.Chunk{}, err
 		}
 	}
 }
 
+// offerDataField is OfferRequest.data's field number.
+var offerDataField = (&dpb.OfferRequest{}).ProtoReflect().Descriptor().Fields().ByName("data").Number()
+
+// recv receives the next message into o.msg, its data into o.in.
+func (o *offerSource) recv() error {
+	if o.in.Msg == nil {
+		o.in = rpc.Reused{Msg: &o.msg, Field: offerDataField}
+	}
+	return o.stream.RecvMsg(&o.in)
+}
+
 // handle takes in one message: bytes first, then an offer, which it
 // answers.
-func (o *offerSource) handle(m *dpb.OfferRequest) error {
-	if len(m.Data) > 0 {
-		if int64(len(m.Data)) > o.owed {
+func (o *offerSource) handle(m *dpb.OfferRequest, data []byte) error {
+	if len(data) > 0 {
+		if int64(len(data)) > o.owed {
 			return fmt.Errorf("%w: bytes sent that were not asked for", dedup.ErrOffer)
 		}
-		o.owed -= int64(len(m.Data))
-		if len(o.buf) == 0 {
-			o.buf = m.Data // no copy: the chunk is copied when handed out
-		} else {
-			o.buf = append(o.buf[:len(o.buf):len(o.buf)], m.Data...)
-		}
+		o.owed -= int64(len(data))
+		// The next message is decoded over data, so it moves to acc, behind
+		// what is left of the previous ones (moved to the front: chunks
+		// handed out before are copied by then).
+		n := copy(o.acc[:len(o.buf)], o.buf)
+		o.acc = append(o.acc[:n], data...)
+		o.buf = o.acc
 	}
 	if len(m.Lengths) == 0 && len(m.Sums) == 0 {
 		return nil

@@ -89,6 +89,35 @@ func BenchmarkChunkZstdHashTextOneCore(b *testing.B) {
 	}
 }
 
+// BenchmarkZstdTextOneCore is the baseline for the zstd rows: the same
+// chunks, only compressed (cut beforehand, no hashing).
+func BenchmarkZstdTextOneCore(b *testing.B) {
+	data := goSource(b, 64<<20)
+	cut, _ := chunker.NewFastCDC(16<<10, 64<<10, 256<<10)
+	var chunks [][]byte
+	for rest := data; len(rest) > 0; {
+		n := cut.Cut(rest)
+		chunks, rest = append(chunks, rest[:n]), rest[n:]
+	}
+	for _, level := range []int{1, 3} {
+		b.Run(fmt.Sprintf("zstd%d", level), func(b *testing.B) {
+			s, err := seal.New(policy.Compression{Algo: policy.Zstd, Level: level}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			dst := make([]byte, 0, 300<<10)
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				for _, c := range chunks {
+					if _, _, _, err := s.Seal(dst, c); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkChunkZstdHashRandomOneCore(b *testing.B) {
 	benchChunkSeal(b, randData(1, 64<<20), policy.Compression{Algo: policy.Zstd, Level: 3}, nil)
 }
