@@ -86,3 +86,19 @@ func (m *cpuMeter) perMiBOf(who string, bytes int64) string {
 	}
 	return fmt.Sprintf(", %s CPU %.1f ms/MiB", who, float64(d)/float64(time.Millisecond)/(float64(bytes)/(1<<20)))
 }
+
+// settle waits until process pid is idle (under a tenth of a core for
+// 200 ms, at most 30 s): a phase's writes acknowledged at the quorum leave
+// replica writes, index and compaction work running after it, and the next
+// phase would otherwise measure that too.
+func settle(pid int) {
+	prev, err := procCPU(pid)
+	for deadline := time.Now().Add(30 * time.Second); err == nil && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		var now time.Duration
+		if now, err = procCPU(pid); err == nil && now-prev < 20*time.Millisecond {
+			return
+		}
+		prev = now
+	}
+}

@@ -84,6 +84,7 @@ func s3Bench(dataDir string, raw float64) {
 			rate := float64(n*64<<20) / put.total.Seconds()
 			add(fmt.Sprintf("S3 PUT 64 MiB, %s, %d clients", b.label, *s3BigConc), mbs(rate),
 				fmt.Sprintf("%.0f%% of %s%s", 100*rate/(raw/div), b.ref, cpu.perMiB(int64(n)<<26)))
+			settle(cmd.Process.Pid)
 			cpu = startCPU(cmd.Process.Pid)
 			get := measure(n, *s3BigConc, func(i int) {
 				o, err := c.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(fmt.Sprintf("big/%d", i))})
