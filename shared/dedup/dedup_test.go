@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
 	"shoal/shared/block"
@@ -564,5 +565,66 @@ func TestSmallStreamInlineRoot(t *testing.T) {
 	ref := write(t, memstore.New(), p, nil, mixedData(22, 1<<20))
 	if ref.Inline != "" || ref.Root.IsZero() {
 		t.Fatal("a 256-chunk stream got an inline root")
+	}
+}
+
+// Erasure-coded chunks are joined into pooled buffers that a read gives
+// back as it moves past them or closes: readers running side by side,
+// closing early, must each keep seeing their own bytes.
+func TestPooledStripesStayTheirs(t *testing.T) {
+	p := mustPolicy(t, "chunk=cdc:16k/64k/256k,compress=none,redundancy=ec:4+2")
+	store := memstore.New()
+	datas := [][]byte{randData(21, 3<<20+5), randData(22, 2<<20+99), randData(23, 4<<20)}
+	refs := make([]manifest.Ref, len(datas))
+	for i, d := range datas {
+		refs[i] = write(t, store, p, nil, d)
+	}
+	r := newReader(t, store, dedup.ReaderConfig{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for range 8 {
+				i := rng.IntN(len(datas))
+				d := datas[i]
+				off := rng.Int64N(int64(len(d)))
+				stop := off + rng.Int64N(int64(len(d))-off+1) // may close early
+				rc, err := r.Read(context.Background(), refs[i], off, -1)
+				if err != nil {
+					errs <- err
+					return
+				}
+				buf := make([]byte, 1+rng.IntN(100<<10))
+				pos := off
+				for pos < stop {
+					n, err := rc.Read(buf[:min(int64(len(buf)), stop-pos)])
+					if !bytes.Equal(buf[:n], d[pos:pos+int64(n)]) {
+						errs <- fmt.Errorf("stream %d at %d: wrong bytes", i, pos)
+						return
+					}
+					pos += int64(n)
+					if err != nil {
+						errs <- fmt.Errorf("stream %d at %d: %w", i, pos, err)
+						return
+					}
+				}
+				if err := rc.Close(); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := rc.Read(buf); err == nil {
+					errs <- fmt.Errorf("a read after Close succeeded")
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }

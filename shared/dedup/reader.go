@@ -323,31 +323,43 @@ func corrupt(err error) error {
 	return err
 }
 
-// loadChunk fetches, verifies and opens one chunk.
-func (r *Reader) loadChunk(ctx context.Context, v *view, c *manifest.Chunk) ([]byte, error) {
+// loadChunk fetches, verifies and opens one chunk. pooled means the result
+// is a buffer of this package's pool (getBuf) that nothing else refers to:
+// the caller may give it back with putBuf once done with it.
+func (r *Reader) loadChunk(ctx context.Context, v *view, c *manifest.Chunk) (plain []byte, pooled bool, _ error) {
 	var stored []byte
 	if v.ec != nil {
 		var err error
 		if stored, err = r.loadStripe(ctx, v, c, false, r.cfg.OnDamage); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	} else {
 		// Verified against its address by the store (hashing it again
 		// here was a fifth of the tier's CPU on reads).
 		data, err := r.store.Get(ctx, c.Addr)
 		if err != nil {
-			return nil, fmt.Errorf("dedup: chunk %s: %w", c.Addr, corrupt(err))
+			return nil, false, fmt.Errorf("dedup: chunk %s: %w", c.Addr, corrupt(err))
 		}
 		if len(data) != c.Stored {
-			return nil, fmt.Errorf("%w: chunk %s is %d bytes, the manifest says %d", ErrCorrupt, c.Addr, len(data), c.Stored)
+			return nil, false, fmt.Errorf("%w: chunk %s is %d bytes, the manifest says %d", ErrCorrupt, c.Addr, len(data), c.Stored)
 		}
 		stored = data
 	}
 	plain, err := v.sealer.Open(nil, stored, c.Seed, c.Compressed, c.Logical)
-	if err != nil {
-		return nil, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
+	if v.ec == nil {
+		return plain, false, err
 	}
-	return plain, nil
+	// A stripe's join is pooled; opening it as is returns it itself.
+	if err != nil || len(plain) == 0 || &plain[0] != &stored[0] {
+		putBuf(stored)
+		pooled = false
+	} else {
+		pooled = true
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
+	}
+	return plain, pooled, nil
 }
 
 // loadStripe gets a chunk's stored bytes from its shards. It asks for the k
@@ -410,8 +422,13 @@ func (r *Reader) loadStripe(ctx context.Context, v *view, c *manifest.Chunk, all
 		}
 	}
 	repair := r.cfg.Repair && len(bad) > 0
-	data, err := v.ec.Reconstruct(shards, c.Stored, repair)
+	// The join goes into a pooled buffer: a new one per chunk was mostly
+	// pages this process had not touched (see rpc.Reused), a tenth of a
+	// direct EC get's CPU in page faults.
+	buf := getBuf(size * k)
+	data, err := v.ec.Reconstruct(buf, shards, c.Stored, repair)
 	if err != nil {
+		putBuf(buf)
 		r.report(onDamage, c, bad, errs, nil)
 		return nil, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
 	}
@@ -421,6 +438,7 @@ func (r *Reader) loadStripe(ctx context.Context, v *view, c *manifest.Chunk, all
 	// it again would only re-check the writer (a quarter of an EC get's
 	// hashing). A chunk rebuilt from parity is checked whole.
 	if len(bad) > 0 && block.Sum(data) != c.Addr {
+		putBuf(data)
 		return nil, fmt.Errorf("%w: chunk %s rebuilt from shards does not match its address", ErrCorrupt, c.Addr)
 	}
 	if len(bad) > 0 {
@@ -517,7 +535,7 @@ func (r *Reader) Read(ctx context.Context, ref manifest.Ref, off, n int64) (io.R
 			go func() {
 				defer rr.wg.Done()
 				defer close(f.done)
-				f.data, f.err = r.loadChunk(ctx, v, c)
+				f.data, f.pooled, f.err = r.loadChunk(ctx, v, c)
 			}()
 			if base+int64(c.Logical) >= end {
 				return
@@ -541,21 +559,40 @@ func (r *Reader) Read(ctx context.Context, ref manifest.Ref, off, n int64) (io.R
 type future struct {
 	done      chan struct{}
 	data      []byte
+	pooled    bool // data goes back to the pool once read (loadChunk)
 	err       error
 	skip, lim int64
+}
+
+// release gives back f's data if it is pooled; f is done.
+func (f *future) release() {
+	if f != nil && f.pooled {
+		putBuf(f.data)
+		f.data, f.pooled = nil, false
+	}
 }
 
 type rangeReader struct {
 	cancel  context.CancelFunc
 	futures chan *future
 	wg      sync.WaitGroup
-	cur     []byte
-	err     error
-	closed  bool
+	// mu: a Close racing a Read must not give a buffer back twice.
+	mu     sync.Mutex
+	last   *future // the one cur is read from
+	cur    []byte
+	err    error
+	closed bool
 }
 
 func (rr *rangeReader) Read(p []byte) (int, error) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if rr.closed {
+		return 0, errClosedRead
+	}
 	for len(rr.cur) == 0 {
+		rr.last.release()
+		rr.last = nil
 		if rr.err != nil {
 			return 0, rr.err
 		}
@@ -569,22 +606,29 @@ func (rr *rangeReader) Read(p []byte) (int, error) {
 			rr.err = f.err
 			continue
 		}
-		rr.cur = f.data[f.skip:f.lim]
+		rr.cur, rr.last = f.data[f.skip:f.lim], f
 	}
 	n := copy(p, rr.cur)
 	rr.cur = rr.cur[n:]
 	return n, nil
 }
 
+var errClosedRead = errors.New("dedup: read after close")
+
 // Close stops the readahead and waits for it.
 func (rr *rangeReader) Close() error {
+	rr.cancel() // first: a Read blocked on a future holds mu
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
 	if rr.closed {
 		return nil
 	}
 	rr.closed = true
-	rr.cancel()
+	rr.last.release()
+	rr.cur, rr.last = nil, nil
 	for f := range rr.futures {
 		<-f.done
+		f.release()
 	}
 	rr.wg.Wait()
 	return nil

@@ -79,9 +79,10 @@ func (c *Code) Encode(data []byte) ([][]byte, error) {
 }
 
 // Reconstruct fills the nil entries of shards (all k+m when all is true,
-// else only the data shards) and returns the first n bytes of the data.
-// Present shards must be ShardSize(n) long and already verified.
-func (c *Code) Reconstruct(shards [][]byte, n int, all bool) ([]byte, error) {
+// else only the data shards) and returns the first n bytes of the data, in
+// dst's storage when it is large enough. Present shards must be
+// ShardSize(n) long and already verified.
+func (c *Code) Reconstruct(dst []byte, shards [][]byte, n int, all bool) ([]byte, error) {
 	size := c.ShardSize(n)
 	if len(shards) != c.k+c.m || n <= 0 {
 		return nil, fmt.Errorf("%w: %d shards for %d+%d", ErrParams, len(shards), c.k, c.m)
@@ -110,7 +111,10 @@ func (c *Code) Reconstruct(shards [][]byte, n int, all bool) ([]byte, error) {
 			return nil, fmt.Errorf("%w: %v", ErrTooFewShards, err)
 		}
 	}
-	out := make([]byte, 0, size*c.k)
+	out := dst[:0]
+	if cap(out) < size*c.k {
+		out = make([]byte, 0, size*c.k)
+	}
 	for _, s := range shards[:c.k] {
 		out = append(out, s...)
 	}

@@ -28,7 +28,7 @@ func TestEncodeReconstruct(t *testing.T) {
 						s[i] = bytes.Clone(shards[i])
 					}
 				}
-				got, err := c.Reconstruct(s, n, true)
+				got, err := c.Reconstruct(nil, s, n, true)
 				if err != nil || !bytes.Equal(got, data) {
 					t.Fatalf("%d bytes, lost %d,%d: %v", n, a, b, err)
 				}
@@ -38,7 +38,7 @@ func TestEncodeReconstruct(t *testing.T) {
 			}
 		}
 		s := [][]byte{nil, nil, nil, shards[3], shards[4], shards[5]}
-		if _, err := c.Reconstruct(s, n, false); !errors.Is(err, ErrTooFewShards) {
+		if _, err := c.Reconstruct(nil, s, n, false); !errors.Is(err, ErrTooFewShards) {
 			t.Fatalf("3 lost: %v", err)
 		}
 	}
