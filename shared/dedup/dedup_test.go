@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"shoal/shared/block"
@@ -568,13 +569,44 @@ func TestSmallStreamInlineRoot(t *testing.T) {
 	}
 }
 
-// Erasure-coded chunks are joined into pooled buffers that a read gives
-// back as it moves past them or closes: readers running side by side,
+// poisonStore is a memstore whose reads return copies of their own that
+// Recycle overwrites, as a pool's next user would: a reader that gives
+// back bytes it still reads from sees the poison.
+type poisonStore struct {
+	*memstore.Store
+	recycled atomic.Int64
+}
+
+func (p *poisonStore) Get(ctx context.Context, a block.Address) ([]byte, error) {
+	b, err := p.Store.Get(ctx, a)
+	return bytes.Clone(b), err
+}
+
+func (p *poisonStore) GetShard(ctx context.Context, stripe block.Address, rank int, a block.Address) ([]byte, error) {
+	b, err := p.Store.GetShard(ctx, stripe, rank, a)
+	return bytes.Clone(b), err
+}
+
+func (p *poisonStore) Recycle(b []byte) {
+	for i := range b {
+		b[i] = 0xEE
+	}
+	p.recycled.Add(1)
+}
+
+// Chunks are read into buffers that a read gives back as it moves past
+// them or closes (a stripe's join to the package's pool, a block's bytes
+// and a stripe's shards to the store): readers running side by side,
 // closing early, must each keep seeing their own bytes.
-func TestPooledStripesStayTheirs(t *testing.T) {
-	p := mustPolicy(t, "chunk=cdc:16k/64k/256k,compress=none,redundancy=ec:4+2")
-	store := memstore.New()
-	datas := [][]byte{randData(21, 3<<20+5), randData(22, 2<<20+99), randData(23, 4<<20)}
+func TestPooledChunksStayTheirs(t *testing.T) {
+	for _, ps := range []string{"chunk=cdc:16k/64k/256k,compress=none,redundancy=ec:4+2", "chunk=cdc:16k/64k/256k,compress=none", "chunk=cdc:16k/64k/256k,compress=zstd:1"} {
+		t.Run(ps, func(t *testing.T) { readSideBySide(t, mustPolicy(t, ps)) })
+	}
+}
+
+func readSideBySide(t *testing.T, p policy.Policy) {
+	store := &poisonStore{Store: memstore.New()}
+	datas := [][]byte{randData(21, 3<<20+5), mixedData(22, 2<<20+99), randData(23, 4<<20)}
 	refs := make([]manifest.Ref, len(datas))
 	for i, d := range datas {
 		refs[i] = write(t, store, p, nil, d)
@@ -626,5 +658,8 @@ func TestPooledStripesStayTheirs(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+	if store.recycled.Load() == 0 {
+		t.Fatal("the reads gave nothing back to the store")
 	}
 }

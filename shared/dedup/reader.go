@@ -55,7 +55,15 @@ type Reader struct {
 	keyed  *seal.Sealer
 	nodes  nodeCache
 	damage sync.Mutex // serializes OnDamage calls
+	// recycle gives back a chunk's or shard's bytes to the store that
+	// returned them (nil: the store does not take them back).
+	recycle func([]byte)
 }
+
+// A recycler is a BlockStore whose Get and GetShard results are the
+// caller's own, to hand back with Recycle when done (dht.Client's are
+// pooled buffers).
+type recycler interface{ Recycle([]byte) }
 
 // NewReader checks cfg and returns a Reader.
 func NewReader(store BlockStore, cfg ReaderConfig) (*Reader, error) {
@@ -69,6 +77,9 @@ func NewReader(store BlockStore, cfg ReaderConfig) (*Reader, error) {
 		cfg.NodeCache = 256
 	}
 	r := &Reader{store: store, cfg: cfg}
+	if rc, ok := store.(recycler); ok {
+		r.recycle = rc.Recycle
+	}
 	r.nodes.max = cfg.NodeCache
 	var err error
 	if r.plain, err = seal.New(policy.Compression{}, nil); err != nil {
@@ -323,43 +334,51 @@ func corrupt(err error) error {
 	return err
 }
 
-// loadChunk fetches, verifies and opens one chunk. pooled means the result
-// is a buffer of this package's pool (getBuf) that nothing else refers to:
-// the caller may give it back with putBuf once done with it.
-func (r *Reader) loadChunk(ctx context.Context, v *view, c *manifest.Chunk) (plain []byte, pooled bool, _ error) {
+// loadChunk fetches, verifies and opens one chunk. A non-nil free takes
+// the result back once the caller is done with it (nothing else refers to
+// it): a stripe's join goes back to this package's pool, a block's bytes
+// to its store.
+func (r *Reader) loadChunk(ctx context.Context, v *view, c *manifest.Chunk) (plain []byte, free func([]byte), _ error) {
 	var stored []byte
+	free = r.recycle
 	if v.ec != nil {
 		var err error
 		if stored, err = r.loadStripe(ctx, v, c, false, r.cfg.OnDamage); err != nil {
-			return nil, false, err
+			return nil, nil, err
 		}
+		free = putBuf
 	} else {
 		// Verified against its address by the store (hashing it again
 		// here was a fifth of the tier's CPU on reads).
 		data, err := r.store.Get(ctx, c.Addr)
 		if err != nil {
-			return nil, false, fmt.Errorf("dedup: chunk %s: %w", c.Addr, corrupt(err))
+			return nil, nil, fmt.Errorf("dedup: chunk %s: %w", c.Addr, corrupt(err))
 		}
 		if len(data) != c.Stored {
-			return nil, false, fmt.Errorf("%w: chunk %s is %d bytes, the manifest says %d", ErrCorrupt, c.Addr, len(data), c.Stored)
+			if free != nil {
+				free(data)
+			}
+			return nil, nil, fmt.Errorf("%w: chunk %s is %d bytes, the manifest says %d", ErrCorrupt, c.Addr, len(data), c.Stored)
 		}
 		stored = data
 	}
 	plain, err := v.sealer.Open(nil, stored, c.Seed, c.Compressed, c.Logical)
-	if v.ec == nil {
-		return plain, false, err
+	if free == nil {
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
+		}
+		return plain, nil, nil
 	}
-	// A stripe's join is pooled; opening it as is returns it itself.
+	// Opening a chunk stored as is returns the stored bytes themselves;
+	// otherwise they are done with here.
 	if err != nil || len(plain) == 0 || &plain[0] != &stored[0] {
-		putBuf(stored)
-		pooled = false
-	} else {
-		pooled = true
+		free(stored)
+		free = nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
+		return nil, nil, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
 	}
-	return plain, pooled, nil
+	return plain, free, nil
 }
 
 // loadStripe gets a chunk's stored bytes from its shards. It asks for the k
@@ -447,6 +466,14 @@ func (r *Reader) loadStripe(ctx context.Context, v *view, c *manifest.Chunk, all
 			repairErrs = r.repair(ctx, c, shards, bad)
 		}
 		r.report(onDamage, c, bad, errs, repairErrs)
+	} else if r.recycle != nil {
+		// Joined, the shards are done with (a repair's puts may still hold
+		// them, so only when there was none).
+		for _, s := range shards {
+			if s != nil {
+				r.recycle(s)
+			}
+		}
 	}
 	return data, nil
 }
@@ -535,7 +562,7 @@ func (r *Reader) Read(ctx context.Context, ref manifest.Ref, off, n int64) (io.R
 			go func() {
 				defer rr.wg.Done()
 				defer close(f.done)
-				f.data, f.pooled, f.err = r.loadChunk(ctx, v, c)
+				f.data, f.free, f.err = r.loadChunk(ctx, v, c)
 			}()
 			if base+int64(c.Logical) >= end {
 				return
@@ -559,16 +586,16 @@ func (r *Reader) Read(ctx context.Context, ref manifest.Ref, off, n int64) (io.R
 type future struct {
 	done      chan struct{}
 	data      []byte
-	pooled    bool // data goes back to the pool once read (loadChunk)
+	free      func([]byte) // takes data back once read (loadChunk)
 	err       error
 	skip, lim int64
 }
 
-// release gives back f's data if it is pooled; f is done.
+// release gives back f's data if it can; f is done.
 func (f *future) release() {
-	if f != nil && f.pooled {
-		putBuf(f.data)
-		f.data, f.pooled = nil, false
+	if f != nil && f.free != nil {
+		f.free(f.data)
+		f.data, f.free = nil, nil
 	}
 }
 

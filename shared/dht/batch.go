@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	bpb "shoal/proto/blockstorepb"
 	ppb "shoal/proto/placementpb"
@@ -41,6 +42,18 @@ const (
 	largeGet         = 128 << 10
 	largeGetInflight = 8
 )
+
+// A block read's bytes arrive in buffers of the message pool, each the
+// caller's own (a new slice per block was mostly pages the process had
+// not touched): Recycle gives one back.
+func init() {
+	rpc.PoolItems(&bpb.GetBatchResponse{}, "results", "data", func(m proto.Message, b []byte) { m.(*bpb.BatchResult).Data = b })
+}
+
+// Recycle gives back the bytes of a block that Get or GetShard returned,
+// once the caller is done with them and nothing refers to them. A caller
+// may also just drop them.
+func (c *Client) Recycle(b []byte) { rpc.FreeBuffer(&b) }
 
 type batchResult struct {
 	r   *bpb.BatchResult

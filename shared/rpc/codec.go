@@ -61,8 +61,12 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(messagePool)
 	defer buf.Free()
 	if anyPooled.Load() {
-		if fd, ok := pooledFields.Load(m.ProtoReflect().Descriptor().FullName()); ok {
+		name := m.ProtoReflect().Descriptor().FullName()
+		if fd, ok := pooledFields.Load(name); ok {
 			return unmarshalPooled(buf.ReadOnlyData(), m, fd.(protoreflect.FieldDescriptor))
+		}
+		if it, ok := pooledItems.Load(name); ok {
+			return unmarshalItems(buf.ReadOnlyData(), m, it.(itemFields))
 		}
 	}
 	// proto.Unmarshal copies what it keeps, so the buffer can go back.
@@ -186,5 +190,79 @@ func unmarshalPooled(b []byte, m proto.Message, fd protoreflect.FieldDescriptor)
 	copy(*buf, v)
 	m.ProtoReflect().Set(fd, protoreflect.ValueOfBytes((*buf)[:len(v)]))
 	pooled.Store(m, buf)
+	return nil
+}
+
+// pooledItems holds, by message name, the repeated message field whose
+// items' bytes field clients decode into pooled buffers (PoolItems).
+var pooledItems sync.Map // protoreflect.FullName → itemFields
+
+type itemFields struct {
+	list, data protoreflect.FieldDescriptor
+	set        func(item proto.Message, data []byte)
+}
+
+// PoolItems makes the codec decode, in every received message of m's
+// type, the bytes field named data of each item of its repeated message
+// field named list into a buffer from the message pool: a block read's
+// bytes, which would otherwise be a new slice of fresh pages per block
+// (see Reused). Each buffer is the receiver's own, which gives it back
+// with FreeBuffer once nothing refers to it, or drops it. set stores an
+// item's data in it (protoreflect would drop the buffer's capacity, which
+// FreeBuffer needs).
+func PoolItems(m proto.Message, list, data protoreflect.Name, set func(item proto.Message, data []byte)) {
+	d := m.ProtoReflect().Descriptor()
+	lf := d.Fields().ByName(list)
+	if lf == nil || lf.Kind() != protoreflect.MessageKind || !lf.IsList() {
+		panic(fmt.Sprintf("rpc: %s has no repeated message field %q", d.FullName(), list))
+	}
+	df := lf.Message().Fields().ByName(data)
+	if df == nil || df.Kind() != protoreflect.BytesKind || df.Cardinality() == protoreflect.Repeated {
+		panic(fmt.Sprintf("rpc: %s has no singular bytes field %q", lf.Message().FullName(), data))
+	}
+	pooledItems.Store(d.FullName(), itemFields{lf, df, set})
+	anyPooled.Store(true)
+}
+
+func unmarshalItems(b []byte, m proto.Message, f itemFields) error {
+	var rest []byte
+	var items [][]byte
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		l := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if l < 0 {
+			return protowire.ParseError(l)
+		}
+		if num == f.list.Number() && typ == protowire.BytesType {
+			v, _ := protowire.ConsumeBytes(b[n:])
+			items = append(items, v)
+		} else {
+			rest = append(rest, b[:n+l]...)
+		}
+		b = b[n+l:]
+	}
+	if err := proto.Unmarshal(rest, m); err != nil {
+		return err
+	}
+	list := m.ProtoReflect().Mutable(f.list).List()
+	for _, it := range items {
+		v, irest, err := split(it, f.data.Number(), nil)
+		if err != nil {
+			return err
+		}
+		item := list.NewElement()
+		if err := proto.Unmarshal(irest, item.Message().Interface()); err != nil {
+			return err
+		}
+		if len(v) > 0 {
+			buf := messagePool.Get(len(v))
+			copy(*buf, v)
+			f.set(item.Message().Interface(), (*buf)[:len(v)])
+		}
+		list.Append(item)
+	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -156,4 +157,45 @@ func TestPoolField(t *testing.T) {
 		}
 	}()
 	PoolField(&bpb.PutRequest{}, "kind")
+}
+
+// PoolItems decodes like proto.Unmarshal, each item's bytes in a buffer of
+// the message pool.
+func TestPoolItems(t *testing.T) {
+	setData := func(m proto.Message, b []byte) { m.(*bpb.BatchResult).Data = b }
+	PoolItems(&bpb.GetBatchResponse{}, "results", "data", setData)
+	c := encoding.GetCodecV2("proto")
+	m := &bpb.GetBatchResponse{Results: []*bpb.BatchResult{
+		{Data: bytes.Repeat([]byte{1}, 300<<10), Kind: bpb.BlockKind(1)},
+		{Code: 5, Message: "not found"},
+		{Data: []byte("small"), Existed: true},
+	}}
+	wire, err := c.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &bpb.GetBatchResponse{}
+	if err := c.Unmarshal(wire, got); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got, m) {
+		t.Fatalf("a pooled decode differs from the message sent: %v", got)
+	}
+	for i, r := range got.Results {
+		if d := r.Data; len(d) > 0 {
+			if _, want := (&bufferPool{}).class(len(d)); cap(d) != want {
+				t.Fatalf("item %d: %d bytes in a buffer of %d, not one of the pool's", i, len(d), cap(d))
+			}
+			FreeBuffer(&d)
+		}
+	}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer([]byte{0x0a, 5, 0x22, 9})}, &bpb.GetBatchResponse{}); err == nil {
+		t.Fatal("a truncated item decoded")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("PoolItems accepted a field that is not a list of messages")
+		}
+	}()
+	PoolItems(&bpb.GetBatchRequest{}, "addresses", "data", setData)
 }
