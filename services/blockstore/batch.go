@@ -8,10 +8,12 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "shoal/proto/blockstorepb"
 	"shoal/services/blockstore/silo"
 	"shoal/shared/block"
+	"shoal/shared/rpc"
 	"shoal/shared/telemetry"
 )
 
@@ -78,6 +80,24 @@ func (n *Node) PutBatch(ctx context.Context, req *pb.PutBatchRequest) (*pb.PutBa
 
 // GetBatch reads several blocks, each after the silo's checksum check, up
 // to GetBatchMaxBytes of data.
+// A GetBatch response's blocks are read into buffers of the message pool,
+// which the codec takes back once it has marshalled the response: a new
+// slice per block read was mostly pages the node process had not touched.
+// The response's blocks are its own (inline ones are copies too).
+func init() {
+	rpc.ReleaseAfterMarshal(&pb.GetBatchResponse{}, func(m proto.Message) {
+		for _, r := range m.(*pb.GetBatchResponse).Results {
+			if r.Data != nil {
+				d := r.Data
+				r.Data = nil
+				rpc.FreeBuffer(&d)
+			}
+		}
+	})
+}
+
+func pooledBlock(n int) []byte { return *rpc.Buffer(n) }
+
 func (n *Node) GetBatch(ctx context.Context, req *pb.GetBatchRequest) (*pb.GetBatchResponse, error) {
 	if len(req.Addresses) > MaxBatchItems {
 		return nil, status.Errorf(codes.InvalidArgument, "blockstore: at most %d items per batch", MaxBatchItems)
@@ -96,7 +116,7 @@ func (n *Node) GetBatch(ctx context.Context, req *pb.GetBatchRequest) (*pb.GetBa
 			results[i] = batchErr(err)
 			continue
 		}
-		data, kind, err := n.silo.Get(addr)
+		data, kind, err := n.silo.GetAlloc(addr, pooledBlock)
 		if err != nil {
 			results[i] = batchErr(err)
 			continue

@@ -30,6 +30,11 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("rpc: cannot marshal %T: not a proto.Message", v)
 	}
+	if anyRelease.Load() {
+		if f, ok := afterMarshal.Load(m.ProtoReflect().Descriptor().FullName()); ok {
+			defer f.(func(proto.Message))(m)
+		}
+	}
 	size := proto.Size(m)
 	// UseCachedSize reuses the Size just computed (m is not being mutated).
 	opts := proto.MarshalOptions{UseCachedSize: true}
@@ -265,4 +270,21 @@ func unmarshalItems(b []byte, m proto.Message, f itemFields) error {
 		list.Append(item)
 	}
 	return nil
+}
+
+// afterMarshal holds, by message name, what to do with a sent message once
+// marshalled (ReleaseAfterMarshal).
+var (
+	afterMarshal sync.Map // protoreflect.FullName → func(proto.Message)
+	anyRelease   atomic.Bool
+)
+
+// ReleaseAfterMarshal makes the codec call release on every message of
+// m's type once it has marshalled it: a server whose responses carry
+// pooled buffers (a node's block reads) gives them back there, since its
+// handler returns before the response is marshalled. Only for messages
+// that nothing reads after they are sent.
+func ReleaseAfterMarshal(m proto.Message, release func(proto.Message)) {
+	afterMarshal.Store(m.ProtoReflect().Descriptor().FullName(), release)
+	anyRelease.Store(true)
 }

@@ -199,3 +199,26 @@ func TestPoolItems(t *testing.T) {
 	}()
 	PoolItems(&bpb.GetBatchRequest{}, "addresses", "data", setData)
 }
+
+// A message registered with ReleaseAfterMarshal is released once marshalled,
+// and what was sent is what it held.
+func TestReleaseAfterMarshal(t *testing.T) {
+	var released []proto.Message
+	ReleaseAfterMarshal(&bpb.PutResponse{}, func(m proto.Message) { released = append(released, m) })
+	c := encoding.GetCodecV2("proto")
+	m := &bpb.PutResponse{Existed: true}
+	wire, err := c.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(released) != 1 || released[0] != m {
+		t.Fatalf("released %d messages, want this one once", len(released))
+	}
+	got := &bpb.PutResponse{}
+	if err := c.Unmarshal(wire, got); err != nil || !proto.Equal(got, m) {
+		t.Fatalf("sent %v, decoded %v (%v)", m, got, err)
+	}
+	if _, err := c.Marshal(&bpb.PutRequest{}); err != nil || len(released) != 1 {
+		t.Fatalf("another message type was released (%v)", err)
+	}
+}

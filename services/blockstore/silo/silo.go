@@ -673,6 +673,12 @@ func (s *Silo) DeleteIfUntouched(addr block.Address, before int64) (deleted, kep
 
 // Get returns the block's bytes after checking their checksum.
 func (s *Silo) Get(addr block.Address) ([]byte, block.Kind, error) {
+	return s.GetAlloc(addr, nil)
+}
+
+// GetAlloc is Get reading a segment-stored block into alloc(size) (a
+// caller's pool) rather than a new slice; nil alloc is Get.
+func (s *Silo) GetAlloc(addr block.Address, alloc func(int) []byte) ([]byte, block.Kind, error) {
 	if s.closed.Load() {
 		return nil, 0, ErrClosed
 	}
@@ -680,7 +686,7 @@ func (s *Silo) Get(addr block.Address) ([]byte, block.Kind, error) {
 	// A compaction may move the block and retire its segment between the
 	// index lookup and the read: the lookup is then simply made again.
 	for attempt := 0; ; attempt++ {
-		data, kind, retry, err := s.get(key, addr, attempt < maxGetAttempts-1)
+		data, kind, retry, err := s.get(key, addr, attempt < maxGetAttempts-1, alloc)
 		if !retry {
 			return data, kind, err
 		}
@@ -691,7 +697,7 @@ func (s *Silo) Get(addr block.Address) ([]byte, block.Kind, error) {
 // retired under it (each retirement means a compaction moved it).
 const maxGetAttempts = 4
 
-func (s *Silo) get(key []byte, addr block.Address, mayRetry bool) (data []byte, kind block.Kind, retry bool, err error) {
+func (s *Silo) get(key []byte, addr block.Address, mayRetry bool, alloc func(int) []byte) (data []byte, kind block.Kind, retry bool, err error) {
 	v, closer, err := s.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, 0, false, fmt.Errorf("%w: %s", block.ErrNotFound, addr)
@@ -717,7 +723,11 @@ func (s *Silo) get(key []byte, addr block.Address, mayRetry bool) (data []byte, 
 			}
 			return nil, 0, false, s.quarantine(key, raw, e, fmt.Errorf("%w: segment %d missing", ErrCorrupt, e.seg))
 		}
-		data = make([]byte, e.size)
+		if alloc != nil {
+			data = alloc(int(e.size))
+		} else {
+			data = make([]byte, e.size)
+		}
 		seg.rw.RLock()
 		if seg.retired {
 			seg.rw.RUnlock()

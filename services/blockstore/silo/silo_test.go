@@ -373,3 +373,25 @@ func TestPutMany(t *testing.T) {
 		t.Fatalf("after reopen: %d bytes in %d blocks", used, n)
 	}
 }
+
+// GetAlloc reads a segment-stored block into the caller's buffer, and an
+// inline one as Get does.
+func TestGetAlloc(t *testing.T) {
+	s := openT(t, t.TempDir(), Options{})
+	defer s.Close()
+	for _, n := range []int{100, 300 << 10} {
+		data := bytes.Repeat([]byte{byte(n)}, n)
+		addr := block.Sum(data)
+		if _, err := s.Put(addr, block.KindImmutable, data); err != nil {
+			t.Fatal(err)
+		}
+		calls := 0
+		got, _, err := s.GetAlloc(addr, func(size int) []byte { calls++; return make([]byte, size, size+7) })
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: %v", n, err)
+		}
+		if inline := n < s.opts.SegmentThreshold; inline == (calls == 1) || !inline && cap(got) != n+7 {
+			t.Fatalf("%d bytes (inline %v): alloc called %d times, cap %d", n, inline, calls, cap(got))
+		}
+	}
+}
