@@ -78,8 +78,6 @@ func (n *Node) PutBatch(ctx context.Context, req *pb.PutBatchRequest) (*pb.PutBa
 	return &pb.PutBatchResponse{Results: results}, nil
 }
 
-// GetBatch reads several blocks, each after the silo's checksum check, up
-// to GetBatchMaxBytes of data.
 // A GetBatch response's blocks are read into buffers of the message pool,
 // which the codec takes back once it has marshalled the response: a new
 // slice per block read was mostly pages the node process had not touched.
@@ -98,6 +96,8 @@ func init() {
 
 func pooledBlock(n int) []byte { return *rpc.Buffer(n) }
 
+// GetBatch reads several blocks, each after the silo's checksum check, up
+// to GetBatchMaxBytes of data.
 func (n *Node) GetBatch(ctx context.Context, req *pb.GetBatchRequest) (*pb.GetBatchResponse, error) {
 	if len(req.Addresses) > MaxBatchItems {
 		return nil, status.Errorf(codes.InvalidArgument, "blockstore: at most %d items per batch", MaxBatchItems)

@@ -351,14 +351,8 @@ type streamReader struct {
 	next   rpc.Reused
 }
 
-// writeDataField is WriteRequest.data's field number.
-var writeDataField = (&dpb.WriteRequest{}).ProtoReflect().Descriptor().Fields().ByName("data").Number()
-
 // recv receives the next message: its data in r.cur, the rest in r.msg.
 func (r *streamReader) recv() error {
-	if r.next.Msg == nil {
-		r.next = rpc.Reused{Msg: &r.msg, Field: writeDataField}
-	}
 	if err := r.stream.RecvMsg(&r.next); err != nil {
 		return err
 	}
@@ -391,6 +385,7 @@ func (r *streamReader) Read(p []byte) (int, error) {
 func (s *Service) Write(stream dpb.Dedup_WriteServer) error {
 	ctx := stream.Context()
 	r := &streamReader{stream: stream}
+	r.next = rpc.ReuseField(&r.msg, "data")
 	// WritePublish has stopped reading when it returns.
 	defer r.next.Release()
 	w, err := s.firstWriter(&r.msg, r.recv())

@@ -33,6 +33,7 @@ const (
 func (s *Service) WriteOffered(stream dpb.Dedup_WriteOfferedServer) error {
 	ctx := stream.Context()
 	src := &offerSource{ctx: ctx, stream: stream}
+	src.in = rpc.ReuseField(&src.msg, "data")
 	// WriteChunks has stopped calling src.next when it returns.
 	defer src.in.Release()
 	w, err := s.firstWriter(&src.msg, src.recv())
@@ -130,16 +131,8 @@ func (o *offerSource) next() (dedup.Chunk, error) {
 	}
 }
 
-// offerDataField is OfferRequest.data's field number.
-var offerDataField = (&dpb.OfferRequest{}).ProtoReflect().Descriptor().Fields().ByName("data").Number()
-
 // recv receives the next message into o.msg, its data into o.in.
-func (o *offerSource) recv() error {
-	if o.in.Msg == nil {
-		o.in = rpc.Reused{Msg: &o.msg, Field: offerDataField}
-	}
-	return o.stream.RecvMsg(&o.in)
-}
+func (o *offerSource) recv() error { return o.stream.RecvMsg(&o.in) }
 
 // handle takes in one message: bytes first, then an offer, which it
 // answers.

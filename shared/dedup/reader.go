@@ -363,15 +363,9 @@ func (r *Reader) loadChunk(ctx context.Context, v *view, c *manifest.Chunk) (pla
 		stored = data
 	}
 	plain, err := v.sealer.Open(nil, stored, c.Seed, c.Compressed, c.Logical)
-	if free == nil {
-		if err != nil {
-			return nil, nil, fmt.Errorf("%w: chunk %s: %w", ErrCorrupt, c.Addr, err)
-		}
-		return plain, nil, nil
-	}
 	// Opening a chunk stored as is returns the stored bytes themselves;
 	// otherwise they are done with here.
-	if err != nil || len(plain) == 0 || &plain[0] != &stored[0] {
+	if free != nil && (err != nil || len(plain) == 0 || &plain[0] != &stored[0]) {
 		free(stored)
 		free = nil
 	}

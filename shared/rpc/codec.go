@@ -66,12 +66,8 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(messagePool)
 	defer buf.Free()
 	if anyPooled.Load() {
-		name := m.ProtoReflect().Descriptor().FullName()
-		if fd, ok := pooledFields.Load(name); ok {
-			return unmarshalPooled(buf.ReadOnlyData(), m, fd.(protoreflect.FieldDescriptor))
-		}
-		if it, ok := pooledItems.Load(name); ok {
-			return unmarshalItems(buf.ReadOnlyData(), m, it.(itemFields))
+		if dec, ok := pooledDecoders.Load(m.ProtoReflect().Descriptor().FullName()); ok {
+			return dec.(func([]byte, proto.Message) error)(buf.ReadOnlyData(), m)
 		}
 	}
 	// proto.Unmarshal copies what it keeps, so the buffer can go back.
@@ -94,6 +90,21 @@ type Reused struct {
 	Field protowire.Number // a bytes field of Msg
 	Bytes []byte           // Field's value, valid until the next decode
 	rest  []byte
+}
+
+// ReuseField returns a Reused receiving m's bytes field named field.
+func ReuseField(m proto.Message, field protoreflect.Name) Reused {
+	return Reused{Msg: m, Field: bytesField(m.ProtoReflect().Descriptor(), field).Number()}
+}
+
+// bytesField is d's singular bytes field named name; it panics if there is
+// none (a registration's mistake, caught at start-up).
+func bytesField(d protoreflect.MessageDescriptor, name protoreflect.Name) protoreflect.FieldDescriptor {
+	fd := d.Fields().ByName(name)
+	if fd == nil || fd.Kind() != protoreflect.BytesKind || fd.Cardinality() == protoreflect.Repeated {
+		panic(fmt.Sprintf("rpc: %s has no singular bytes field %q", d.FullName(), name))
+	}
+	return fd
 }
 
 var reusedPool sync.Pool // *[]byte
@@ -126,33 +137,53 @@ func (r *Reused) decode(b []byte) error {
 // message b (the last one, as proto does) and appends every other field to
 // rest.
 func split(b []byte, field protowire.Number, rest []byte) (value, _ []byte, _ error) {
+	rest, err := partition(b, field, rest, func(v []byte) { value = v })
+	return value, rest, err
+}
+
+// partition calls each with every length-delimited value of field in the
+// wire message b, in order, and appends every other field to rest.
+func partition(b []byte, field protowire.Number, rest []byte, each func([]byte)) ([]byte, error) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return nil, rest, protowire.ParseError(n)
+			return rest, protowire.ParseError(n)
 		}
 		l := protowire.ConsumeFieldValue(num, typ, b[n:])
 		if l < 0 {
-			return nil, rest, protowire.ParseError(l)
+			return rest, protowire.ParseError(l)
 		}
 		if num == field && typ == protowire.BytesType {
-			value, _ = protowire.ConsumeBytes(b[n:])
+			v, _ := protowire.ConsumeBytes(b[n:])
+			each(v)
 		} else {
 			rest = append(rest, b[:n+l]...)
 		}
 		b = b[n+l:]
 	}
-	return value, rest, nil
+	return rest, nil
 }
 
-// pooledFields holds, by message name, the bytes field servers decode into
-// a buffer from the message pool (PoolField); pooled maps each message so
-// decoded to its buffer until Release.
+// pooledDecoders holds, by message name, the decoders PoolField and
+// PoolItems register; pooled maps each message PoolField decoded to its
+// buffer until Release.
 var (
-	pooledFields sync.Map // protoreflect.FullName → protoreflect.FieldDescriptor
-	anyPooled    atomic.Bool
-	pooled       sync.Map // proto.Message → *[]byte
+	pooledDecoders sync.Map // protoreflect.FullName → func([]byte, proto.Message) error
+	anyPooled      atomic.Bool
+	pooled         sync.Map // proto.Message → *[]byte
 )
+
+func registerDecoder(m proto.Message, dec func([]byte, proto.Message) error) {
+	pooledDecoders.Store(m.ProtoReflect().Descriptor().FullName(), dec)
+	anyPooled.Store(true)
+}
+
+// pooledCopy is v in a buffer of the message pool.
+func pooledCopy(v []byte) *[]byte {
+	buf := messagePool.Get(len(v))
+	copy(*buf, v)
+	return buf
+}
 
 // PoolField makes the codec decode the bytes field named field of every
 // received message of m's type into a buffer from the message pool, for
@@ -162,13 +193,8 @@ var (
 // field any more; a message it never releases keeps its buffer from the
 // pool until it does.
 func PoolField(m proto.Message, field protoreflect.Name) {
-	d := m.ProtoReflect().Descriptor()
-	fd := d.Fields().ByName(field)
-	if fd == nil || fd.Kind() != protoreflect.BytesKind || fd.Cardinality() == protoreflect.Repeated {
-		panic(fmt.Sprintf("rpc: %s has no singular bytes field %q", d.FullName(), field))
-	}
-	pooledFields.Store(d.FullName(), fd)
-	anyPooled.Store(true)
+	fd := bytesField(m.ProtoReflect().Descriptor(), field)
+	registerDecoder(m, func(b []byte, m proto.Message) error { return unmarshalPooled(b, m, fd) })
 }
 
 // Release gives back the buffer of a message the codec decoded under
@@ -191,16 +217,11 @@ func unmarshalPooled(b []byte, m proto.Message, fd protoreflect.FieldDescriptor)
 	if v == nil {
 		return nil
 	}
-	buf := messagePool.Get(len(v))
-	copy(*buf, v)
-	m.ProtoReflect().Set(fd, protoreflect.ValueOfBytes((*buf)[:len(v)]))
+	buf := pooledCopy(v)
+	m.ProtoReflect().Set(fd, protoreflect.ValueOfBytes(*buf))
 	pooled.Store(m, buf)
 	return nil
 }
-
-// pooledItems holds, by message name, the repeated message field whose
-// items' bytes field clients decode into pooled buffers (PoolItems).
-var pooledItems sync.Map // protoreflect.FullName → itemFields
 
 type itemFields struct {
 	list, data protoreflect.FieldDescriptor
@@ -221,33 +242,15 @@ func PoolItems(m proto.Message, list, data protoreflect.Name, set func(item prot
 	if lf == nil || lf.Kind() != protoreflect.MessageKind || !lf.IsList() {
 		panic(fmt.Sprintf("rpc: %s has no repeated message field %q", d.FullName(), list))
 	}
-	df := lf.Message().Fields().ByName(data)
-	if df == nil || df.Kind() != protoreflect.BytesKind || df.Cardinality() == protoreflect.Repeated {
-		panic(fmt.Sprintf("rpc: %s has no singular bytes field %q", lf.Message().FullName(), data))
-	}
-	pooledItems.Store(d.FullName(), itemFields{lf, df, set})
-	anyPooled.Store(true)
+	f := itemFields{lf, bytesField(lf.Message(), data), set}
+	registerDecoder(m, func(b []byte, m proto.Message) error { return unmarshalItems(b, m, f) })
 }
 
 func unmarshalItems(b []byte, m proto.Message, f itemFields) error {
-	var rest []byte
 	var items [][]byte
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		l := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if l < 0 {
-			return protowire.ParseError(l)
-		}
-		if num == f.list.Number() && typ == protowire.BytesType {
-			v, _ := protowire.ConsumeBytes(b[n:])
-			items = append(items, v)
-		} else {
-			rest = append(rest, b[:n+l]...)
-		}
-		b = b[n+l:]
+	rest, err := partition(b, f.list.Number(), nil, func(v []byte) { items = append(items, v) })
+	if err != nil {
+		return err
 	}
 	if err := proto.Unmarshal(rest, m); err != nil {
 		return err
@@ -263,9 +266,7 @@ func unmarshalItems(b []byte, m proto.Message, f itemFields) error {
 			return err
 		}
 		if len(v) > 0 {
-			buf := messagePool.Get(len(v))
-			copy(*buf, v)
-			f.set(item.Message().Interface(), (*buf)[:len(v)])
+			f.set(item.Message().Interface(), *pooledCopy(v))
 		}
 		list.Append(item)
 	}

@@ -134,14 +134,10 @@ func scan(data []byte, i, end int, fp uint64, mask uint64) (int, uint64) {
 				return i + j + 1, 0
 			}
 			if fpB&mask2 == 0 {
-				// The first lane has the last word on its stretch.
 				if fp += gear[a[j+1]]; fp&mask == 0 {
 					return i + j + 2, 0
 				}
-				if cut, _ := pairs(data, i+j+2, i+lane, fp, mask); cut > 0 {
-					return cut, 0
-				}
-				return i + lane + j + 1, 0
+				return firstOr(data, i+j+2, i+lane, fp, mask, i+lane+j+1), 0
 			}
 			fp += gear[a[j+1]]
 			fpB += gear[b[j+1]]
@@ -149,10 +145,7 @@ func scan(data []byte, i, end int, fp uint64, mask uint64) (int, uint64) {
 				return i + j + 2, 0
 			}
 			if fpB&mask == 0 {
-				if cut, _ := pairs(data, i+j+2, i+lane, fp, mask); cut > 0 {
-					return cut, 0
-				}
-				return i + lane + j + 2, 0
+				return firstOr(data, i+j+2, i+lane, fp, mask, i+lane+j+2), 0
 			}
 		}
 		fp = fpB
@@ -169,6 +162,16 @@ func scan(data []byte, i, end int, fp uint64, mask uint64) (int, uint64) {
 		}
 	}
 	return 0, fp
+}
+
+// firstOr is the second lane's cut b unless the first lane, going on from
+// i (fp = h_{i-1}) to the end of its stretch, cuts first: the first lane
+// has the last word on its stretch.
+func firstOr(data []byte, i, end int, fp, mask uint64, b int) int {
+	if cut, _ := pairs(data, i, end, fp, mask); cut > 0 {
+		return cut
+	}
+	return b
 }
 
 // pairs applies the cut rule to [i, end) with one lane; end-i is even.
