@@ -702,14 +702,14 @@ func (e *env) scaleWhileWriting(t *testing.T) (blocks, objects []block) {
 			sw.finish()
 		}
 	}()
-	eventually(t, time.Minute, "writes before scaling", func() (bool, string) {
+	eventually(t, 3*time.Minute, "writes before scaling", func() (bool, string) {
 		return bw.count() >= 3 && sw.count() >= 3, fmt.Sprintf("%d blocks, %d objects", bw.count(), sw.count())
 	})
 	mustDocker(t, "service", "scale", "--detach", stack+"_s3=4", stack+"_blockstore=6")
 	e.waitHealthy(2*time.Minute, 6)
 	// Some writes with the new nodes and frontends in place, then stop.
 	nb, ns := bw.count(), sw.count()
-	eventually(t, time.Minute, "writes after scaling", func() (bool, string) {
+	eventually(t, 3*time.Minute, "writes after scaling", func() (bool, string) {
 		return bw.count() >= nb+5 && sw.count() >= ns+10, fmt.Sprintf("%d blocks, %d objects", bw.count(), sw.count())
 	})
 	blocks, bRetries, bErrs := bw.finish()
