@@ -70,6 +70,8 @@ type Service struct {
 	nc      *nats.Conn
 	replica string
 	now     func() time.Time
+	// natsWait bounds one wait for NATS to confirm the subscriptions.
+	natsWait time.Duration
 
 	mu      sync.Mutex
 	nodes   map[string]*ppb.Node
@@ -95,7 +97,7 @@ func New(cfg Config, nc *nats.Conn, log *slog.Logger) (*Service, error) {
 	var r [4]byte
 	_, _ = rand.Read(r[:])
 	s := &Service{
-		cfg: cfg, nc: nc, replica: "placement-" + hex.EncodeToString(r[:]), now: time.Now,
+		cfg: cfg, nc: nc, replica: "placement-" + hex.EncodeToString(r[:]), now: time.Now, natsWait: 10 * time.Second,
 		nodes: map[string]*ppb.Node{}, changed: make(chan struct{}), done: make(chan struct{}),
 	}
 	s.log = log.With("replica", s.replica)
@@ -112,7 +114,7 @@ func (s *Service) Addr() string {
 }
 
 // Start subscribes to membership subjects and serves gRPC.
-func (s *Service) Start(context.Context) error {
+func (s *Service) Start(ctx context.Context) error {
 	for subj, h := range map[string]nats.MsgHandler{
 		membership.SubjectHeartbeat: s.onHeartbeat,
 		membership.SubjectLeave:     s.onLeave,
@@ -124,8 +126,20 @@ func (s *Service) Start(context.Context) error {
 		}
 		s.subs = append(s.subs, sub)
 	}
-	if err := s.nc.Flush(); err != nil {
-		return err
+	// Serve only once the server has the subscriptions, so no heartbeat is
+	// missed. In a stack NATS may come up after us: the connection retries
+	// in the background, and so do we, rather than exit and be restarted.
+	for {
+		fctx, cancel := context.WithTimeout(ctx, s.natsWait)
+		err := s.nc.FlushWithContext(fctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || s.nc.IsClosed() {
+			return fmt.Errorf("placement: waiting for NATS: %w", err)
+		}
+		s.log.Info("waiting for NATS", "err", err)
 	}
 	lis, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
