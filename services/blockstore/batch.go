@@ -79,18 +79,17 @@ func (n *Node) PutBatch(ctx context.Context, req *pb.PutBatchRequest) (*pb.PutBa
 }
 
 // A GetBatch response's blocks are read into buffers of the message pool,
-// which the codec takes back once it has marshalled the response: a new
-// slice per block read was mostly pages the node process had not touched.
-// The response's blocks are its own (inline ones are copies too).
+// which the codec sends as they are and gives back once gRPC has written
+// them: a new slice per block read was mostly pages the node process had
+// not touched, and copying each block into the response was a tenth of a
+// node's CPU serving reads. The response's blocks are its own (inline ones
+// are copies too).
 func init() {
-	rpc.ReleaseAfterMarshal(&pb.GetBatchResponse{}, func(m proto.Message) {
-		for _, r := range m.(*pb.GetBatchResponse).Results {
-			if r.Data != nil {
-				d := r.Data
-				r.Data = nil
-				rpc.FreeBuffer(&d)
-			}
-		}
+	rpc.SendItemsInPlace(&pb.GetBatchResponse{}, "results", "data", func(m proto.Message) []byte {
+		r := m.(*pb.BatchResult)
+		d := r.Data
+		r.Data = nil
+		return d
 	})
 }
 

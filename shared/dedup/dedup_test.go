@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"sync"
@@ -631,6 +632,19 @@ func readSideBySide(t *testing.T, p policy.Policy) {
 				}
 				buf := make([]byte, 1+rng.IntN(100<<10))
 				pos := off
+				if rng.IntN(2) == 0 { // through WriteTo, as io.Copy reads
+					cw := &checkWriter{want: d, pos: off, stop: stop}
+					_, err := io.Copy(cw, rc)
+					if cw.bad != nil {
+						errs <- fmt.Errorf("stream %d: %w", i, cw.bad)
+						return
+					}
+					if err != nil && !errors.Is(err, errStopWriting) {
+						errs <- fmt.Errorf("stream %d at %d: %w", i, cw.pos, err)
+						return
+					}
+					pos = stop
+				}
 				for pos < stop {
 					n, err := rc.Read(buf[:min(int64(len(buf)), stop-pos)])
 					if !bytes.Equal(buf[:n], d[pos:pos+int64(n)]) {
@@ -661,5 +675,61 @@ func readSideBySide(t *testing.T, p policy.Policy) {
 	}
 	if store.recycled.Load() == 0 {
 		t.Fatal("the reads gave nothing back to the store")
+	}
+}
+
+var errStopWriting = errors.New("writer: stop")
+
+// checkWriter compares what it is given with want from pos, while the
+// bytes are the caller's (a buffer given back early would show here), and
+// fails with errStopWriting once it has reached stop.
+type checkWriter struct {
+	want      []byte
+	pos, stop int64
+	bad       error
+}
+
+func (w *checkWriter) Write(p []byte) (int, error) {
+	if w.pos >= w.stop {
+		return 0, errStopWriting
+	}
+	if int64(len(p)) > int64(len(w.want))-w.pos || !bytes.Equal(p, w.want[w.pos:w.pos+int64(len(p))]) {
+		w.bad = fmt.Errorf("wrong bytes written at %d", w.pos)
+		return 0, w.bad
+	}
+	w.pos += int64(len(p))
+	return len(p), nil
+}
+
+// io.Copy from a reader takes its WriteTo: the same bytes as Read, and a
+// writer's error comes back as it is, not labelled a read error.
+func TestWriteTo(t *testing.T) {
+	store := memstore.New()
+	d := mixedData(31, 5<<20+17)
+	ref := write(t, store, mustPolicy(t, "chunk=cdc:16k/64k/256k"), nil, d)
+	r := newReader(t, store, dedup.ReaderConfig{})
+	for _, off := range []int64{0, 1, 100 << 10, int64(len(d)) - 1, int64(len(d))} {
+		rc, err := r.ReadFirst(context.Background(), ref, off, -1, 64<<10, func(err error) error { return fmt.Errorf("labelled: %w", err) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		n, err := io.Copy(&buf, rc)
+		if err != nil || n != int64(len(d))-off || !bytes.Equal(buf.Bytes(), d[off:]) {
+			t.Fatalf("from %d: %d bytes, %v; equal %v", off, n, err, bytes.Equal(buf.Bytes(), d[off:]))
+		}
+		_ = rc.Close()
+	}
+	for _, stop := range []int64{10, 64 << 10, 3 << 20} {
+		rc, err := r.ReadFirst(context.Background(), ref, 0, -1, 64<<10, func(err error) error { return fmt.Errorf("labelled: %w", err) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		cw := &checkWriter{want: d, stop: stop}
+		_, err = io.Copy(cw, rc)
+		if err != errStopWriting || cw.bad != nil {
+			t.Fatalf("writer stopping at %d: %v (%v), want the writer's own error", stop, err, cw.bad)
+		}
+		_ = rc.Close()
 	}
 }

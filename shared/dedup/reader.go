@@ -608,14 +608,58 @@ type rangeReader struct {
 func (rr *rangeReader) Read(p []byte) (int, error) {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
+	if err := rr.fill(); err != nil {
+		return 0, err
+	}
+	n := copy(p, rr.cur)
+	rr.cur = rr.cur[n:]
+	return n, nil
+}
+
+// WriteTo hands w each chunk's bytes as they are, without the copy into a
+// caller's buffer that Read makes (io.Copy uses it): for `shoal get` that
+// copy, in 32 KiB steps, was a tenth of the client's CPU.
+func (rr *rangeReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		n, err := rr.writeNext(w)
+		total += int64(n)
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// writeNext writes the rest of the current chunk to w. It holds mu while
+// writing: a Close racing it must not take the buffer back under w.
+func (rr *rangeReader) writeNext(w io.Writer) (int, error) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if err := rr.fill(); err != nil {
+		return 0, err
+	}
+	n, err := w.Write(rr.cur)
+	rr.cur = rr.cur[n:]
+	if err == nil && len(rr.cur) > 0 {
+		err = io.ErrShortWrite
+	}
+	return n, err
+}
+
+// fill makes cur the next bytes of the range, waiting for their chunk;
+// mu is held. It returns io.EOF at the range's end.
+func (rr *rangeReader) fill() error {
 	if rr.closed {
-		return 0, errClosedRead
+		return errClosedRead
 	}
 	for len(rr.cur) == 0 {
 		rr.last.release()
 		rr.last = nil
 		if rr.err != nil {
-			return 0, rr.err
+			return rr.err
 		}
 		f, ok := <-rr.futures
 		if !ok {
@@ -629,9 +673,7 @@ func (rr *rangeReader) Read(p []byte) (int, error) {
 		}
 		rr.cur, rr.last = f.data[f.skip:f.lim], f
 	}
-	n := copy(p, rr.cur)
-	rr.cur = rr.cur[n:]
-	return n, nil
+	return nil
 }
 
 var errClosedRead = errors.New("dedup: read after close")
@@ -725,5 +767,36 @@ func (r *firstReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// WriteTo passes the range to w without copying it through a buffer
+// (rangeReader.WriteTo); only read errors are wrapped.
+func (r *firstReader) WriteTo(w io.Writer) (int64, error) {
+	n, err := io.Copy(markWriter{w}, r.r)
+	var we writeError
+	if errors.As(err, &we) {
+		return n, we.err
+	}
+	if err != nil {
+		err = r.wrap(err)
+	}
+	return n, err
+}
+
+// markWriter marks its writer's errors, so that firstReader.WriteTo labels
+// only read errors as such.
+type markWriter struct{ w io.Writer }
+
+func (m markWriter) Write(p []byte) (int, error) {
+	n, err := m.w.Write(p)
+	if err != nil {
+		err = writeError{err}
+	}
+	return n, err
+}
+
+type writeError struct{ err error }
+
+func (e writeError) Error() string { return e.err.Error() }
+func (e writeError) Unwrap() error { return e.err }
 
 func (r *firstReader) Close() error { return r.c.Close() }

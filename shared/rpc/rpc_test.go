@@ -114,10 +114,10 @@ func TestReusedDecodesLikeUnmarshal(t *testing.T) {
 	// A repeated occurrence of the field: the last one wins, as in proto;
 	// a malformed message is an error.
 	wire := []byte{0x12, 5, 'f', 'i', 'r', 's', 't', 0x12, 1, 'x'}
-	if err := r.decode(wire); err != nil || string(r.Bytes) != "x" {
+	if err := r.decode(wireOf(wire, 3)); err != nil || string(r.Bytes) != "x" {
 		t.Fatalf("repeated field: %q, %v", r.Bytes, err)
 	}
-	if err := r.decode([]byte{0x12, 9, 'x'}); err == nil {
+	if err := r.decode(wireOf([]byte{0x12, 9, 'x'}, 1)); err == nil {
 		t.Fatal("a truncated field decoded")
 	}
 	r.Release()
@@ -200,25 +200,111 @@ func TestPoolItems(t *testing.T) {
 	PoolItems(&bpb.GetBatchRequest{}, "addresses", "data", setData)
 }
 
-// A message registered with ReleaseAfterMarshal is released once marshalled,
-// and what was sent is what it held.
-func TestReleaseAfterMarshal(t *testing.T) {
-	var released []proto.Message
-	ReleaseAfterMarshal(&bpb.PutResponse{}, func(m proto.Message) { released = append(released, m) })
+// A message registered with SendItemsInPlace is sent as proto would
+// encode it, its items' large data in the slice as the very buffers (no
+// copy), and the items' data taken.
+func TestSendItemsInPlace(t *testing.T) {
+	SendItemsInPlace(&bpb.GetBatchResponse{}, "results", "data", func(m proto.Message) []byte {
+		r := m.(*bpb.BatchResult)
+		d := r.Data
+		r.Data = nil
+		return d
+	})
+	pooled := func(b []byte) []byte {
+		p := Buffer(len(b))
+		copy(*p, b)
+		return *p
+	}
+	big1, big2 := pooled(bytes.Repeat([]byte{1, 2, 3}, 100<<10)), pooled(bytes.Repeat([]byte{9}, inPlaceMin))
+	m := &bpb.GetBatchResponse{Results: []*bpb.BatchResult{
+		{Data: big1, Kind: bpb.BlockKind(1)},
+		{Code: 5, Message: "not found"},
+		{Data: pooled([]byte("small")), Kind: bpb.BlockKind(2)},
+		{Data: big2},
+		{},
+	}}
+	want := proto.Clone(m)
 	c := encoding.GetCodecV2("proto")
-	m := &bpb.PutResponse{Existed: true}
 	wire, err := c.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(released) != 1 || released[0] != m {
-		t.Fatalf("released %d messages, want this one once", len(released))
+	got := &bpb.GetBatchResponse{}
+	if err := proto.Unmarshal(wire.Materialize(), got); err != nil || !proto.Equal(got, want) {
+		t.Fatalf("sent %v, decoded %v (%v)", want, got, err)
 	}
-	got := &bpb.PutResponse{}
-	if err := c.Unmarshal(wire, got); err != nil || !proto.Equal(got, m) {
-		t.Fatalf("sent %v, decoded %v (%v)", m, got, err)
+	inSlice := map[*byte]bool{}
+	for _, b := range wire {
+		if d := b.ReadOnlyData(); len(d) > 0 {
+			inSlice[&d[0]] = true
+		}
 	}
-	if _, err := c.Marshal(&bpb.PutRequest{}); err != nil || len(released) != 1 {
-		t.Fatalf("another message type was released (%v)", err)
+	if !inSlice[&big1[0]] || !inSlice[&big2[0]] {
+		t.Fatal("large data was copied, not sent in place")
+	}
+	for i, r := range m.Results {
+		if r.Data != nil {
+			t.Fatalf("item %d kept its data after sending", i)
+		}
+	}
+	wire.Free()
+	empty, err := c.Marshal(&bpb.GetBatchResponse{})
+	if err != nil || empty.Len() != 0 {
+		t.Fatalf("an empty response: %d bytes, %v", empty.Len(), err)
+	}
+}
+
+// wireOf is b as gRPC may hand it over: in pieces of at most n bytes.
+func wireOf(b []byte, n int) *wireReader { return newWireReader(pieces(b, n)) }
+
+func pieces(b []byte, n int) mem.BufferSlice {
+	var out mem.BufferSlice
+	for len(b) > 0 {
+		k := min(n, len(b))
+		out = append(out, mem.SliceBuffer(b[:k]))
+		b = b[k:]
+	}
+	return out
+}
+
+// The pooled decoders read a message in its frames' buffers, wherever they
+// are cut (a varint or a field may straddle two), and agree with
+// proto.Unmarshal on every prefix of a message: the same message, or an
+// error for both.
+func TestPooledDecodersAcrossFrames(t *testing.T) {
+	PoolField(&bpb.PutRequest{}, "data")
+	PoolItems(&bpb.GetBatchResponse{}, "results", "data", func(m proto.Message, b []byte) { m.(*bpb.BatchResult).Data = b })
+	c := encoding.GetCodecV2("proto")
+	msgs := []proto.Message{
+		&bpb.PutRequest{Address: []byte("addr"), Data: bytes.Repeat([]byte("0123456789"), 5000), Kind: bpb.BlockKind(2)},
+		&bpb.GetBatchResponse{Results: []*bpb.BatchResult{
+			{Data: bytes.Repeat([]byte("abc"), 300), Kind: bpb.BlockKind(1)},
+			{Code: 5, Message: "not found"},
+			{Data: []byte("small"), Existed: true},
+		}},
+	}
+	for _, m := range msgs {
+		wire, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []int{1, 2, 7, 300, 16 << 10} {
+			for end := 0; end <= len(wire); end += max(1, end/50) {
+				want := m.ProtoReflect().New().Interface()
+				werr := proto.Unmarshal(wire[:end], want)
+				got := m.ProtoReflect().New().Interface()
+				gerr := c.Unmarshal(pieces(wire[:end], n), got)
+				if (werr == nil) != (gerr == nil) {
+					t.Fatalf("%T, %d of %d bytes in pieces of %d: proto says %v, the codec %v", m, end, len(wire), n, werr, gerr)
+				}
+				if werr == nil && !proto.Equal(got, want) {
+					t.Fatalf("%T, %d of %d bytes in pieces of %d: decoded differently", m, end, len(wire), n)
+				}
+			}
+			got := m.ProtoReflect().New().Interface()
+			if err := c.Unmarshal(pieces(wire, n), got); err != nil || !proto.Equal(got, m) {
+				t.Fatalf("%T in pieces of %d: %v", m, n, err)
+			}
+		}
 	}
 }

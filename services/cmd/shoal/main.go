@@ -68,6 +68,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprint(stderr, topUsage)
 		return exitUsage
 	}
+	if args[0] != "serve" { // serve starts its own, after its set-up
+		defer startCPUProfile()()
+	}
 	var err error
 	switch args[0] {
 	case "serve":

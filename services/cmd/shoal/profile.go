@@ -6,9 +6,10 @@ import (
 	"runtime/pprof"
 )
 
-// startCPUProfile writes a CPU profile of `shoal serve` to
-// $SHOAL_CPU_PROFILE until the returned function runs (at shutdown), so a
-// benchmark can see where a running service spends its time; at shutdown
+// startCPUProfile writes a CPU profile of `shoal serve` (or of any other
+// command) to $SHOAL_CPU_PROFILE until the returned function runs (at
+// shutdown), so a benchmark can see where a running service or a client
+// such as `shoal get` spends its time; at shutdown
 // it also writes the allocations since start to $SHOAL_ALLOC_PROFILE
 // (where the garbage comes from: `go tool pprof -sample_index=alloc_space`).
 func startCPUProfile() func() {
