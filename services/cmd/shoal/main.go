@@ -69,7 +69,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exitUsage
 	}
 	if args[0] != "serve" { // serve starts its own, after its set-up
-		defer startCPUProfile()()
+		defer startCPUProfile("SHOAL_CLI_CPU_PROFILE", "")()
 	}
 	var err error
 	switch args[0] {

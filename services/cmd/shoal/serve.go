@@ -33,7 +33,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer func() { _ = shutdown(context.Background()) }()
-	defer startCPUProfile()()
+	defer startCPUProfile("SHOAL_CPU_PROFILE", "SHOAL_ALLOC_PROFILE")()
 	p, err := app.Start(ctx, cfg, log)
 	if errors.Is(err, app.ErrConfig) {
 		return usageError{err.Error()}
