@@ -179,8 +179,9 @@ type job struct {
 	cost           int64
 	done           chan struct{} // closed by the worker that sealed it
 	stored         []byte
-	owned          bool // stored is a pooled buffer of its own
-	shards         [][]byte
+	owned          bool     // stored is a pooled buffer of its own
+	shards         [][]byte // carved out of shardBuf, a pooled buffer
+	shardBuf       []byte
 	entry          manifest.Chunk
 	// missing lists the ranks of an erasure-coded chunk's shards that the
 	// store lacks, when it could say (nil: send them all).
@@ -240,7 +241,10 @@ func (p *pipeline) release(j *job) {
 	if j.owned {
 		putBuf(j.stored)
 	}
-	j.plain, j.stored, j.shards = nil, nil, nil
+	if j.shardBuf != nil {
+		putBuf(j.shardBuf)
+	}
+	j.plain, j.stored, j.shards, j.shardBuf = nil, nil, nil, nil
 	p.budget.release(j.cost)
 }
 
@@ -488,10 +492,13 @@ func (w *Writer) caches() bool {
 // records their addresses; for a lazy chunk they must be the cached ones.
 func (p *pipeline) encode(j *job) error {
 	w := p.w
-	shards, err := w.ec.Encode(j.stored)
+	buf := getBuf(w.ec.EncodedSize(len(j.stored)))
+	shards, err := w.ec.Encode(buf, j.stored)
 	if err != nil {
+		putBuf(buf)
 		return err
 	}
+	j.shardBuf = buf
 	addrs := make([]block.Address, len(shards))
 	for i, s := range shards {
 		addrs[i] = block.Sum(s)
