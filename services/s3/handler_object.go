@@ -477,6 +477,56 @@ func (r *segReader) Read(b []byte) (int, error) {
 	}
 }
 
+// WriteTo passes each piece to w as its reader hands it over: a dedup
+// read gives whole chunks (its own WriteTo), where io.CopyBuffer would
+// copy every byte through a buffer first.
+func (r *segReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if r.cur == nil {
+			if err := r.open(); errors.Is(err, io.EOF) {
+				return total, nil
+			} else if err != nil {
+				return total, err
+			}
+		}
+		n, err := io.Copy(&limitWriter{w: w, left: r.left}, r.cur)
+		total += n
+		r.left -= n
+		if err != nil {
+			return total, err
+		}
+		if r.left > 0 {
+			return total, fmt.Errorf("s3: data shorter than recorded: %w", io.ErrUnexpectedEOF)
+		}
+		_ = r.cur.Close()
+		r.cur = nil
+	}
+}
+
+// limitWriter refuses bytes past left: a piece's data longer than its
+// recorded length is an error, not more of the body.
+type limitWriter struct {
+	w    io.Writer
+	left int64
+}
+
+var errDataLonger = errors.New("s3: data longer than recorded")
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.left {
+		n, err := l.w.Write(p[:l.left])
+		l.left -= int64(n)
+		if err == nil {
+			err = errDataLonger
+		}
+		return n, err
+	}
+	n, err := l.w.Write(p)
+	l.left -= int64(n)
+	return n, err
+}
+
 func (r *segReader) Close() error {
 	if r.cur != nil {
 		return r.cur.Close()
