@@ -67,6 +67,7 @@ type batchOp struct {
 	addr  []byte
 	paxos *bpb.PaxosOp
 	done  chan batchResult // buffered: the sender never blocks on a gone caller
+	taken bool             // in a batch being sent (the queue's mu)
 }
 
 type nodeQueue struct {
@@ -148,6 +149,19 @@ func (c *Client) enqueue(ctx context.Context, q *nodeQueue, op *batchOp) batchRe
 	case r := <-op.done:
 		return r
 	case <-ctx.Done():
+		if op.put != nil {
+			// A put's caller may reuse its buffer once this returns (the
+			// dedup pipeline pools them). A put already taken into a batch
+			// is being marshalled or sent: wait for its answer, which the
+			// call's timeout bounds. One not taken yet never will be read:
+			// take drops it, its context being done.
+			q.mu.Lock()
+			taken := op.taken
+			q.mu.Unlock()
+			if taken {
+				<-op.done
+			}
+		}
 		return batchResult{err: ctx.Err()}
 	}
 }
@@ -185,6 +199,7 @@ func (q *nodeQueue) take() []*batchOp {
 		if op.put != nil {
 			size += len(op.put.Data)
 		}
+		op.taken = true
 		ops = append(ops, op)
 	}
 	q.ops = q.ops[n:]
