@@ -423,22 +423,19 @@ func (c *Client) put(ctx context.Context, addr block.Address, data []byte, r, w 
 	if w < len(targets) {
 		// The writes past the quorum outlive this call, and a caller may
 		// reuse its buffer once Put returns (the dedup pipeline pools
-		// them): those writes must not read it. A large block's copy is
-		// pooled and goes back after the last write: each travels alone in
-		// a unary call (putOne), which is done with it when it returns.
-		if len(data) > batchMaxBlock {
-			buf := rpc.Buffer(len(data))
-			copy(*buf, data)
-			data = *buf
-			var left atomic.Int32
-			left.Store(int32(len(targets)))
-			release = func() {
-				if left.Add(-1) == 0 {
-					rpc.FreeBuffer(buf)
-				}
+		// them): those writes get a pooled copy, which goes back after the
+		// last of them. putOne is done with a block's data when it returns,
+		// alone in a unary call or in a batch (a batched put that times out
+		// once taken waits for its call).
+		buf := rpc.Buffer(len(data))
+		copy(*buf, data)
+		data = *buf
+		var left atomic.Int32
+		left.Store(int32(len(targets)))
+		release = func() {
+			if left.Add(-1) == 0 {
+				rpc.FreeBuffer(buf)
 			}
-		} else {
-			data = bytes.Clone(data)
 		}
 	}
 	req := &bpb.PutRequest{Address: addr[:], Data: data, Kind: bpb.BlockKind_BLOCK_KIND_IMMUTABLE}

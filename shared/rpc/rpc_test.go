@@ -86,7 +86,6 @@ func TestCodecRegistered(t *testing.T) {
 // Reused decodes like proto.Unmarshal, the one field going to its buffer,
 // which later messages overwrite in place and Release hands on.
 func TestReusedDecodesLikeUnmarshal(t *testing.T) {
-	c := encoding.GetCodecV2("proto")
 	r := Reused{Msg: &bpb.PutRequest{}, Field: 2}
 	var storage *byte
 	for i, m := range []*bpb.PutRequest{
@@ -94,13 +93,7 @@ func TestReusedDecodesLikeUnmarshal(t *testing.T) {
 		{Address: []byte("a2"), Data: []byte("small")},
 		{Address: []byte("a3")},
 	} {
-		wire, err := c.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Unmarshal(wire, &r); err != nil {
-			t.Fatal(err)
-		}
+		decodeAsReceived(t, m, &r)
 		got := r.Msg.(*bpb.PutRequest)
 		if !bytes.Equal(r.Bytes, m.Data) || !bytes.Equal(got.Address, m.Address) || got.Kind != m.Kind || got.Data != nil {
 			t.Fatalf("message %d decoded as %q/%d bytes/%v", i, got.Address, len(r.Bytes), got.Kind)
@@ -130,16 +123,9 @@ func TestReusedDecodesLikeUnmarshal(t *testing.T) {
 // pooled buffer that Release gives back; other messages are left alone.
 func TestPoolField(t *testing.T) {
 	PoolField(&bpb.PutRequest{}, "data")
-	c := encoding.GetCodecV2("proto")
 	m := &bpb.PutRequest{Address: []byte("addr"), Data: bytes.Repeat([]byte{7}, 200<<10), Kind: bpb.BlockKind(2)}
-	wire, err := c.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
 	got := &bpb.PutRequest{}
-	if err := c.Unmarshal(wire, got); err != nil {
-		t.Fatal(err)
-	}
+	decodeAsReceived(t, m, got)
 	if !proto.Equal(got, m) {
 		t.Fatal("a pooled decode differs from the message sent")
 	}
@@ -170,14 +156,8 @@ func TestPoolItems(t *testing.T) {
 		{Code: 5, Message: "not found"},
 		{Data: []byte("small"), Existed: true},
 	}}
-	wire, err := c.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
 	got := &bpb.GetBatchResponse{}
-	if err := c.Unmarshal(wire, got); err != nil {
-		t.Fatal(err)
-	}
+	decodeAsReceived(t, m, got)
 	if !proto.Equal(got, m) {
 		t.Fatalf("a pooled decode differs from the message sent: %v", got)
 	}
@@ -251,6 +231,20 @@ func TestSendItemsInPlace(t *testing.T) {
 	empty, err := c.Marshal(&bpb.GetBatchResponse{})
 	if err != nil || empty.Len() != 0 {
 		t.Fatalf("an empty response: %d bytes, %v", empty.Len(), err)
+	}
+}
+
+// decodeAsReceived decodes m's wire form with the codec into into. The
+// wire is proto's own: a marshaller registered with the codec
+// (SendItemsInPlace) takes what it sends from m.
+func decodeAsReceived(t *testing.T, m proto.Message, into any) {
+	t.Helper()
+	wire, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := encoding.GetCodecV2("proto").Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, into); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -3,6 +3,7 @@ package rpc
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -32,15 +33,15 @@ func newWireReader(data mem.BufferSlice) *wireReader {
 	return r
 }
 
+// readByte, read and newWireReader keep bufs free of empty buffers.
 func (r *wireReader) readByte() (byte, error) {
-	for len(r.bufs) > 0 && len(r.bufs[0]) == 0 {
-		r.bufs = r.bufs[1:]
-	}
 	if len(r.bufs) == 0 {
 		return 0, errWireTruncated
 	}
 	c := r.bufs[0][0]
-	r.bufs[0] = r.bufs[0][1:]
+	if r.bufs[0] = r.bufs[0][1:]; len(r.bufs[0]) == 0 {
+		r.bufs = r.bufs[1:]
+	}
 	r.pos++
 	return c, nil
 }
@@ -81,7 +82,7 @@ func (r *wireReader) appendN(dst []byte, n int) ([]byte, error) {
 		return dst, errWireTruncated
 	}
 	l := len(dst)
-	dst = append(dst, make([]byte, n)...)
+	dst = slices.Grow(dst, n)[:l+n]
 	return dst, r.read(dst[l:])
 }
 
