@@ -66,12 +66,15 @@ func (m *cpuMeter) used() (time.Duration, bool) {
 
 // perOp describes the CPU used since startCPU per operation ("" if /proc
 // could not tell).
-func (m *cpuMeter) perOp(ops int) string {
+func (m *cpuMeter) perOp(ops int) string { return m.perOpOf("cluster", ops) }
+
+// perOpOf is perOp naming whose CPU it is.
+func (m *cpuMeter) perOpOf(who string, ops int) string {
 	d, ok := m.used()
 	if !ok || ops <= 0 {
 		return ""
 	}
-	return fmt.Sprintf(", cluster CPU %.2f ms/op", float64(d)/float64(time.Millisecond)/float64(ops))
+	return fmt.Sprintf(", %s CPU %.2f ms/op", who, float64(d)/float64(time.Millisecond)/float64(ops))
 }
 
 // perMiB describes the CPU used since startCPU per MiB moved ("" if /proc

@@ -101,14 +101,16 @@ func s3Bench(dataDir string, raw float64) {
 		}
 	}
 	if n := *s3Small; n > 0 {
-		cpu := startCPU(cmd.Process.Pid)
+		// The load generator shares the machine's cores with the cluster:
+		// its own CPU per operation (this process) shows what is left.
+		cpu, self := startCPU(cmd.Process.Pid), startCPU(os.Getpid())
 		put := measure(n, *s3Conc, func(i int) {
 			_, err := c.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("rep3"), Key: aws.String(fmt.Sprintf("small/%06d", i)),
 				Body: bytes.NewReader(randBlock(4096)), ContentLength: aws.Int64(4096)})
 			check(err)
 		})
-		add(fmt.Sprintf("S3 PUT 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", put.rate()), fmt.Sprintf("p50 %v p99 %v%s", put.pct(50), put.pct(99), cpu.perOp(n)))
-		cpu = startCPU(cmd.Process.Pid)
+		add(fmt.Sprintf("S3 PUT 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", put.rate()), fmt.Sprintf("p50 %v p99 %v%s%s", put.pct(50), put.pct(99), cpu.perOp(n), self.perOpOf("client", n)))
+		cpu, self = startCPU(cmd.Process.Pid), startCPU(os.Getpid())
 		get := measure(n, *s3Conc, func(i int) {
 			o, err := c.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("rep3"), Key: aws.String(fmt.Sprintf("small/%06d", i))})
 			check(err)
@@ -116,7 +118,7 @@ func s3Bench(dataDir string, raw float64) {
 			o.Body.Close()
 			check(err)
 		})
-		add(fmt.Sprintf("S3 GET 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", get.rate()), fmt.Sprintf("p50 %v p99 %v%s", get.pct(50), get.pct(99), cpu.perOp(n)))
+		add(fmt.Sprintf("S3 GET 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", get.rate()), fmt.Sprintf("p50 %v p99 %v%s%s", get.pct(50), get.pct(99), cpu.perOp(n), self.perOpOf("client", n)))
 		// The same objects through presigned URLs and a plain net/http
 		// client: the SDK signs every request and takes about a quarter of
 		// the two cores the cluster shares with it, so this row shows more
@@ -133,7 +135,7 @@ func s3Bench(dataDir string, raw float64) {
 		}
 		hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 		ops := 5 * n
-		cpu = startCPU(cmd.Process.Pid)
+		cpu, self = startCPU(cmd.Process.Pid), startCPU(os.Getpid())
 		lean := measure(ops, *s3Conc, func(i int) {
 			resp, err := hc.Get(urls[i%n])
 			check(err)
@@ -145,7 +147,7 @@ func s3Bench(dataDir string, raw float64) {
 			}
 		})
 		add(fmt.Sprintf("S3 GET 4 KiB, presigned, net/http, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", lean.rate()),
-			fmt.Sprintf("p50 %v p99 %v%s", lean.pct(50), lean.pct(99), cpu.perOp(ops)))
+			fmt.Sprintf("p50 %v p99 %v%s%s", lean.pct(50), lean.pct(99), cpu.perOp(ops), self.perOpOf("client", ops)))
 		start := time.Now()
 		keys := 0
 		p := awss3.NewListObjectsV2Paginator(c, &awss3.ListObjectsV2Input{Bucket: aws.String("rep3"), Prefix: aws.String("small/")})
