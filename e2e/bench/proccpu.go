@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -15,53 +16,70 @@ const clockTicks = 100
 // procCPU is the CPU time (user + system) process pid has used so far, or
 // an error when /proc cannot tell.
 func procCPU(pid int) (time.Duration, error) {
+	cpu, _, err := procStat(pid)
+	return cpu, err
+}
+
+// procStat is procCPU and the minor page faults the process has taken:
+// on this kind of virtual machine a first touch of a page costs
+// microseconds, so fresh memory per MiB moved is a cost of its own.
+func procStat(pid int) (time.Duration, int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name (field 2) may hold spaces; fields after it are
 	// counted from its closing parenthesis.
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("bench: malformed /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("bench: malformed /proc/%d/stat", pid)
 	}
 	f := strings.Fields(s[i+1:])
-	// utime and stime are fields 14 and 15; f[0] is field 3.
+	// minflt is field 10, utime and stime fields 14 and 15; f[0] is
+	// field 3.
 	if len(f) < 13 {
-		return 0, fmt.Errorf("bench: short /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("bench: short /proc/%d/stat", pid)
 	}
+	flt, err0 := strconv.ParseInt(f[7], 10, 64)
 	ut, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("bench: /proc/%d/stat: %v %v", pid, err1, err2)
+	if err := errors.Join(err0, err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("bench: /proc/%d/stat: %w", pid, err)
 	}
-	return time.Duration(ut+st) * time.Second / clockTicks, nil
+	return time.Duration(ut+st) * time.Second / clockTicks, flt, nil
 }
 
 // cpuMeter measures a process's CPU time across a phase: on a shared,
 // noisy machine the CPU a cluster spends per operation moves much less
 // from run to run than the operations per second do.
 type cpuMeter struct {
-	pid   int
-	start time.Duration
-	err   error
+	pid    int
+	start  time.Duration
+	faults int64
+	err    error
 }
 
 func startCPU(pid int) *cpuMeter {
 	m := &cpuMeter{pid: pid}
-	m.start, m.err = procCPU(pid)
+	m.start, m.faults, m.err = procStat(pid)
 	return m
 }
 
 // used is the CPU time the process used since startCPU (ok false when
 // /proc could not tell).
 func (m *cpuMeter) used() (time.Duration, bool) {
-	end, err := procCPU(m.pid)
+	d, _, ok := m.usedFaults()
+	return d, ok
+}
+
+// usedFaults is used and the minor page faults taken since startCPU.
+func (m *cpuMeter) usedFaults() (time.Duration, int64, bool) {
+	end, flt, err := procStat(m.pid)
 	if m.err != nil || err != nil {
-		return 0, false
+		return 0, 0, false
 	}
-	return end - m.start, true
+	return end - m.start, flt - m.faults, true
 }
 
 // perOp describes the CPU used since startCPU per operation ("" if /proc
@@ -83,11 +101,12 @@ func (m *cpuMeter) perMiB(bytes int64) string { return m.perMiBOf("cluster", byt
 
 // perMiBOf is perMiB naming whose CPU it is.
 func (m *cpuMeter) perMiBOf(who string, bytes int64) string {
-	d, ok := m.used()
+	d, flt, ok := m.usedFaults()
 	if !ok || bytes <= 0 {
 		return ""
 	}
-	return fmt.Sprintf(", %s CPU %.1f ms/MiB", who, float64(d)/float64(time.Millisecond)/(float64(bytes)/(1<<20)))
+	mib := float64(bytes) / (1 << 20)
+	return fmt.Sprintf(", %s CPU %.1f ms/MiB (%.0f page faults/MiB)", who, float64(d)/float64(time.Millisecond)/mib, float64(flt)/mib)
 }
 
 // settle waits until process pid is idle (under a tenth of a core for
