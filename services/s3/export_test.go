@@ -167,3 +167,13 @@ func SetsFreeze(b []byte) bool {
 	s, err := decodeShard(b)
 	return err == nil && s.frozen != nil
 }
+
+// CacheShards makes the index keep decoded shards, as a server's do.
+func (ix *index) CacheShards() *Index {
+	ix.decoded = newShardCache()
+	return ix
+}
+
+func (ix *index) GetDecoded(ctx context.Context, k string, decode func([]byte) (any, error)) (any, bool, error) {
+	return ix.getDecoded(ctx, k, decode)
+}

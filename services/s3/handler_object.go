@@ -156,8 +156,23 @@ func (q *request) putObject() error {
 
 // findVersion returns the requested version of key. A missing key, or a
 // latest version that is a delete marker, is NoSuchKey.
-func (q *request) findVersion(b *bucket, key, versionID string) (*objVersion, error) {
-	raw, found, err := b.objects.get(q.ctx, key)
+//
+// With shared set, the version may be shared with other requests and must
+// not be modified (reads: GET and HEAD); otherwise it is the caller's own.
+func (q *request) findVersion(b *bucket, key, versionID string, shared bool) (*objVersion, error) {
+	var e *objEntry
+	var found bool
+	var err error
+	if shared {
+		var v any
+		v, found, err = b.objects.getDecoded(q.ctx, key, func(raw []byte) (any, error) { return decodeEntry(raw) })
+		e, _ = v.(*objEntry)
+	} else {
+		var raw []byte
+		if raw, found, err = b.objects.get(q.ctx, key); err == nil && found {
+			e, err = decodeEntry(raw)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -166,10 +181,6 @@ func (q *request) findVersion(b *bucket, key, versionID string) (*objVersion, er
 			return nil, s3err.New(s3err.NoSuchVersion)
 		}
 		return nil, s3err.New(s3err.NoSuchKey)
-	}
-	e, err := decodeEntry(raw)
-	if err != nil {
-		return nil, err
 	}
 	if versionID != "" {
 		_, v := e.find(versionID)
@@ -305,7 +316,7 @@ func (q *request) readObject(withBody bool) error {
 	if q.key == "" {
 		return s3err.New(s3err.NoSuchKey)
 	}
-	v, err := q.findVersion(b, q.key, q.query("versionId"))
+	v, err := q.findVersion(b, q.key, q.query("versionId"), true)
 	if err != nil {
 		return err
 	}
@@ -680,7 +691,7 @@ func (q *request) copySource() (*bucket, *objVersion, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	v, err := q.findVersion(src, sk, sv)
+	v, err := q.findVersion(src, sk, sv, false)
 	if err != nil {
 		q.w.Header().Del("X-Amz-Delete-Marker")
 		return nil, nil, err

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -49,7 +50,13 @@ type shard struct {
 	frozen *freeze // set while a split copies the upper half out
 	keys   []string
 	vals   [][]byte
+	// memo holds values decoded by readers, one slot per key (see
+	// getDecoded); only shards in a shardCache have it.
+	memo []atomic.Pointer[memoized]
 }
+
+// memoized is a value as decoded by getDecoded's caller.
+type memoized struct{ v any }
 
 // freeze stops writes to the keys >= key of a shard until the split that
 // set it cuts them off, or until `until` (unix ms, the splitter's clock).
@@ -247,6 +254,7 @@ func (c *shardCache) decode(addr [32]byte, version uint64, b []byte) (*shard, er
 	if err != nil {
 		return nil, err
 	}
+	s.memo = make([]atomic.Pointer[memoized], len(s.keys))
 	c.c.Put(addr, decodedShard{version: version, raw: raw, n: len(b), s: s}, 2*len(b))
 	return s, nil
 }
@@ -333,6 +341,35 @@ func (ix *index) get(ctx context.Context, k string) ([]byte, bool, error) {
 		return s.vals[i], true, nil
 	}
 	return nil, false, nil
+}
+
+// getDecoded is get, returning decode's result for the value. It is kept
+// with the decoded shard, so the next read of k in the same version of its
+// shard decodes nothing: a GET decoded its object's entry from JSON every
+// time, 11 µs, ~3% of the S3 server's CPU per 4 KiB GET. The result is
+// shared between readers and must not be modified.
+func (ix *index) getDecoded(ctx context.Context, k string, decode func([]byte) (any, error)) (any, bool, error) {
+	_, s, err := ix.locate(ctx, k)
+	if err != nil {
+		return nil, false, err
+	}
+	i, ok := s.search(k)
+	if !ok {
+		return nil, false, nil
+	}
+	if s.memo != nil {
+		if m := s.memo[i].Load(); m != nil {
+			return m.v, true, nil
+		}
+	}
+	v, err := decode(s.vals[i])
+	if err != nil {
+		return nil, false, err
+	}
+	if s.memo != nil {
+		s.memo[i].Store(&memoized{v})
+	}
+	return v, true, nil
 }
 
 // update applies fn to the value under k through the shard's
