@@ -96,9 +96,9 @@ func (s *Sealer) Seal(dst, plain []byte) (stored []byte, seed block.Address, com
 // only used when encrypting).
 func (s *Sealer) SealSum(dst, plain []byte, sum block.Address) (stored []byte, seed block.Address, compressed bool, err error) {
 	body := plain
-	if s.enc != nil && len(plain) >= 64 {
+	if s.enc != nil && len(plain) >= 64 && s.mayPay(dst, plain) {
 		out := s.enc.EncodeAll(plain, dst[:0])
-		if len(out) <= len(plain)-len(plain)/16 {
+		if pays(len(plain), len(out)) {
 			body, compressed = out, true
 			dst = out
 		}
@@ -119,6 +119,31 @@ func (s *Sealer) SealSum(dst, plain []byte, sum block.Address) (stored []byte, s
 		dst = make([]byte, 0, len(plain)+Overhead)
 	}
 	return aead.Seal(dst[:0], nonce, plain, aad), seed, false, nil
+}
+
+// Compressing a chunk only to find that it does not pay (media, archives,
+// encrypted or random data) cost 10% of the cluster's CPU on an
+// erasure-coded put of such data: zstd searches every block for matches,
+// then copies it out raw. A large chunk is therefore compressed only if its
+// first probeBytes compress (as ZFS aborts early); a chunk whose head is
+// incompressible and whose rest is not is stored as it is. A chunk that is
+// compressed is compressed whole, exactly as before, so its stored bytes,
+// and its address, do not change.
+const (
+	probeBytes = 32 << 10
+	minProbed  = 4 * probeBytes
+)
+
+// pays reports whether compressing in bytes to out bytes is worth keeping.
+func pays(in, out int) bool { return out <= in-in/16 }
+
+// mayPay reports whether plain's compression may pay: false only for a
+// large chunk whose head does not compress. dst is scratch space.
+func (s *Sealer) mayPay(dst, plain []byte) bool {
+	if len(plain) < minProbed {
+		return true
+	}
+	return pays(probeBytes, len(s.enc.EncodeAll(plain[:probeBytes], dst[:0])))
 }
 
 // Open reverses Seal. stored must already be verified against its address;

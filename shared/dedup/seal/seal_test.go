@@ -78,3 +78,55 @@ func TestDecompressionBombRefused(t *testing.T) {
 		t.Fatalf("oversized claim: %v", err)
 	}
 }
+
+// A large chunk whose head does not compress is stored as it is, without
+// compressing the rest; one that compresses is compressed whole, to exactly
+// the bytes zstd makes of it in one go, so its address does not change.
+func TestProbeBeforeCompressing(t *testing.T) {
+	s, err := New(policy.Compression{Algo: policy.Zstd, Level: 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	random := func(n int, seed uint64) []byte {
+		b := make([]byte, n)
+		x := seed
+		for i := range b {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			b[i] = byte(x)
+		}
+		return b
+	}
+	text := bytes.Repeat([]byte("compressible text, 0123456789; "), (1<<20)/31)
+	// A compressible head, random bytes, more text: compressed, whole.
+	mixed := append(append(append([]byte(nil), text[:probeBytes]...), random(256<<10, 1)...), text[:512<<10]...)
+	for _, plain := range [][]byte{text, mixed} {
+		stored, _, compressed, err := s.Seal(nil, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !compressed {
+			t.Fatalf("%d bytes with a compressible head not compressed", len(plain))
+		}
+		if want := s.enc.EncodeAll(plain, nil); !bytes.Equal(stored, want) {
+			t.Fatalf("%d bytes compressed to %d bytes, not zstd's own %d", len(plain), len(stored), len(want))
+		}
+	}
+	// A random head: stored as is, even with a compressible tail.
+	head := append(random(probeBytes, 2), text...)
+	for _, plain := range [][]byte{random(1<<20, 3), head} {
+		stored, _, compressed, err := s.Seal(nil, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if compressed || !bytes.Equal(stored, plain) {
+			t.Fatalf("%d bytes with a random head: compressed %v, %d bytes stored", len(plain), compressed, len(stored))
+		}
+	}
+	// Below the probed size the whole chunk decides, as before.
+	small := append(random(probeBytes, 4), text[:minProbed-probeBytes-1]...)
+	if _, _, compressed, err := s.Seal(nil, small); err != nil || !compressed {
+		t.Fatalf("%d bytes, half text: compressed %v, %v", len(small), compressed, err)
+	}
+}
