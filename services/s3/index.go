@@ -232,9 +232,15 @@ type decodedShard struct {
 	s       *shard
 }
 
-// shardCacheBytes bounds the encoded size of the shards kept decoded; the
-// decoded form is about as large again (its keys).
-const shardCacheBytes = 32 << 20
+// shardCacheBytes bounds the memory of the shards kept decoded. A shard
+// is charged decodedShardCost times its encoded size: once for its bytes,
+// once for its decoded keys, and three times for the entries readers may
+// decode beside it (getDecoded: an object's decoded entry, with its maps
+// and strings, is about three times its JSON).
+const (
+	shardCacheBytes  = 64 << 20
+	decodedShardCost = 5
+)
 
 func newShardCache() *shardCache {
 	return &shardCache{c: sizedcache.New[[32]byte, decodedShard](shardCacheBytes)}
@@ -255,7 +261,7 @@ func (c *shardCache) decode(addr [32]byte, version uint64, b []byte) (*shard, er
 		return nil, err
 	}
 	s.memo = make([]atomic.Pointer[memoized], len(s.keys))
-	c.c.Put(addr, decodedShard{version: version, raw: raw, n: len(b), s: s}, 2*len(b))
+	c.c.Put(addr, decodedShard{version: version, raw: raw, n: len(b), s: s}, decodedShardCost*len(b))
 	return s, nil
 }
 
