@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	sha256 "github.com/minio/sha256-simd"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	bpb "shoal/proto/blockstorepb"
 )
@@ -21,6 +23,26 @@ var (
 	// its owner and salt or name.
 	ErrBadDerivation = errors.New("block: address does not match owner and derivation")
 )
+
+// WithPayload returns a deep copy of st whose payload is payload itself,
+// not a copy. Making the next version of a state by cloning it copied the
+// old payload only to replace it (up to 256 KiB per S3 index round, ~2% of
+// the cluster's CPU under 4 KiB PUTs). Payloads are never modified in
+// place, so sharing payload is safe.
+func WithPayload(st *bpb.MutableState, payload []byte) *bpb.MutableState {
+	view := &bpb.MutableState{}
+	src, dst := st.ProtoReflect(), view.ProtoReflect()
+	skip := src.Descriptor().Fields().ByName("payload")
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd != skip {
+			dst.Set(fd, v)
+		}
+		return true
+	})
+	out := proto.Clone(view).(*bpb.MutableState) // nothing else shared with st
+	out.Payload = payload
+	return out
+}
 
 // MutableAddress is the address of a mutable block: fixed at creation from
 // the owner's key and a random salt.

@@ -203,9 +203,8 @@ func (c *Client) GetMutableIfChanged(ctx context.Context, addr block.Address, v 
 }
 
 func nextVersion(cur *bpb.MutableState, key ed25519.PrivateKey, payload []byte, tombstone bool) *bpb.MutableState {
-	st := proto.Clone(cur).(*bpb.MutableState)
+	st := block.WithPayload(cur, payload)
 	st.Version++
-	st.Payload = payload
 	st.Tombstone = tombstone
 	block.Sign(st, key)
 	return st

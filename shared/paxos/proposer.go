@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	bpb "shoal/proto/blockstorepb"
 	"shoal/shared/block"
 )
@@ -384,7 +382,7 @@ func (p *Proposer) decided(ctx context.Context, addr block.Address, st *bpb.Muta
 // stamp completes a proposed state: the acceptor set, and this proposal's
 // op id among the recent ones when it makes a new version.
 func stamp(next, cur *bpb.MutableState, opID uint64, quorum []string) *bpb.MutableState {
-	next = proto.Clone(next).(*bpb.MutableState)
+	next = block.WithPayload(next, next.Payload)
 	if len(next.Quorum) == 0 {
 		next.Quorum = quorum
 	}
