@@ -103,6 +103,7 @@ func s3Bench(dataDir string, raw float64) {
 	if n := *s3Small; n > 0 {
 		// The load generator shares the machine's cores with the cluster:
 		// its own CPU per operation (this process) shows what is left.
+		settle(cmd.Process.Pid)
 		cpu, self := startCPU(cmd.Process.Pid), startCPU(os.Getpid())
 		put := measure(n, *s3Conc, func(i int) {
 			_, err := c.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("rep3"), Key: aws.String(fmt.Sprintf("small/%06d", i)),
@@ -110,6 +111,7 @@ func s3Bench(dataDir string, raw float64) {
 			check(err)
 		})
 		add(fmt.Sprintf("S3 PUT 4 KiB, %d clients", *s3Conc), fmt.Sprintf("%.0f ops/s", put.rate()), fmt.Sprintf("p50 %v p99 %v%s%s", put.pct(50), put.pct(99), cpu.perOp(n), self.perOpOf("client", n)))
+		settle(cmd.Process.Pid) // the PUTs' replica writes and compactions
 		cpu, self = startCPU(cmd.Process.Pid), startCPU(os.Getpid())
 		get := measure(n, *s3Conc, func(i int) {
 			o, err := c.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("rep3"), Key: aws.String(fmt.Sprintf("small/%06d", i))})
@@ -135,6 +137,7 @@ func s3Bench(dataDir string, raw float64) {
 		}
 		hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 		ops := 5 * n
+		settle(cmd.Process.Pid)
 		cpu, self = startCPU(cmd.Process.Pid), startCPU(os.Getpid())
 		lean := measure(ops, *s3Conc, func(i int) {
 			resp, err := hc.Get(urls[i%n])
