@@ -166,9 +166,16 @@ func (f *FS) MountWith(dir string, adjust func(*fusefs.Options)) (*fuse.Server, 
 	if adjust != nil {
 		adjust(opts)
 	}
-	srv, err := fusefs.Mount(dir, f.Root(), opts)
-	if err != nil || f.cfg.NATS == nil {
-		return srv, err
+	srv, err := fuse.NewServer(fusefs.NewNodeFS(f.Root(), opts), dir, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := waitMount(srv); err != nil {
+		return nil, err
+	}
+	if f.cfg.NATS == nil {
+		return srv, nil
 	}
 	sub, err := f.subscribe()
 	if err != nil {
@@ -180,6 +187,32 @@ func (f *FS) MountWith(dir string, adjust func(*fusefs.Options)) (*fuse.Server, 
 		_ = sub.Unsubscribe()
 	}()
 	return srv, nil
+}
+
+// mountWaiter is the part of a fuse.Server that waitMount uses.
+type mountWaiter interface {
+	WaitMount() error
+	Unmount() error
+}
+
+// waitMount waits until the kernel serves the mount. go-fuse's WaitMount
+// ends with a raw open(2) of a file in the new mount (its poll hack),
+// which a signal (the Go runtime preempts goroutines with SIGURG) can
+// interrupt: it then fails with EINTR, and fs.Mount returned that error
+// with the volume mounted and served, so the mount outlived its failed
+// Mount. EINTR is retried here (once the mount is up, WaitMount only
+// repeats the open); any other failure unmounts what may be mounted.
+func waitMount(srv mountWaiter) error {
+	for {
+		err := srv.WaitMount()
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil {
+			_ = srv.Unmount()
+		}
+		return err
+	}
 }
 
 // inoOf is the inode number of an address (the root is 1).
