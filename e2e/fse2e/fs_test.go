@@ -133,6 +133,18 @@ func mustRead(t *testing.T, path string, want []byte) {
 	}
 }
 
+// retry runs a raw system call on the mount until a signal does not
+// interrupt it: the Go runtime preempts goroutines with SIGURG, and a FUSE
+// request interrupted before the server reads it fails with EINTR (the os
+// package retries those; package syscall does not).
+func retry(call func() error) error {
+	for {
+		if err := call(); !errors.Is(err, syscall.EINTR) {
+			return err
+		}
+	}
+}
+
 func wantErrno(t *testing.T, what string, err error, want syscall.Errno) {
 	t.Helper()
 	if !errors.Is(err, want) {
@@ -299,7 +311,7 @@ func TestNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantErrno(t, "stat a removed directory", statErr(p("a/moved")), syscall.ENOENT)
-	wantErrno(t, "unlink a directory", syscall.Unlink(p("a/b")), syscall.EISDIR)
+	wantErrno(t, "unlink a directory", retry(func() error { return syscall.Unlink(p("a/b")) }), syscall.EISDIR)
 	wantErrno(t, "rmdir a file", syscall.Rmdir(p("a/b/omega")), syscall.ENOTDIR)
 
 	// Symlinks.
@@ -337,8 +349,12 @@ func TestNamespace(t *testing.T) {
 	// replaces.
 	mustWrite(t, p("a/r1"), []byte("r1"))
 	mustWrite(t, p("a/r2"), []byte("r2"))
-	wantErrno(t, "RENAME_NOREPLACE over a file", unix.Renameat2(unix.AT_FDCWD, p("a/r1"), unix.AT_FDCWD, p("a/r2"), unix.RENAME_NOREPLACE), syscall.EEXIST)
-	if err := unix.Renameat2(unix.AT_FDCWD, p("a/r1"), unix.AT_FDCWD, p("a/r3"), unix.RENAME_NOREPLACE); err != nil {
+	wantErrno(t, "RENAME_NOREPLACE over a file", retry(func() error {
+		return unix.Renameat2(unix.AT_FDCWD, p("a/r1"), unix.AT_FDCWD, p("a/r2"), unix.RENAME_NOREPLACE)
+	}), syscall.EEXIST)
+	if err := retry(func() error {
+		return unix.Renameat2(unix.AT_FDCWD, p("a/r1"), unix.AT_FDCWD, p("a/r3"), unix.RENAME_NOREPLACE)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(p("a/r3"), p("a/r2")); err != nil {
@@ -355,8 +371,8 @@ func TestNamespace(t *testing.T) {
 		}
 	}
 	// (syscall.Rename: os.Rename refuses an existing directory itself.)
-	wantErrno(t, "rename over a non-empty directory", syscall.Rename(p("a/d1"), p("a/d3")), syscall.ENOTEMPTY)
-	if err := syscall.Rename(p("a/d1"), p("a/d2")); err != nil {
+	wantErrno(t, "rename over a non-empty directory", retry(func() error { return syscall.Rename(p("a/d1"), p("a/d3")) }), syscall.ENOTEMPTY)
+	if err := retry(func() error { return syscall.Rename(p("a/d1"), p("a/d2")) }); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := os.Stat(p("a/d2/x")); err != nil || !st.IsDir() {
@@ -531,7 +547,7 @@ func TestSpaceReclaimed(t *testing.T) {
 		return e.c.PhysicalBytes()-p0 < size
 	})
 	var st syscall.Statfs_t
-	if err := syscall.Statfs(mnt, &st); err != nil || st.Bsize != 4096 || st.Blocks == 0 || st.Namelen != 255 {
+	if err := retry(func() error { return syscall.Statfs(mnt, &st) }); err != nil || st.Bsize != 4096 || st.Blocks == 0 || st.Namelen != 255 {
 		t.Fatalf("statfs: %+v %v", st, err)
 	}
 }
