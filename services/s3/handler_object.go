@@ -525,16 +525,15 @@ type limitWriter struct {
 var errDataLonger = errors.New("s3: data longer than recorded")
 
 func (l *limitWriter) Write(p []byte) (int, error) {
-	if int64(len(p)) > l.left {
-		n, err := l.w.Write(p[:l.left])
-		l.left -= int64(n)
-		if err == nil {
-			err = errDataLonger
-		}
-		return n, err
+	over := int64(len(p)) > l.left
+	if over {
+		p = p[:l.left]
 	}
 	n, err := l.w.Write(p)
 	l.left -= int64(n)
+	if over && err == nil {
+		err = errDataLonger
+	}
 	return n, err
 }
 

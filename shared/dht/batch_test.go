@@ -59,14 +59,7 @@ func TestCancelledPutLeavesNoReaderBehind(t *testing.T) {
 	queuedCtx, cancelQueued := context.WithCancel(context.Background())
 	queued := put(queuedCtx)
 	cancelQueued()
-	select {
-	case err := <-queued:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("queued put: %v, want context.Canceled", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("a cancelled put that was never sent did not return")
-	}
+	wantCanceled(t, queued, "a cancelled put that was never sent")
 	cancelSent()
 	select {
 	case err := <-sent:
@@ -74,17 +67,23 @@ func TestCancelledPutLeavesNoReaderBehind(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 	close(node.release)
-	select {
-	case err := <-sent:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("sent put: %v, want context.Canceled", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("a cancelled put did not return after its batch was answered")
-	}
+	wantCanceled(t, sent, "a cancelled put whose batch was answered")
 	select {
 	case k := <-node.got:
 		t.Fatalf("the cancelled queued put was sent after all (a batch of %d)", k)
 	default:
+	}
+}
+
+// wantCanceled waits for a put's outcome, which must be context.Canceled.
+func wantCanceled(t *testing.T, outcome <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-outcome:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s: %v, want context.Canceled", what, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not return", what)
 	}
 }

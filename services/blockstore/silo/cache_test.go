@@ -34,7 +34,7 @@ func TestBlockCacheSurvivesMemtables(t *testing.T) {
 	if err := s.db.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	before := s.CacheStats()
+	before := s.cacheStats()
 	const rounds = 50
 	for range rounds {
 		for _, a := range addrs {
@@ -43,7 +43,7 @@ func TestBlockCacheSurvivesMemtables(t *testing.T) {
 			}
 		}
 	}
-	after := s.CacheStats()
+	after := s.cacheStats()
 	hits, misses := after.Hits-before.Hits, after.Misses-before.Misses
 	// The first round may miss; every later one must hit.
 	if misses > hits/10 {

@@ -203,16 +203,16 @@ const (
 	memTableReserve = 3
 )
 
-// CacheStats are the LSM block cache's counters.
-type CacheStats struct {
+// cacheStats are the LSM block cache's counters.
+type cacheStats struct {
 	Hits, Misses int64
 	Bytes        int64
 }
 
-// CacheStats returns the LSM block cache's counters.
-func (s *Silo) CacheStats() CacheStats {
+// cacheStats returns the LSM block cache's counters.
+func (s *Silo) cacheStats() cacheStats {
 	m := s.db.Metrics().BlockCache
-	return CacheStats{Hits: m.Hits, Misses: m.Misses, Bytes: m.Size}
+	return cacheStats{Hits: m.Hits, Misses: m.Misses, Bytes: m.Size}
 }
 
 type quietLogger struct{}
