@@ -690,9 +690,13 @@ type UsageResponse struct {
 	PhysicalBytes int64 `protobuf:"varint,2,opt,name=physical_bytes,json=physicalBytes,proto3" json:"physical_bytes,omitempty"`
 	Blocks        int64 `protobuf:"varint,3,opt,name=blocks,proto3" json:"blocks,omitempty"`
 	// Bytes of the nodes' segment files (see NodeStatsResponse).
-	SegmentBytes  int64 `protobuf:"varint,4,opt,name=segment_bytes,json=segmentBytes,proto3" json:"segment_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SegmentBytes int64 `protobuf:"varint,4,opt,name=segment_bytes,json=segmentBytes,proto3" json:"segment_bytes,omitempty"`
+	// Registered root journals, and the root changes they hold that are not
+	// yet folded into the root set (services/dedup/journal.go).
+	RootJournals   int64 `protobuf:"varint,5,opt,name=root_journals,json=rootJournals,proto3" json:"root_journals,omitempty"`
+	JournalEntries int64 `protobuf:"varint,6,opt,name=journal_entries,json=journalEntries,proto3" json:"journal_entries,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *UsageResponse) Reset() {
@@ -749,6 +753,20 @@ func (x *UsageResponse) GetBlocks() int64 {
 func (x *UsageResponse) GetSegmentBytes() int64 {
 	if x != nil {
 		return x.SegmentBytes
+	}
+	return 0
+}
+
+func (x *UsageResponse) GetRootJournals() int64 {
+	if x != nil {
+		return x.RootJournals
+	}
+	return 0
+}
+
+func (x *UsageResponse) GetJournalEntries() int64 {
+	if x != nil {
+		return x.JournalEntries
 	}
 	return 0
 }
@@ -1162,12 +1180,14 @@ const file_dedupb_dedup_proto_rawDesc = "" +
 	"\x03ref\x18\x01 \x01(\fR\x03ref\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\"\r\n" +
 	"\vRefResponse\"\x0e\n" +
-	"\fUsageRequest\"\x98\x01\n" +
+	"\fUsageRequest\"\xe6\x01\n" +
 	"\rUsageResponse\x12#\n" +
 	"\rlogical_bytes\x18\x01 \x01(\x03R\flogicalBytes\x12%\n" +
 	"\x0ephysical_bytes\x18\x02 \x01(\x03R\rphysicalBytes\x12\x16\n" +
 	"\x06blocks\x18\x03 \x01(\x03R\x06blocks\x12#\n" +
-	"\rsegment_bytes\x18\x04 \x01(\x03R\fsegmentBytes\"N\n" +
+	"\rsegment_bytes\x18\x04 \x01(\x03R\fsegmentBytes\x12#\n" +
+	"\rroot_journals\x18\x05 \x01(\x03R\frootJournals\x12'\n" +
+	"\x0fjournal_entries\x18\x06 \x01(\x03R\x0ejournalEntries\"N\n" +
 	"\x0eCollectRequest\x12#\n" +
 	"\rgrace_seconds\x18\x01 \x01(\x03R\fgraceSeconds\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"`\n" +

@@ -240,11 +240,11 @@ func (s *Service) sweepNode(ctx context.Context, n *ppb.Node, marked map[block.A
 // Usage reports logical bytes (live roots, each use counted) against
 // physical bytes (what the storage nodes in the view hold).
 func (s *Service) Usage(ctx context.Context, _ *dpb.UsageRequest) (*dpb.UsageResponse, error) {
-	roots, err := s.roots.all(ctx)
+	roots, js, err := s.roots.read(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	out := &dpb.UsageResponse{}
+	out := &dpb.UsageResponse{RootJournals: int64(js.journals), JournalEntries: int64(js.entries)}
 	for _, r := range roots {
 		out.LogicalBytes += r.ref.Size * int64(r.count)
 	}

@@ -33,6 +33,11 @@ type Config struct {
 	// asked, e.g. by `shoal gc`); CollectGrace is its grace period.
 	CollectInterval time.Duration `yaml:"collect_interval"`
 	CollectGrace    time.Duration `yaml:"collect_grace"`
+	// JournalRetireAfter is how long a root journal's owner may stay
+	// silent before another process retires the journal (journal.go);
+	// JournalFoldEvery bounds how long adds wait in a journal.
+	JournalRetireAfter time.Duration `yaml:"journal_retire_after"`
+	JournalFoldEvery   time.Duration `yaml:"journal_fold_every"`
 }
 
 // RegisterFlags registers the server's flags under prefix (e.g. "dedup.").
@@ -43,6 +48,8 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Int64Var(&c.MaxInFlight, prefix+"max-in-flight", 64<<20, "bytes one write may hold in memory")
 	fs.Int64Var(&c.ReadaheadBytes, prefix+"readahead-bytes", 16<<20, "bytes a read fetches ahead of the client (its memory bound, plus two chunks)")
 	fs.DurationVar(&c.CollectInterval, prefix+"collect-interval", 0, "run space reclamation this often (0 = only on request)")
+	fs.DurationVar(&c.JournalRetireAfter, prefix+"journal-retire-after", 10*time.Minute, "retire (fold and drop) a root journal whose dedup process has been silent this long")
+	fs.DurationVar(&c.JournalFoldEvery, prefix+"journal-fold-every", 30*time.Minute, "fold this process's root journal into the root set at least this often")
 	fs.DurationVar(&c.CollectGrace, prefix+"collect-grace", 6*time.Hour, "grace period of periodic reclamation: blocks touched more recently are kept; must exceed the longest write plus the nodes' clock drift")
 }
 
@@ -57,6 +64,8 @@ func (c *Config) Validate() error {
 		return errors.New("dedup: -dedup.max-in-flight and -dedup.readahead-bytes must not be negative")
 	case c.CollectInterval < 0 || c.CollectGrace < 0:
 		return errors.New("dedup: collection interval and grace must not be negative")
+	case c.JournalRetireAfter < 0 || c.JournalFoldEvery < 0:
+		return errors.New("dedup: -dedup.journal-retire-after and -dedup.journal-fold-every must not be negative")
 	}
 	return nil
 }

@@ -47,6 +47,8 @@ type Service struct {
 	dht   *dht.Client
 	keys  *keys
 	roots *rootSet
+	// journal takes Writes' root adds (journal.go).
+	journal *journal
 
 	// sealed is shared by the writers: ~160k chunks (10 GiB of 64 KiB
 	// chunks) re-written without compressing them again.
@@ -80,11 +82,18 @@ func New(cfg Config, dc *dht.Client, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	if cfg.JournalRetireAfter == 0 {
+		cfg.JournalRetireAfter = 10 * time.Minute
+	}
+	if cfg.JournalFoldEvery == 0 {
+		cfg.JournalFoldEvery = 30 * time.Minute
+	}
 	k, err := loadKeys(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, log: log, dht: dc, keys: k, roots: newRootSet(dc, k.sign), sealed: dedup.NewSealCache(16 << 20),
+	roots := newRootSet(dc, k.sign, log)
+	return &Service{cfg: cfg, log: log, dht: dc, keys: k, roots: roots, journal: newJournal(roots), sealed: dedup.NewSealCache(16 << 20),
 		writers: map[string]*dedup.Writer{}, readers: map[string]*dedup.Reader{}, done: make(chan struct{})}, nil
 }
 
@@ -117,6 +126,8 @@ func (s *Service) Start(context.Context) error {
 		s.wg.Add(1)
 		go s.collectLoop()
 	}
+	s.wg.Add(1)
+	go s.journalLoop()
 	s.log.Info("dedup up", "addr", s.Addr())
 	return nil
 }
@@ -133,12 +144,30 @@ func (s *Service) Stop() error {
 		s.srv.Stop()
 	}
 	s.wg.Wait()
+	// Fold the root journal into the shards and unregister it, so no
+	// other process has to retire it. If that fails (the storage nodes
+	// are gone), another process retires it once it is silent.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.journal.close(ctx); err != nil {
+		s.log.Warn("dedup: root journal left to be retired", "err", err)
+	}
 	return nil
 }
 
-func (s *Service) collectLoop() {
+// journalLoop tends the root journals (journal.go) every fifth of the
+// retirement delay.
+func (s *Service) journalLoop() {
+	s.every(s.cfg.JournalRetireAfter/5, func(ctx context.Context) {
+		s.journal.tend(ctx, s.cfg.JournalRetireAfter, s.cfg.JournalFoldEvery)
+	})
+}
+
+// every runs fn each interval until the service stops, with a context the
+// stop cancels.
+func (s *Service) every(interval time.Duration, fn func(ctx context.Context)) {
 	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.CollectInterval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -154,14 +183,20 @@ func (s *Service) collectLoop() {
 			}
 			cancel()
 		}()
-		res, err := s.collect(ctx, s.cfg.CollectGrace, false)
+		fn(ctx)
 		cancel()
+	}
+}
+
+func (s *Service) collectLoop() {
+	s.every(s.cfg.CollectInterval, func(ctx context.Context) {
+		res, err := s.collect(ctx, s.cfg.CollectGrace, false)
 		if err != nil {
 			s.log.Warn("periodic collection", "err", err)
 		} else {
 			s.log.Info("periodic collection", "marked", res.Marked, "swept", res.Swept, "freed", res.FreedBytes)
 		}
-	}
+	})
 }
 
 // errInvalid marks requests refused as malformed.
@@ -416,7 +451,7 @@ func (s *Service) publishWrite(ctx context.Context, volume string, write func(pu
 			return err
 		}
 		vol := rootVolume(ref, volume)
-		if err := s.roots.add(ctx, vol, b, 1); err != nil {
+		if err := s.journal.add(ctx, vol, b, 1); err != nil {
 			return fmt.Errorf("dedup: registering the reference: %w", err)
 		}
 		bin, rootOf = b, vol

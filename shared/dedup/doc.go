@@ -65,5 +65,7 @@
 // reference per part), and G must exceed the longest write plus clock skew
 // between nodes; the dedup tier never needs a lock or a global counter for
 // this. Erasure-coded chunks are always re-sent (see Writer), so they fall
-// in the first sub-case.
+// in the first sub-case. The dedup service keeps the roots in a sharded
+// set with per-process journals in front of it (services/dedup, roots.go
+// and journal.go); the collector reads both.
 package dedup

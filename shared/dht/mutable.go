@@ -284,6 +284,35 @@ func (c *Client) setName(ctx context.Context, key ed25519.PrivateKey, name strin
 	return err
 }
 
+// UpdateName is a read-modify-write of owner's name in one Paxos round: fn
+// gets the current value (exists false when the name was never bound) and
+// returns the new one. A removed name (tombstone) is ErrNotFound: its
+// owner retired it for good.
+func (c *Client) UpdateName(ctx context.Context, key ed25519.PrivateKey, name string, fn func(cur []byte, exists bool) ([]byte, error)) error {
+	owner := key.Public().(ed25519.PublicKey)
+	addr := block.NamedAddress(owner, name)
+	_, err := c.propose(ctx, "update_name", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
+		if cur != nil && cur.Tombstone {
+			return nil, fmt.Errorf("%w: name %q was removed", block.ErrNotFound, name)
+		}
+		var old []byte
+		if cur != nil {
+			old = cur.Payload
+		}
+		p, err := fn(old, cur != nil)
+		if err != nil {
+			return nil, err
+		}
+		if cur == nil {
+			st := &bpb.MutableState{Address: addr[:], Owner: owner, Derivation: []byte(name), Named: true, Version: 1, Payload: p}
+			block.Sign(st, key)
+			return st, nil
+		}
+		return nextVersion(cur, key, p, false), nil
+	})
+	return err
+}
+
 // ResolveName returns the value bound to owner's name.
 func (c *Client) ResolveName(ctx context.Context, owner ed25519.PublicKey, name string) (*Mutable, error) {
 	m, err := c.GetMutable(ctx, block.NamedAddress(owner, name))

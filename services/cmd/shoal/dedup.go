@@ -229,6 +229,7 @@ func cmdDF(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "physical bytes    %d   (held by storage nodes, replicas and parity included)\n", u.Physical)
 	fmt.Fprintf(stdout, "blocks            %d\n", u.Blocks)
 	fmt.Fprintf(stdout, "segment files     %d   (on the nodes' disks: blocks of 1 KiB and more, and deleted ones' space until compacted)\n", u.Segments)
+	fmt.Fprintf(stdout, "root journals     %d   (%d root changes not yet folded into the root set)\n", u.Journals, u.JournalEntries)
 	if u.Logical > 0 {
 		fmt.Fprintf(stdout, "physical/logical  %.2f\n", float64(u.Physical)/float64(u.Logical))
 	}

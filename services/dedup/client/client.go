@@ -380,6 +380,9 @@ type Usage struct {
 	// Segments is the bytes of the nodes' segment files: physical bytes
 	// stored there plus deleted blocks' space not compacted away yet.
 	Segments int64
+	// Journals is the registered root journals; JournalEntries the root
+	// changes in them not yet folded into the root set.
+	Journals, JournalEntries int64
 }
 
 // Usage reports logical against physical bytes.
@@ -388,7 +391,8 @@ func (c *Client) Usage(ctx context.Context) (Usage, error) {
 	if err != nil {
 		return Usage{}, fromStatus(err)
 	}
-	return Usage{Logical: r.LogicalBytes, Physical: r.PhysicalBytes, Blocks: r.Blocks, Segments: r.SegmentBytes}, nil
+	return Usage{Logical: r.LogicalBytes, Physical: r.PhysicalBytes, Blocks: r.Blocks, Segments: r.SegmentBytes,
+		Journals: r.RootJournals, JournalEntries: r.JournalEntries}, nil
 }
 
 // CollectResult is what one reclamation cycle did.

@@ -1,0 +1,100 @@
+package dedupe2e
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"shoal/e2e/framework"
+	"shoal/services/dedup"
+)
+
+// TestRootJournal: Writes' roots go to the writing process's journal;
+// collections count them there, releases that reach the root set before
+// the fold cancel them, and stopping the process folds its journal into
+// the root set, where another process finds every root.
+func TestRootJournal(t *testing.T) {
+	c, a := start(t, 3)
+	ctx := ctxT(t, 2*time.Minute)
+	p0 := c.PhysicalBytes()
+	const n = 20
+	var (
+		refs  [][]byte
+		datas [][]byte
+	)
+	for i := range n {
+		data := randBytes(byte(100+i), 64<<10+i)
+		refs = append(refs, write(t, ctx, a.Client, "chunk=fixed:64k", "", data))
+		datas = append(datas, data)
+	}
+	logical := func(from, to int) int64 {
+		var s int64
+		for _, d := range datas[from:to] {
+			s += int64(len(d))
+		}
+		return s
+	}
+	u, err := a.Client.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Journals != 1 || u.JournalEntries != n || u.Logical != logical(0, n) {
+		t.Fatalf("after %d writes: %+v; want 1 journal of %d entries and %d logical bytes", n, u, n, logical(0, n))
+	}
+	// Journaled roots keep their data through a collection.
+	if _, err := a.Client.Collect(ctx, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if got := read(t, ctx, a.Client, refs[i], "", 0, -1); !bytes.Equal(got, datas[i]) {
+			t.Fatalf("stream %d lost by a collection of journaled roots", i)
+		}
+	}
+	// Releasing the first half before any fold: the root set records the
+	// releases, which cancel the journal's adds.
+	for i := range n / 2 {
+		if err := a.Client.Release(ctx, refs[i], ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u, err := a.Client.Usage(ctx); err != nil || u.Logical != logical(n/2, n) {
+		t.Fatalf("after releasing half: %+v, %v; want %d logical bytes", u, err, logical(n/2, n))
+	}
+
+	// Stopping folds the journal and drops it; a second process finds
+	// the roots in the root set alone.
+	if err := a.Service.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	b := c.StartDedup(dedup.Config{})
+	u, err = b.Client.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Journals != 0 || u.JournalEntries != 0 || u.Logical != logical(n/2, n) {
+		t.Fatalf("after the first process stopped: %+v; want no journal and %d logical bytes", u, logical(n/2, n))
+	}
+	framework.Eventually(t, 30*time.Second, "released streams reclaimed", func() bool {
+		if _, err := b.Client.Collect(ctx, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		return c.PhysicalBytes()-p0 < 3*logical(n/2, n)+3*logical(0, n/2)/2
+	})
+	for i := n / 2; i < n; i++ {
+		if got := read(t, ctx, b.Client, refs[i], "", 0, -1); !bytes.Equal(got, datas[i]) {
+			t.Fatalf("stream %d lost after the fold", i)
+		}
+	}
+	// The rest, released through the second process, go too.
+	for i := n / 2; i < n; i++ {
+		if err := b.Client.Release(ctx, refs[i], ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	framework.Eventually(t, 30*time.Second, "every stream reclaimed", func() bool {
+		if _, err := b.Client.Collect(ctx, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		return c.PhysicalBytes()-p0 < logical(0, n)/4
+	})
+}
