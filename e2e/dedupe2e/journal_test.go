@@ -2,11 +2,14 @@ package dedupe2e
 
 import (
 	"bytes"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"shoal/e2e/framework"
 	"shoal/services/dedup"
+	"shoal/shared/block"
 )
 
 // TestRootJournal: Writes' roots go to the writing process's journal;
@@ -98,3 +101,65 @@ func TestRootJournal(t *testing.T) {
 		return c.PhysicalBytes()-p0 < logical(0, n)/4
 	})
 }
+
+// TestRootJournalFoldsFullHeads: with more Writes than a journal head
+// holds, the writer moves on to the next head and the heads it has left
+// are folded while it keeps writing, without losing or doubling a root.
+func TestRootJournalFoldsFullHeads(t *testing.T) {
+	c := framework.Start(t, framework.Options{Nodes: 3, MaxBlockSize: block.MaxSealed})
+	d := c.StartDedup(dedup.Config{JournalRetireAfter: time.Second, JournalFoldEvery: time.Millisecond})
+	ctx := ctxT(t, 2*time.Minute)
+	const n = 700 // a head holds ~256 entries
+	refs := make([][]byte, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ref, _, _, err := d.Client.Write(ctx, "chunk=fixed:4k", "", bytes.NewReader(fmt.Appendf(nil, "stream %d", i)))
+			if err != nil {
+				t.Error(err)
+			}
+			refs[i] = ref
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	var logical int64
+	for i := range n {
+		logical += int64(len(fmt.Sprintf("stream %d", i)))
+	}
+	framework.Eventually(t, 30*time.Second, "the full heads folded", func() bool {
+		u, err := d.Client.Usage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.Logical != logical {
+			t.Fatalf("logical bytes %d, want %d (journal entries %d)", u.Logical, logical, u.JournalEntries)
+		}
+		return u.JournalEntries < n-headEntriesAtLeast
+	})
+	if _, err := d.Client.Collect(ctx, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if got := read(t, ctx, d.Client, refs[i], "", 0, -1); string(got) != fmt.Sprintf("stream %d", i) {
+			t.Fatalf("stream %d: %q after the fold and a collection", i, got)
+		}
+	}
+	for i := range n {
+		if err := d.Client.Release(ctx, refs[i], ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u, err := d.Client.Usage(ctx); err != nil || u.Logical != 0 {
+		t.Fatalf("after releasing every stream: %+v, %v", u, err)
+	}
+}
+
+// headEntriesAtLeast is the fewest entries a full head holds.
+const headEntriesAtLeast = 256

@@ -40,7 +40,10 @@ import (
 //   - A fold applies a snapshot of a journal, every entry up to its highest
 //     sequence number S, to each shard in one round that also raises the
 //     shard's watermark for the journal to S and skips the entries at or
-//     below the old watermark. A fold retried after a crash, or two
+//     below the old watermark. The snapshot is of heads nobody appends to
+//     any more (those the owner has left, or all of them once the owner has
+//     stopped or the journal is retired), so it holds every entry up to S
+//     that no earlier fold took. A fold retried after a crash, or two
 //     processes folding one journal, count each entry once. Entries leave
 //     the heads only after every shard round has succeeded.
 //   - So an entry appended before the collector read its head is counted
@@ -173,6 +176,13 @@ var (
 
 // journal is this process's journal. Its appends run one round at a time
 // (one combine key), so only the committer touches id, cur and seq.
+//
+// Only heads the writer has left (full) are folded while it runs: their
+// entries were all decided before any entry of a later head was proposed,
+// so a snapshot of them holds every entry up to its highest sequence
+// number. A snapshot taken while appends go on could miss a lower entry in
+// one head and see a higher one in the next, and the watermark would then
+// skip the lower one for good.
 type journal struct {
 	rs *rootSet
 	q  *combine.Queues[int, *rootChange]
@@ -186,10 +196,13 @@ type journal struct {
 	// registered says whether it is in the registry.
 	current    string
 	registered bool
+	// left is the heads the writer has left and no fold has emptied yet,
+	// in the order they filled.
+	left []int
 	// closed sends every add to the shards (the process is stopping).
 	closed   bool
 	rounds   sync.WaitGroup
-	filled   int // heads filled since the last fold
+	folds    sync.WaitGroup
 	folding  bool
 	lastFold time.Time
 }
@@ -214,12 +227,13 @@ func newJournal(rs *rootSet) *journal {
 	return j
 }
 
+// newID starts a new journal (at start, and when this one was retired).
 func (j *journal) newID() {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	j.id, j.cur = hex.EncodeToString(b), 0
 	j.mu.Lock()
-	j.current, j.registered, j.filled = j.id, false, 0
+	j.current, j.registered, j.left = j.id, false, nil
 	j.mu.Unlock()
 }
 
@@ -251,22 +265,19 @@ func (j *journal) direct(ctx context.Context, batch []*rootChange) error {
 	return nil
 }
 
-// append writes a round's adds to the current head, moving along the ring
-// past full heads. errNoJournal: the journal is closed, retired or full.
+// append writes a round's adds to the current head, moving to the next
+// when it is full. errNoJournal: the journal is closed or retired, or the
+// next head is still waiting for a fold (the ring is full).
 func (j *journal) append(ctx context.Context, batch []*rootChange) error {
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
 		return errNoJournal
 	}
-	registered, full := j.registered, j.filled >= journalHeads-1
+	registered := j.registered
 	j.rounds.Add(1)
 	j.mu.Unlock()
 	defer j.rounds.Done()
-	if full {
-		go j.foldOwn(context.WithoutCancel(ctx))
-		return errNoJournal // every head is full: the fold is behind
-	}
 	if !registered {
 		// Registered before its first entry, so that no collection can
 		// miss an entry for want of the journal's name.
@@ -277,7 +288,7 @@ func (j *journal) append(ctx context.Context, batch []*rootChange) error {
 		j.registered = true
 		j.mu.Unlock()
 	}
-	for range journalHeads {
+	for {
 		err := j.rs.dht.UpdateName(ctx, j.rs.key, headName(j.id, j.cur), func(cur []byte, _ bool) ([]byte, error) {
 			h, err := decodeHead(cur)
 			switch {
@@ -296,17 +307,20 @@ func (j *journal) append(ctx context.Context, batch []*rootChange) error {
 		})
 		switch {
 		case errors.Is(err, errHeadFull):
-			j.cur = (j.cur + 1) % journalHeads
+			next := (j.cur + 1) % journalHeads
 			j.mu.Lock()
-			j.filled++
-			kick, full := j.filled >= foldAfter && !j.folding, j.filled >= journalHeads-1
-			j.mu.Unlock()
-			if full {
-				go j.foldOwn(context.WithoutCancel(ctx))
-				return errNoJournal
+			blocked := slices.Contains(j.left, next)
+			if !blocked {
+				j.left = append(j.left, j.cur)
+				j.cur = next
 			}
-			if kick {
-				go j.foldOwn(context.WithoutCancel(ctx))
+			fold := blocked || len(j.left) >= foldAfter
+			j.mu.Unlock()
+			if fold {
+				j.foldInBackground()
+			}
+			if blocked {
+				return errNoJournal
 			}
 		case errors.Is(err, errHeadRetired), errors.Is(err, block.ErrNotFound):
 			// Retired by another process: start a new journal.
@@ -316,26 +330,42 @@ func (j *journal) append(ctx context.Context, batch []*rootChange) error {
 			return err
 		}
 	}
-	return errNoJournal // every head is full: the fold is behind
 }
 
-// foldOwn folds this process's journal unless a fold is running.
-func (j *journal) foldOwn(ctx context.Context) {
+// foldInBackground starts a fold of the heads left behind, unless one is
+// running or the journal is closing.
+func (j *journal) foldInBackground() {
 	j.mu.Lock()
-	if j.folding {
+	defer j.mu.Unlock()
+	if j.folding || j.closed {
+		return
+	}
+	j.folds.Add(1)
+	go func() {
+		defer j.folds.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		j.foldLeft(ctx)
+	}()
+}
+
+// foldLeft folds the heads the writer has left, unless a fold is running.
+func (j *journal) foldLeft(ctx context.Context) {
+	j.mu.Lock()
+	if j.folding || len(j.left) == 0 {
 		j.mu.Unlock()
 		return
 	}
 	j.folding = true
-	id, filled := j.current, j.filled
+	id, heads := j.current, slices.Clone(j.left)
 	j.mu.Unlock()
-	err := j.rs.fold(ctx, id)
+	err := j.rs.fold(ctx, id, heads)
 	j.mu.Lock()
 	j.folding = false
 	if err == nil {
 		j.lastFold = time.Now()
 		if j.current == id {
-			j.filled -= filled
+			j.left = slices.DeleteFunc(j.left, func(h int) bool { return slices.Contains(heads, h) })
 		}
 	}
 	j.mu.Unlock()
@@ -344,21 +374,22 @@ func (j *journal) foldOwn(ctx context.Context) {
 	}
 }
 
-// close sends later adds to the shards, waits for the round in progress,
-// folds the journal and drops it from the registry (or leaves it to be
-// retired by another process if that fails).
+// close sends later adds to the shards, waits for the rounds and folds in
+// progress, folds the whole journal and drops it from the registry (or
+// leaves it to be retired by another process if that fails).
 func (j *journal) close(ctx context.Context) error {
 	j.mu.Lock()
 	j.closed = true
 	j.mu.Unlock()
 	j.rounds.Wait()
+	j.folds.Wait()
 	j.mu.Lock()
 	id, registered := j.current, j.registered
 	j.mu.Unlock()
 	if !registered {
 		return nil
 	}
-	if err := j.rs.fold(ctx, id); err != nil {
+	if err := j.rs.fold(ctx, id, nil); err != nil {
 		return err
 	}
 	return j.rs.unregister(ctx, id)
@@ -387,11 +418,12 @@ func (rs *rootSet) heartbeat(ctx context.Context, id string, register bool) erro
 // tend is the journals' housekeeping, run every beat by each process: it
 // refreshes this process's heartbeat, retires journals whose owners have
 // been silent for staleAfter, and folds this process's journal once half
-// its ring has filled or foldEvery has passed since its last fold.
+// its ring has filled or foldEvery has passed since its last fold (the
+// heads it has left, that is: the current one waits until it fills).
 func (j *journal) tend(ctx context.Context, staleAfter, foldEvery time.Duration) {
 	rs := j.rs
 	j.mu.Lock()
-	id, registered, due := j.current, j.registered, j.filled >= foldAfter || time.Since(j.lastFold) > foldEvery
+	id, registered, due := j.current, j.registered, len(j.left) >= foldAfter || time.Since(j.lastFold) > foldEvery
 	j.mu.Unlock()
 	if registered {
 		if err := rs.heartbeat(ctx, id, false); err != nil {
@@ -415,7 +447,7 @@ func (j *journal) tend(ctx context.Context, staleAfter, foldEvery time.Duration)
 		}
 	}
 	if registered && due {
-		j.foldOwn(ctx)
+		j.foldLeft(ctx)
 	}
 }
 
@@ -449,11 +481,19 @@ func (rs *rootSet) registry(ctx context.Context) (map[string]int64, error) {
 	return decodeRegistry(m.Payload)
 }
 
-// readJournal reads every head of journal id (quorum reads) and returns
-// their entries, sorted by sequence number, and which heads hold any.
-func (rs *rootSet) readJournal(ctx context.Context, id string) ([]journalEntry, []int, error) {
+// readJournal reads the given heads of journal id, or every head if nil
+// (quorum reads), and returns their entries, sorted by sequence number,
+// and which heads hold any.
+func (rs *rootSet) readJournal(ctx context.Context, id string, which []int) ([]journalEntry, []int, error) {
+	if which == nil {
+		which = make([]int, journalHeads)
+		for i := range which {
+			which[i] = i
+		}
+	}
 	heads := make([]head, journalHeads)
-	err := forEach(ctx, journalHeads, func(ctx context.Context, i int) error {
+	err := forEach(ctx, len(which), func(ctx context.Context, n int) error {
+		i := which[n]
 		m, err := rs.dht.GetMutable(ctx, block.NamedAddress(rs.pub, headName(id, i)))
 		if errors.Is(err, block.ErrNotFound) {
 			return nil
@@ -491,7 +531,7 @@ func (rs *rootSet) readJournals(ctx context.Context) (map[string][]journalEntry,
 	}
 	out := make(map[string][]journalEntry, len(reg))
 	for id := range reg {
-		es, _, err := rs.readJournal(ctx, id)
+		es, _, err := rs.readJournal(ctx, id, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -500,10 +540,13 @@ func (rs *rootSet) readJournals(ctx context.Context) (map[string][]journalEntry,
 	return out, nil
 }
 
-// fold applies a snapshot of journal id to the shards, then removes the
-// snapshot's entries from the heads. Safe to run twice, or concurrently.
-func (rs *rootSet) fold(ctx context.Context, id string) error {
-	es, used, err := rs.readJournal(ctx, id)
+// fold applies a snapshot of the given heads of journal id (nil: all) to
+// the shards, then removes the snapshot's entries from the heads. Safe to
+// run twice, or concurrently, provided that no entry is appended to the
+// heads it reads and every entry below one of theirs is either in them or
+// folded already (see journal).
+func (rs *rootSet) fold(ctx context.Context, id string, heads []int) error {
+	es, used, err := rs.readJournal(ctx, id, heads)
 	if err != nil || len(es) == 0 {
 		return err
 	}
@@ -580,7 +623,7 @@ func (rs *rootSet) retire(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("dedup: retiring journal %s: %w", id, err)
 	}
-	if err := rs.fold(ctx, id); err != nil {
+	if err := rs.fold(ctx, id, nil); err != nil {
 		return err
 	}
 	return rs.unregister(ctx, id)
