@@ -163,3 +163,107 @@ func TestRootJournalFoldsFullHeads(t *testing.T) {
 
 // headEntriesAtLeast is the fewest entries a full head holds.
 const headEntriesAtLeast = 256
+
+// TestJournalFoldsRacingCollector: Writes, releases of most of them, folds
+// of full journal heads and collections all run at once, for longer than
+// the collections' grace period; every stream still referenced reads back
+// whole, and the counts come out exact.
+func TestJournalFoldsRacingCollector(t *testing.T) {
+	c := framework.Start(t, framework.Options{Nodes: 3, MaxBlockSize: block.MaxSealed})
+	d := c.StartDedup(dedup.Config{JournalRetireAfter: time.Second, JournalFoldEvery: time.Millisecond})
+	ctx := ctxT(t, 3*time.Minute)
+	const (
+		n     = 1200
+		grace = 2 * time.Second
+	)
+	body := func(i int) []byte {
+		return fmt.Appendf(nil, "racing stream %d %s", i, bytes.Repeat([]byte{byte(i)}, i%300))
+	}
+	var (
+		mu      sync.Mutex
+		kept    = map[int][]byte{}
+		wg      sync.WaitGroup
+		written = make(chan struct{})
+		cycles  int
+		swept   int64
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(written)
+		sem := make(chan struct{}, 16)
+		var ww sync.WaitGroup
+		for i := range n {
+			sem <- struct{}{}
+			ww.Add(1)
+			go func() {
+				defer func() { <-sem; ww.Done() }()
+				ref, _, _, err := d.Client.Write(ctx, "chunk=fixed:4k", "", bytes.NewReader(body(i)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if i%3 != 0 {
+					if err := d.Client.Release(ctx, ref, ""); err != nil {
+						t.Error(err)
+					}
+					return
+				}
+				mu.Lock()
+				kept[i] = ref
+				mu.Unlock()
+			}()
+		}
+		ww.Wait()
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		start := time.Now()
+		for {
+			res, err := d.Client.Collect(ctx, grace, false)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			cycles++
+			swept += res.Swept
+			select {
+			case <-written:
+				// Go on until the first streams are well past the grace
+				// period, so that a root a collection missed would cost
+				// its blocks.
+				if time.Since(start) > 3*grace && cycles >= 3 {
+					return
+				}
+			default:
+			}
+		}
+	}()
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	u, err := d.Client.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d collections swept %d blocks; %d journal entries left unfolded of %d writes", cycles, swept, u.JournalEntries, n)
+	if u.JournalEntries >= n {
+		t.Fatalf("no journal head was folded during the run (%d entries)", u.JournalEntries)
+	}
+	if _, err := d.Client.Collect(ctx, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	var logical int64
+	for i, ref := range kept {
+		want := body(i)
+		logical += int64(len(want))
+		if got := read(t, ctx, d.Client, ref, "", 0, -1); !bytes.Equal(got, want) {
+			t.Fatalf("stream %d: %q, want %q", i, got, want)
+		}
+	}
+	if u, err := d.Client.Usage(ctx); err != nil || u.Logical != logical {
+		t.Fatalf("usage %+v, %v; want %d logical bytes (%d streams kept)", u, err, logical, len(kept))
+	}
+}
