@@ -152,3 +152,39 @@ func indexOf(c *framework.Cluster, id string) int {
 	}
 	return -1
 }
+
+// UpdateName creates a name that was never bound, updates one that is,
+// writes nothing when fn fails, and refuses a removed name.
+func TestUpdateName(t *testing.T) {
+	c := framework.Start(t, framework.Options{Nodes: 3})
+	ctx := ctxT(t)
+	a, b := c.Client(dht.Config{}), c.Client(dht.Config{})
+	pub, key, _ := ed25519.GenerateKey(nil)
+	appendX := func(cur []byte, exists bool) ([]byte, error) {
+		if exists != (cur != nil) {
+			t.Errorf("exists %v with value %q", exists, cur)
+		}
+		return append(append([]byte(nil), cur...), 'x'), nil
+	}
+	for _, cl := range []*dht.Client{a, b, a} {
+		if err := cl.UpdateName(ctx, key, "journal", appendX); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, err := b.ResolveName(ctx, pub, "journal"); err != nil || string(m.Payload) != "xxx" || m.Version != 3 {
+		t.Fatalf("after three updates from two clients: %+v, %v", m, err)
+	}
+	failed := errors.New("refused")
+	if err := a.UpdateName(ctx, key, "journal", func([]byte, bool) ([]byte, error) { return nil, failed }); !errors.Is(err, failed) {
+		t.Fatalf("failing update: %v", err)
+	}
+	if m, err := b.ResolveName(ctx, pub, "journal"); err != nil || string(m.Payload) != "xxx" {
+		t.Fatalf("a failed update changed the name: %+v, %v", m, err)
+	}
+	if err := a.DeleteName(ctx, key, "journal"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.UpdateName(ctx, key, "journal", appendX); !errors.Is(err, block.ErrNotFound) {
+		t.Fatalf("update of a removed name: %v, want not found", err)
+	}
+}
