@@ -20,8 +20,10 @@ import (
 // Space reclamation is mark-and-sweep with a grace period G, as designed in
 // shared/dedup (doc.go, "Space reclamation"), run by any dedup replica:
 //
-//  1. T0: note the instant (monotonic clock), then read every shard of the
-//     root set (quorum reads; any failure aborts).
+//  1. T0: note the instant (monotonic clock), then read the root set: the
+//     journal registry, every registered journal, then every shard (quorum
+//     reads; any failure aborts; journal.go says why that order counts
+//     every root once).
 //  2. Mark: dedup.Reader.Mark adds every manifest node, chunk and shard the
 //     live roots reach; any unreadable node aborts the cycle.
 //  3. Sweep: list every storage node in the view with each block's touch
@@ -31,8 +33,9 @@ import (
 // Safety: a block a live or future reference needs is never deleted.
 //
 //   - A reference live at T0 is in the root set read in step 1 (Write and
-//     Retain return only after the root-set update is decided by Paxos, and
-//     step 1 reads every shard at quorum), so its blocks are marked.
+//     Retain return only after the root-set update, in a journal or a
+//     shard, is decided by Paxos, and step 1 reads them all at quorum), so
+//     its blocks are marked.
 //   - A write that publishes after T0 either stored each of its blocks (so
 //     the node set the touch time when storing it) or was told by Has that
 //     W replicas hold it (so each of those nodes refreshed the touch time
