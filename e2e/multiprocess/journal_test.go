@@ -15,8 +15,10 @@ import (
 
 // TestJournalOfKilledDedup: a dedup process killed with SIGKILL leaves its
 // root journal unfolded. Another process's collections still find the
-// roots in it, and once the journal has been silent long enough that
-// process retires it (folds it into the root set), and the data stays.
+// roots in it; a process with a short retirement delay retires it (folds
+// it into the root set), and the data stays. (The process that checks the
+// journal first keeps the default delay, so that it cannot retire the
+// journal before the check, however slowly it starts.)
 func TestJournalOfKilledDedup(t *testing.T) {
 	c := framework.StartProcCluster(t, 3)
 	startDedup := func(name string, args ...string) (*framework.Proc, string) {
@@ -48,7 +50,9 @@ func TestJournalOfKilledDedup(t *testing.T) {
 	ref := strings.TrimSpace(run("put", "-dedup", addr, in))
 	first.Kill()
 
-	_, addr = startDedup("dedup-2", "-dedup.journal-retire-after=2s")
+	// A second process, with the default retirement delay: the killed
+	// process's journal is still registered, and counted.
+	second, addr := startDedup("dedup-2")
 	journals := func() (n, entries int) {
 		t.Helper()
 		for l := range strings.Lines(run("df", "-dedup", addr)) {
@@ -72,6 +76,10 @@ func TestJournalOfKilledDedup(t *testing.T) {
 		t.Fatalf("after the kill: %d journals with %d entries, want the killed process's, with its one root", n, e)
 	}
 	check("collected with the root in the killed process's journal")
+
+	// A third, quick to retire silent journals, folds it.
+	second.Kill()
+	_, addr = startDedup("dedup-3", "-dedup.journal-retire-after=1s")
 	framework.Eventually(t, 60*time.Second, "the silent journal retired", func() bool {
 		n, _ := journals()
 		return n == 0
