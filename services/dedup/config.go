@@ -40,6 +40,13 @@ type Config struct {
 	JournalFoldEvery   time.Duration `yaml:"journal_fold_every"`
 }
 
+// Defaults of the root journals' timing, also taken when a Config leaves
+// them zero.
+const (
+	defaultJournalRetireAfter = 10 * time.Minute
+	defaultJournalFoldEvery   = 30 * time.Minute
+)
+
 // RegisterFlags registers the server's flags under prefix (e.g. "dedup.").
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, prefix+"listen", "127.0.0.1:7300", "gRPC listen address")
@@ -48,8 +55,8 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Int64Var(&c.MaxInFlight, prefix+"max-in-flight", 64<<20, "bytes one write may hold in memory")
 	fs.Int64Var(&c.ReadaheadBytes, prefix+"readahead-bytes", 16<<20, "bytes a read fetches ahead of the client (its memory bound, plus two chunks)")
 	fs.DurationVar(&c.CollectInterval, prefix+"collect-interval", 0, "run space reclamation this often (0 = only on request)")
-	fs.DurationVar(&c.JournalRetireAfter, prefix+"journal-retire-after", 10*time.Minute, "retire (fold and drop) a root journal whose dedup process has been silent this long")
-	fs.DurationVar(&c.JournalFoldEvery, prefix+"journal-fold-every", 30*time.Minute, "fold this process's root journal into the root set at least this often")
+	fs.DurationVar(&c.JournalRetireAfter, prefix+"journal-retire-after", defaultJournalRetireAfter, "retire (fold and drop) a root journal whose dedup process has been silent this long")
+	fs.DurationVar(&c.JournalFoldEvery, prefix+"journal-fold-every", defaultJournalFoldEvery, "fold this process's root journal into the root set at least this often")
 	fs.DurationVar(&c.CollectGrace, prefix+"collect-grace", 6*time.Hour, "grace period of periodic reclamation: blocks touched more recently are kept; must exceed the longest write plus the nodes' clock drift")
 }
 

@@ -83,10 +83,10 @@ func New(cfg Config, dc *dht.Client, log *slog.Logger) (*Service, error) {
 		log = slog.Default()
 	}
 	if cfg.JournalRetireAfter == 0 {
-		cfg.JournalRetireAfter = 10 * time.Minute
+		cfg.JournalRetireAfter = defaultJournalRetireAfter
 	}
 	if cfg.JournalFoldEvery == 0 {
-		cfg.JournalFoldEvery = 30 * time.Minute
+		cfg.JournalFoldEvery = defaultJournalFoldEvery
 	}
 	k, err := loadKeys(cfg)
 	if err != nil {

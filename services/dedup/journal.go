@@ -556,10 +556,7 @@ func (rs *rootSet) fold(ctx context.Context, id string, heads []int) error {
 		s := shardOf(e.k)
 		byShard[s] = append(byShard[s], e)
 	}
-	shards := make([]int, 0, len(byShard))
-	for s := range byShard {
-		shards = append(shards, s)
-	}
+	shards := slices.Collect(maps.Keys(byShard))
 	err = forEach(ctx, len(shards), func(ctx context.Context, i int) error {
 		s := shards[i]
 		c := &rootChange{fold: &foldBatch{journal: id, upto: upto, entries: byShard[s]}}
@@ -572,31 +569,37 @@ func (rs *rootSet) fold(ctx context.Context, id string, heads []int) error {
 		return fmt.Errorf("dedup: folding journal %s: %w", id, err)
 	}
 	return forEach(ctx, len(used), func(ctx context.Context, i int) error {
-		err := rs.dht.UpdateName(ctx, rs.key, headName(id, used[i]), func(cur []byte, exists bool) ([]byte, error) {
-			if !exists {
-				return nil, errNoChange
-			}
-			h, err := decodeHead(cur)
-			if err != nil {
-				return nil, err
-			}
+		return rs.updateHead(ctx, id, used[i], func(h *head) bool {
 			kept := h.entries[:0]
 			for _, e := range h.entries {
 				if e.seq > upto {
 					kept = append(kept, e)
 				}
 			}
-			if len(kept) == len(h.entries) {
-				return nil, errNoChange
-			}
+			changed := len(kept) != len(h.entries)
 			h.entries = kept
-			return encodeHead(h), nil
+			return changed
 		})
-		if errors.Is(err, errNoChange) || errors.Is(err, block.ErrNotFound) {
-			return nil
-		}
-		return err
 	})
+}
+
+// updateHead changes head i of journal id if change says it did, creating
+// the head if need be. A removed head is left alone.
+func (rs *rootSet) updateHead(ctx context.Context, id string, i int, change func(h *head) bool) error {
+	err := rs.dht.UpdateName(ctx, rs.key, headName(id, i), func(cur []byte, _ bool) ([]byte, error) {
+		h, err := decodeHead(cur)
+		if err != nil {
+			return nil, err
+		}
+		if !change(&h) {
+			return nil, errNoChange
+		}
+		return encodeHead(h), nil
+	})
+	if errors.Is(err, errNoChange) || errors.Is(err, block.ErrNotFound) {
+		return nil
+	}
+	return err
 }
 
 // retire takes over journal id, whose owner stopped heartbeating: it marks
@@ -604,21 +607,11 @@ func (rs *rootSet) fold(ctx context.Context, id string, heads []int) error {
 // more), folds the journal and drops it from the registry.
 func (rs *rootSet) retire(ctx context.Context, id string) error {
 	err := forEach(ctx, journalHeads, func(ctx context.Context, i int) error {
-		err := rs.dht.UpdateName(ctx, rs.key, headName(id, i), func(cur []byte, _ bool) ([]byte, error) {
-			h, err := decodeHead(cur)
-			if err != nil {
-				return nil, err
-			}
-			if h.retired {
-				return nil, errNoChange
-			}
+		return rs.updateHead(ctx, id, i, func(h *head) bool {
+			was := h.retired
 			h.retired = true
-			return encodeHead(h), nil
+			return !was
 		})
-		if errors.Is(err, errNoChange) || errors.Is(err, block.ErrNotFound) {
-			return nil
-		}
-		return err
 	})
 	if err != nil {
 		return fmt.Errorf("dedup: retiring journal %s: %w", id, err)

@@ -64,7 +64,7 @@ func TestReleaseBeforeFold(t *testing.T) {
 	}
 }
 
-// shardWith returns shards where key k's current shard holds st.
+// shardsWith returns shards where key k's current shard holds st.
 func shardsWith(k string, st shardState) []shardState {
 	shards := make([]shardState, rootShards+legacyShards)
 	for i := range shards {

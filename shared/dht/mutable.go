@@ -272,9 +272,7 @@ func (c *Client) setName(ctx context.Context, key ed25519.PrivateKey, name strin
 	addr := block.NamedAddress(owner, name)
 	_, err := c.propose(ctx, "set_name", addr, func(cur *bpb.MutableState) (*bpb.MutableState, error) {
 		if cur == nil {
-			st := &bpb.MutableState{Address: addr[:], Owner: owner, Derivation: []byte(name), Named: true, Version: 1, Payload: value}
-			block.Sign(st, key)
-			return st, nil
+			return firstNamed(key, addr, name, value), nil
 		}
 		if once && !cur.Tombstone {
 			return nil, fmt.Errorf("%w: name %q", ErrExists, name)
@@ -282,6 +280,13 @@ func (c *Client) setName(ctx context.Context, key ed25519.PrivateKey, name strin
 		return nextVersion(cur, key, value, false), nil
 	})
 	return err
+}
+
+// firstNamed is the signed first version of key's name at addr.
+func firstNamed(key ed25519.PrivateKey, addr block.Address, name string, value []byte) *bpb.MutableState {
+	st := &bpb.MutableState{Address: addr[:], Owner: key.Public().(ed25519.PublicKey), Derivation: []byte(name), Named: true, Version: 1, Payload: value}
+	block.Sign(st, key)
+	return st
 }
 
 // UpdateName is a read-modify-write of owner's name in one Paxos round: fn
@@ -304,9 +309,7 @@ func (c *Client) UpdateName(ctx context.Context, key ed25519.PrivateKey, name st
 			return nil, err
 		}
 		if cur == nil {
-			st := &bpb.MutableState{Address: addr[:], Owner: owner, Derivation: []byte(name), Named: true, Version: 1, Payload: p}
-			block.Sign(st, key)
-			return st, nil
+			return firstNamed(key, addr, name, p), nil
 		}
 		return nextVersion(cur, key, p, false), nil
 	})
