@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,9 @@ import (
 // to belong to the dedup tier: blocks stored with `shoal block put` and no
 // reference in the root set are reclaimed like any other garbage.
 
+// maxGraceSeconds is the longest grace period a time.Duration holds.
+const maxGraceSeconds = math.MaxInt64 / int64(time.Second)
+
 // CollectResult is what one cycle did.
 type CollectResult struct {
 	Marked, Swept, FreedBytes int64
@@ -74,6 +78,11 @@ type CollectResult struct {
 func (s *Service) Collect(ctx context.Context, req *dpb.CollectRequest) (*dpb.CollectResponse, error) {
 	if req.GraceSeconds < 0 {
 		return nil, toStatus(invalid("negative grace period"))
+	}
+	// A longer grace would wrap around in nanoseconds, possibly to a
+	// short one that sweeps blocks unfinished writes are about to use.
+	if req.GraceSeconds > maxGraceSeconds {
+		return nil, toStatus(invalid("grace period of %d s: at most %d", req.GraceSeconds, maxGraceSeconds))
 	}
 	res, err := s.collect(ctx, time.Duration(req.GraceSeconds)*time.Second, req.DryRun)
 	if err != nil {
@@ -205,8 +214,11 @@ func (s *Service) sweepNode(ctx context.Context, n *ppb.Node, marked map[block.A
 				// the time between T0 and the node reading its clock: the
 				// cutoff errs towards keeping blocks.
 				cutoff = m.NowUnixMs - time.Since(t0).Milliseconds() - grace.Milliseconds() - 1
-				if m.NowUnixMs == 0 || cutoff <= 0 {
+				if m.NowUnixMs <= 0 {
 					return fmt.Errorf("dedup: node %s reports no usable clock", n.Id)
+				}
+				if cutoff <= 0 {
+					return nil // a grace longer than the node's clock has run: nothing is old enough
 				}
 			}
 			if len(m.Sizes) != len(m.Addresses) || len(m.TouchedUnixMs) != len(m.Addresses) {
