@@ -160,6 +160,9 @@ func (q *request) putObject() error {
 // With shared set, the version may be shared with other requests and must
 // not be modified (reads: GET and HEAD); otherwise it is the caller's own.
 func (q *request) findVersion(b *bucket, key, versionID string, shared bool) (*objVersion, error) {
+	if !validVersionID(versionID) {
+		return nil, errBadVersionID
+	}
 	var e *objEntry
 	var found bool
 	var err error
@@ -298,6 +301,17 @@ func parseRange(h string, size int64) (start, length int64, ok bool, err error) 
 func (q *request) getObject() error  { return q.readObject(true) }
 func (q *request) headObject() error { return q.readObject(false) }
 
+// validHeaderValue reports whether v can be sent as a header value: no
+// control characters but tab (RFC 9110, field-value).
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 var responseOverrides = map[string]string{
 	"response-content-type":        "Content-Type",
 	"response-content-language":    "Content-Language",
@@ -309,6 +323,13 @@ var responseOverrides = map[string]string{
 
 func (q *request) readObject(withBody bool) error {
 	s := q.s
+	// The overrides become response headers, where a control character
+	// would break the response for the client.
+	for qk := range responseOverrides {
+		if val := q.query(qk); !validHeaderValue(val) {
+			return s3err.Newf(s3err.InvalidArgument, "%s is not a valid header value", qk)
+		}
+	}
 	b, err := q.loadBucket()
 	if err != nil {
 		return err
@@ -569,6 +590,9 @@ func (q *request) deleteObject() error {
 // deleteKey deletes one key or version. Deleting what does not exist
 // succeeds, as in S3.
 func (q *request) deleteKey(b *bucket, key, versionID string) (deletedXML, error) {
+	if !validVersionID(versionID) {
+		return deletedXML{}, errBadVersionID
+	}
 	res := deletedXML{Key: key}
 	if key == "" {
 		return res, s3err.New(s3err.InvalidObjectName)

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"shoal/services/s3/s3err"
 )
 
 // segment is a byte range of stored data. Objects are lists of segments so
@@ -165,6 +167,26 @@ func parseAddr(h string) ([32]byte, error) {
 }
 
 // newVersionID returns a time-ordered id, so ids sort by creation.
+// validVersionID reports whether id can name a version: none (""), the
+// null version, or an id newVersionID makes. Any other id is refused as
+// AWS does, rather than looked up and echoed back in a header.
+func validVersionID(id string) bool {
+	if id == "" || id == "null" {
+		return true
+	}
+	if len(id) != 32 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+var errBadVersionID = s3err.Newf(s3err.InvalidArgument, "Invalid version id specified")
+
 func newVersionID() string {
 	var b [16]byte
 	binary.BigEndian.PutUint64(b[:8], uint64(time.Now().UnixNano()))
