@@ -7,9 +7,7 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,24 +37,8 @@ import (
 // and SHOAL_RPC_FUZZ_SEED replays it, SHOAL_RPC_FUZZ_N sets the requests
 // per method.
 func TestRPCBadInput(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("SHOAL_RPC_FUZZ_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("SHOAL_RPC_FUZZ_SEED: %v", err)
-		}
-		seed = v
-	}
-	perMethod := 40
-	if s := os.Getenv("SHOAL_RPC_FUZZ_N"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("SHOAL_RPC_FUZZ_N=%q: want a positive count", s)
-		}
-		perMethod = v
-	}
-	t.Logf("seed %d (SHOAL_RPC_FUZZ_SEED), %d requests per method", seed, perMethod)
-
+	seed := framework.Seed(t, "SHOAL_RPC_FUZZ_SEED")
+	perMethod := framework.Count(t, "SHOAL_RPC_FUZZ_N", 40)
 	data := t.TempDir()
 	p := framework.StartProc(t, "all-in-one", "serve", "-data="+data, "-nodes=3", "-nats.listen=127.0.0.1:0",
 		"-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0",

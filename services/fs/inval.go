@@ -30,15 +30,29 @@ func newMountID() uint64 {
 	return binary.LittleEndian.Uint64(b[:]) | 1
 }
 
-// register makes n the node of its address in this mount, for
-// invalidations.
+// register makes n the node of its address in this mount (see liveNode).
 func (f *FS) register(n *node) {
-	if f.cfg.NATS == nil {
-		return
-	}
 	f.mu.Lock()
 	f.nodes[n.addr] = n
 	f.mu.Unlock()
+}
+
+// liveNode returns the node this mount has for addr, or registers and
+// returns a new one. A lookup must answer with the attributes of the node
+// the kernel already has for an inode: go-fuse keeps one node per inode
+// and discards a new one made for a known inode, but only after the lookup
+// has filled in the new one's attributes. Those lack the open files'
+// unflushed writes, and the kernel took their size: a file being written
+// shrank to its last flushed size for its own readers and for stat.
+func (f *FS) liveNode(addr block.Address) *node {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n := f.nodes[addr]; n != nil {
+		return n
+	}
+	n := &node{fsys: f, addr: addr}
+	f.nodes[addr] = n
+	return n
 }
 
 // OnForget drops a node the kernel forgot from the invalidation index.

@@ -256,7 +256,8 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (_ *
 			return nil, syscall.ENOENT
 		}
 	}
-	ch := n.NewInode(ctx, &node{fsys: n.fsys, addr: e.Addr}, fusefs.StableAttr{Mode: kindMode(e.Kind), Ino: inoOf(e.Addr)})
+	// NewInode of a node already known returns its inode.
+	ch := n.NewInode(ctx, n.fsys.liveNode(e.Addr), fusefs.StableAttr{Mode: kindMode(e.Kind), Ino: inoOf(e.Addr)})
 	cn := ch.Operations().(*node)
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
@@ -264,7 +265,6 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (_ *
 		return nil, n.fsys.errno("lookup", err)
 	}
 	cn.fillLocked(&out.Attr)
-	n.fsys.register(cn)
 	return ch, 0
 }
 
