@@ -52,7 +52,16 @@ func TestRandomSignedRequests(t *testing.T) {
 	}
 	t.Logf("seed %d (SHOAL_S3_FUZZ_SEED), %d requests", seed, n)
 	rng := rand.New(rand.NewPCG(seed, seed>>7|1))
-	e := newEnv(t, nil, nil, nil)
+	var e *env
+	if u := os.Getenv("SHOAL_S3_FUZZ_URL"); u != "" {
+		// A running server instead (e.g. `shoal serve`): its URL, and a
+		// key in SHOAL_S3_FUZZ_KEY as "ID SECRET". Its bucket names must
+		// be free.
+		id, secret, _ := strings.Cut(os.Getenv("SHOAL_S3_FUZZ_KEY"), " ")
+		e = &env{t: t, url: u, host: strings.TrimPrefix(u, "http://"), id: id, secret: secret}
+	} else {
+		e = newEnv(t, nil, nil, nil)
+	}
 
 	// State for the requests to find: a bucket the requests never name,
 	// holding an object that must survive them; buckets they do name, one
