@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"shoal/e2e/framework"
+	"shoal/shared/randtest"
 )
 
 // TestRandomOpsMatchLocalFS applies one random sequence of file-system
@@ -29,8 +29,8 @@ import (
 // whole tree must equal the local one. The seed is logged;
 // SHOAL_FS_MODEL_SEED replays it and SHOAL_FS_MODEL_OPS sets the length.
 func TestRandomOpsMatchLocalFS(t *testing.T) {
-	seed := framework.Seed(t, "SHOAL_FS_MODEL_SEED")
-	ops := framework.Count(t, "SHOAL_FS_MODEL_OPS", 1500)
+	seed := randtest.Seed(t, "SHOAL_FS_MODEL_SEED")
+	ops := randtest.Count(t, "SHOAL_FS_MODEL_OPS", 1500)
 	e := setup(t)
 	e.create(t, "model")
 	mnt, unmount := e.mount(t, "model")

@@ -25,6 +25,7 @@ import (
 	ppb "shoal/proto/placementpb"
 
 	"shoal/e2e/framework"
+	"shoal/shared/randtest"
 )
 
 // Every gRPC method of every service answers malformed and random
@@ -37,8 +38,8 @@ import (
 // and SHOAL_RPC_FUZZ_SEED replays it, SHOAL_RPC_FUZZ_N sets the requests
 // per method.
 func TestRPCBadInput(t *testing.T) {
-	seed := framework.Seed(t, "SHOAL_RPC_FUZZ_SEED")
-	perMethod := framework.Count(t, "SHOAL_RPC_FUZZ_N", 40)
+	seed := randtest.Seed(t, "SHOAL_RPC_FUZZ_SEED")
+	perMethod := randtest.Count(t, "SHOAL_RPC_FUZZ_N", 40)
 	data := t.TempDir()
 	p := framework.StartProc(t, "all-in-one", "serve", "-data="+data, "-nodes=3", "-nats.listen=127.0.0.1:0",
 		"-placement.listen=127.0.0.1:0", "-blockstore.listen=127.0.0.1:0", "-dedup.listen=127.0.0.1:0",

@@ -19,6 +19,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
+	"shoal/shared/randtest"
 )
 
 // Signed requests of random shape (methods, bucket and key names, sub-
@@ -31,26 +33,13 @@ import (
 // seed is logged; SHOAL_S3_FUZZ_SEED replays it and SHOAL_S3_FUZZ_N sets
 // the number of requests.
 func TestRandomSignedRequests(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("SHOAL_S3_FUZZ_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("SHOAL_S3_FUZZ_SEED: %v", err)
-		}
-		seed = v
-	}
+	seed := randtest.Seed(t, "SHOAL_S3_FUZZ_SEED")
 	n := 3000
 	if testing.Short() {
 		n = 600
 	}
-	if s := os.Getenv("SHOAL_S3_FUZZ_N"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("SHOAL_S3_FUZZ_N=%q: want a positive count", s)
-		}
-		n = v
-	}
-	t.Logf("seed %d (SHOAL_S3_FUZZ_SEED), %d requests", seed, n)
+	n = randtest.Count(t, "SHOAL_S3_FUZZ_N", n)
+	t.Logf("%d requests", n)
 	rng := rand.New(rand.NewPCG(seed, seed>>7|1))
 	var e *env
 	if u := os.Getenv("SHOAL_S3_FUZZ_URL"); u != "" {
