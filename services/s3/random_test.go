@@ -279,9 +279,20 @@ func (g *reqGen) xmlBody() string {
 	return s
 }
 
-// escapeKey escapes a key for a path as SDKs do: each segment, not the
-// slashes.
-func escapeKey(k string) string { return strings.ReplaceAll(url.PathEscape(k), "%2F", "/") }
+// escapeKey escapes a key for a path as SDKs do: every byte but the
+// unreserved ones and the slashes.
+func escapeKey(k string) string {
+	var b strings.Builder
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~/", c) >= 0 {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
 
 // signS3 signs like an S3 SDK: the path is escaped once, by escapeKey.
 func signS3(t *testing.T, e *env, method, path string, body []byte, hdr map[string]string) *http.Request {
