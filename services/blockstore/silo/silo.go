@@ -131,6 +131,14 @@ type Silo struct {
 	touchMu sync.RWMutex
 	now     func() time.Time
 
+	// putting holds the blocks PutMany calls are storing. A concurrent
+	// PutMany of one of them (a replica write and a read repair of the same
+	// block, two writers of equal data) waits for that store instead of
+	// storing the block again: a second copy counted it twice in blocks and
+	// used bytes and left dead bytes counted live in a segment.
+	putMu   sync.Mutex
+	putting map[block.Address]*pendingPut
+
 	// compactMu runs one compaction at a time (and none during Close).
 	compactMu sync.Mutex
 	stop      chan struct{} // closed by Close: the compaction loop ends
@@ -143,7 +151,8 @@ type Silo struct {
 // Open opens (or creates) the silo in dir.
 func Open(dir string, opts Options) (*Silo, error) {
 	opts.defaults()
-	s := &Silo{opts: opts, dir: dir, segs: map[uint32]*segment{}, segsDir: filepath.Join(dir, "segments"), now: time.Now, present: newPresence()}
+	s := &Silo{opts: opts, dir: dir, segs: map[uint32]*segment{}, segsDir: filepath.Join(dir, "segments"), now: time.Now, present: newPresence(),
+		putting: map[block.Address]*pendingPut{}}
 	if err := os.MkdirAll(s.segsDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -417,11 +426,10 @@ func (s *Silo) PutMany(items []Item) []PutResult {
 		return fail(err)
 	}
 	// Decide what to store: not present, not a repeat within the batch,
-	// and within capacity. first[i] is the item a repeat shares its fate with.
+	// not being stored by another PutMany, and within capacity. first[i] is
+	// the item a repeat shares its fate with.
 	first := make(map[block.Address]int, len(items))
-	var store []int
-	var added int64
-	segBytes := 0
+	var cand []int
 	for i, it := range items {
 		if present[i] {
 			out[i].Existed = true
@@ -431,6 +439,23 @@ func (s *Silo) PutMany(items []Item) []PutResult {
 			continue
 		}
 		first[it.Addr] = i
+		cand = append(cand, i)
+	}
+	mine, theirs := s.claim(items, cand)
+	var store []int
+	var added int64
+	segBytes := 0
+	for _, i := range mine {
+		it := items[i]
+		// A PutMany that ended between touchPresent and the claim has
+		// stored it (it commits before it lets go of its claim).
+		if ok, err := s.has(it.Addr); err != nil {
+			out[i].Err = err
+			continue
+		} else if ok {
+			out[i].Existed = true
+			continue
+		}
 		if c := s.opts.Capacity; c > 0 && uint64(s.used.Load()+added)+uint64(len(it.Data)) > c {
 			out[i].Err = fmt.Errorf("%w: %d of %d bytes used", ErrFull, s.used.Load()+added, c)
 			continue
@@ -451,12 +476,63 @@ func (s *Silo) PutMany(items []Item) []PutResult {
 			s.blocks.Add(int64(len(store)))
 		}
 	}
+	s.unclaim(items, mine, out)
+	// Never before our own store and unclaim: two PutMany calls waiting
+	// for each other's blocks would wait forever.
+	for i, p := range theirs {
+		<-p.done
+		if p.err != nil {
+			out[i].Err = p.err
+		} else {
+			out[i].Existed = true
+		}
+	}
 	for i, it := range items {
 		if j := first[it.Addr]; j != i && !present[i] {
 			out[i] = out[j]
 		}
 	}
 	return out
+}
+
+// pendingPut is a block a PutMany is storing; done closes once err says
+// how that went.
+type pendingPut struct {
+	done chan struct{}
+	err  error
+}
+
+// claim splits items[cand] into those this call stores (mine, now
+// claimed) and those another PutMany is storing (theirs, with its claim).
+func (s *Silo) claim(items []Item, cand []int) (mine []int, theirs map[int]*pendingPut) {
+	s.putMu.Lock()
+	defer s.putMu.Unlock()
+	for _, i := range cand {
+		a := items[i].Addr
+		if p := s.putting[a]; p != nil {
+			if theirs == nil {
+				theirs = map[int]*pendingPut{}
+			}
+			theirs[i] = p
+			continue
+		}
+		s.putting[a] = &pendingPut{done: make(chan struct{})}
+		mine = append(mine, i)
+	}
+	return mine, theirs
+}
+
+// unclaim ends the claims of items[mine] with their outcomes in out.
+func (s *Silo) unclaim(items []Item, mine []int, out []PutResult) {
+	s.putMu.Lock()
+	defer s.putMu.Unlock()
+	for _, i := range mine {
+		a := items[i].Addr
+		p := s.putting[a]
+		delete(s.putting, a)
+		p.err = out[i].Err
+		close(p.done)
+	}
 }
 
 // store writes items[idx]: the bodies at or above the segment threshold in
