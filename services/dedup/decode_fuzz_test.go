@@ -19,29 +19,9 @@ func FuzzRootFormats(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte, which uint8) {
 		switch which % 3 {
 		case 0:
-			st, err := decodeRoots(b)
-			if err != nil {
-				return
-			}
-			again, err := decodeRoots(encodeRoots(st))
-			if err != nil {
-				t.Fatalf("re-encoded shard refused: %v", err)
-			}
-			if !bytes.Equal(encodeRoots(again), encodeRoots(st)) {
-				t.Fatal("shard changed through a round trip")
-			}
+			roundTrip(t, "shard", b, decodeRoots, encodeRoots)
 		case 1:
-			h, err := decodeHead(b)
-			if err != nil {
-				return
-			}
-			again, err := decodeHead(encodeHead(h))
-			if err != nil {
-				t.Fatalf("re-encoded head refused: %v", err)
-			}
-			if !bytes.Equal(encodeHead(again), encodeHead(h)) {
-				t.Fatal("head changed through a round trip")
-			}
+			roundTrip(t, "head", b, decodeHead, encodeHead)
 		default:
 			m, err := decodeRegistry(b)
 			if err != nil {
@@ -52,6 +32,23 @@ func FuzzRootFormats(f *testing.F) {
 			}
 		}
 	})
+}
+
+// roundTrip checks that what decode accepts encodes back to bytes it
+// decodes to the same thing.
+func roundTrip[T any](t *testing.T, what string, b []byte, decode func([]byte) (T, error), encode func(T) []byte) {
+	t.Helper()
+	v, err := decode(b)
+	if err != nil {
+		return
+	}
+	again, err := decode(encode(v))
+	if err != nil {
+		t.Fatalf("re-encoded %s refused: %v", what, err)
+	}
+	if !bytes.Equal(encode(again), encode(v)) {
+		t.Fatalf("%s changed through a round trip", what)
+	}
 }
 
 // A policy string comes from users (flags, S3 headers) and a binary policy

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"shoal/services/s3/checksum"
 	"shoal/services/s3/s3err"
 )
@@ -301,17 +303,6 @@ func parseRange(h string, size int64) (start, length int64, ok bool, err error) 
 func (q *request) getObject() error  { return q.readObject(true) }
 func (q *request) headObject() error { return q.readObject(false) }
 
-// validHeaderValue reports whether v can be sent as a header value: no
-// control characters but tab (RFC 9110, field-value).
-func validHeaderValue(v string) bool {
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
 var responseOverrides = map[string]string{
 	"response-content-type":        "Content-Type",
 	"response-content-language":    "Content-Language",
@@ -326,7 +317,7 @@ func (q *request) readObject(withBody bool) error {
 	// The overrides become response headers, where a control character
 	// would break the response for the client.
 	for qk := range responseOverrides {
-		if val := q.query(qk); !validHeaderValue(val) {
+		if val := q.query(qk); !httpguts.ValidHeaderFieldValue(val) {
 			return s3err.Newf(s3err.InvalidArgument, "%s is not a valid header value", qk)
 		}
 	}

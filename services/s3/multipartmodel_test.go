@@ -59,6 +59,13 @@ func TestMultipartMatchesModel(t *testing.T) {
 		}
 		return ups[rng.IntN(len(ups))]
 	}
+	// keyOf is an upload's key; any key will do for one that ended.
+	keyOf := func(u *upload) string {
+		if u == nil {
+			return "obj0"
+		}
+		return u.key
+	}
 	counts := map[string]int{}
 	defer func() { t.Logf("outcomes: %v", counts) }()
 	for step := range 400 {
@@ -77,10 +84,7 @@ func TestMultipartMatchesModel(t *testing.T) {
 		case op < 6: // upload a part (maybe again)
 			id := pick()
 			u := model[id]
-			key := "obj0"
-			if u != nil {
-				key = u.key
-			}
+			key := keyOf(u)
 			n := 1 + rng.IntN(6)
 			size := minPart + rng.IntN(500)
 			if rng.IntN(3) == 0 {
@@ -104,10 +108,7 @@ func TestMultipartMatchesModel(t *testing.T) {
 		case op < 7: // list parts
 			id := pick()
 			u := model[id]
-			key := "obj0"
-			if u != nil {
-				key = u.key
-			}
+			key := keyOf(u)
 			resp, body := e.do(signS3(t, e, "GET", "/mpmodel/"+key+"?uploadId="+id, nil, nil))
 			if u == nil {
 				if resp.StatusCode != 404 {
@@ -224,10 +225,7 @@ func TestMultipartMatchesModel(t *testing.T) {
 		default: // abort
 			id := pick()
 			u := model[id]
-			key := "obj0"
-			if u != nil {
-				key = u.key
-			}
+			key := keyOf(u)
 			resp, body := e.do(signS3(t, e, "DELETE", "/mpmodel/"+key+"?uploadId="+id, nil, nil))
 			if u == nil {
 				if resp.StatusCode != 404 {
